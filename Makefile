@@ -1,0 +1,62 @@
+# tiny-forge developer entry points. Docker-backed targets use scripts/docker-up.sh, which reuses
+# a reachable engine or starts a private dockerd under $(TF_DOCKER_DIR) (default /tmp/tiny-forge-docker).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := build
+
+CARGO ?= cargo
+STATE_DIR ?= .tiny-forge/state
+MANIFESTS ?= examples/standalone
+MANAGED_LABEL := app.kubernetes.io/managed-by=tiny-forge
+
+# Exports DOCKER_HOST from docker-up.sh into the current recipe line (fails if docker-up fails).
+WITH_DOCKER_HOST = host=$$(scripts/docker-up.sh); export "$$host"
+
+.PHONY: help build docker-up docker-down demo-images run test lint bench crds clean-demo
+
+help:
+	@echo "make build | run | test | lint | bench | crds | demo-images | docker-up | docker-down | clean-demo"
+
+build:
+	$(CARGO) build --release
+
+docker-up:
+	@scripts/docker-up.sh
+
+docker-down:
+	@scripts/docker-down.sh
+
+demo-images:
+	@$(WITH_DOCKER_HOST); scripts/demo-images.sh
+
+run: build demo-images
+	@$(WITH_DOCKER_HOST); mkdir -p $(STATE_DIR); \
+	echo; \
+	echo "=== tiny-forge: reconciling $(MANIFESTS) on $$DOCKER_HOST"; \
+	echo "    watch it:   target/release/tiny-forge get stages --state-dir $(STATE_DIR) -o wide"; \
+	echo "    roll a tag: edit $(MANIFESTS)/stages.yaml (pinnedTag) to roll a new tag"; \
+	echo "    stop:       Ctrl-C   (the private engine keeps running: make docker-down)"; \
+	echo; \
+	exec target/release/tiny-forge run --manifests $(MANIFESTS) --state-dir $(STATE_DIR)
+
+# Stops the private engine afterwards only if this invocation started it; keeps cargo's status.
+test:
+	scripts/with-docker.sh bash -c 'scripts/demo-images.sh && TINY_FORGE_TEST_DOCKER=1 $(CARGO) test --workspace --no-fail-fast'
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench:
+	scripts/with-docker.sh bash -c 'scripts/demo-images.sh && $(CARGO) run --release --bin tiny-forge-bench'
+
+crds:
+	@mkdir -p crds
+	$(CARGO) run --quiet -- crds > crds/tinyforge.dev.yaml.tmp
+	@mv crds/tinyforge.dev.yaml.tmp crds/tinyforge.dev.yaml
+	@echo "wrote crds/tinyforge.dev.yaml"
+
+clean-demo:
+	@$(WITH_DOCKER_HOST); \
+	ids=$$(docker ps -aq --filter label=$(MANAGED_LABEL)); \
+	if [[ -n $$ids ]]; then docker rm -f $$ids; else echo "no containers labelled $(MANAGED_LABEL)"; fi
