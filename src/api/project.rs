@@ -1,0 +1,105 @@
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, ContainerSettings, HealthCheck, SecretKeyRef};
+
+/// An application: which image it is built into and how its containers run. Its Stages say which
+/// tags run where.
+// kube's structured `printcolumn(..)` repeats `type_ = ..`, which clippy mistakes for a
+// duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "tinyforge.dev",
+    version = "v1alpha1",
+    kind = "Project",
+    namespaced,
+    status = "ProjectStatus",
+    shortname = "tfp",
+    category = "tinyforge",
+    doc = "An application deployed by tiny-forge: its image repository and container defaults.",
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectSpec {
+    /// Image repository without tag, as `registry/org/app` (`nginx` and `docker.io/library/nginx`
+    /// name the same repository).
+    pub image: String,
+    /// Credentials for pulling from a private registry: a secret key holding a Docker
+    /// `config.json`-style auth entry or `user:password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_credentials: Option<SecretKeyRef>,
+    /// Container settings every Stage starts from.
+    #[serde(default)]
+    pub container: ContainerSettings,
+    /// Health check every Stage starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Where deploy events are sent (signed POSTs). Reserved: not acted on by this release.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationTarget>,
+    /// Poll the registry for new tags. Reserved: not acted on by this release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polling: Option<RegistryPolling>,
+    /// Git repository whose webhooks tiny-forge manages. Reserved: not acted on by this release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_source: Option<GitSource>,
+}
+
+/// A URL that receives signed notifications of deploy events.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationTarget {
+    /// HTTPS URL that receives the POSTs.
+    pub url: String,
+    /// Secret used to sign the body (HMAC-SHA256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// Events to send (`deployed`, `failed`, `rolledBack`); all when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+}
+
+/// Registry polling settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryPolling {
+    /// Seconds between polls.
+    pub interval_seconds: u32,
+}
+
+/// A Git repository whose push webhooks tiny-forge manages.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GitSource {
+    /// `github`, `gitlab` or `bitbucket`.
+    pub provider: String,
+    /// Repository as `owner/name`.
+    pub repository: String,
+    /// Token allowed to manage the repository's webhooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_ref: Option<SecretKeyRef>,
+}
+
+/// Observed state of a Project.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` says whether the spec is valid and usable by its Stages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,173 @@
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Where a Stage's deploy stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Nothing to deploy yet (no tag seen, or waiting for a valid spec).
+    #[default]
+    Pending,
+    /// A new container is being pulled, started or health-checked.
+    Deploying,
+    /// The desired tag runs and passed its health check.
+    Healthy,
+    /// The desired tag failed and there was nothing to roll back to.
+    Failed,
+    /// The desired tag failed; the previous container kept (or went back to) serving.
+    RolledBack,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Deploying => "Deploying",
+            Phase::Healthy => "Healthy",
+            Phase::Failed => "Failed",
+            Phase::RolledBack => "RolledBack",
+        }
+    }
+}
+
+/// A standard Kubernetes condition.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type; `Ready` is the one `kubectl wait` and GitOps tools read.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// Machine-readable CamelCase reason.
+    pub reason: String,
+    /// What a person should know.
+    #[serde(default)]
+    pub message: String,
+    /// When `status` last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// Generation of the spec the condition was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A tag seen pushed for the Stage's image.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SeenTag {
+    /// The tag.
+    pub tag: String,
+    /// Manifest digest, when the sender said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Who said so (`github`, `registry`, `cli`, …).
+    pub source: String,
+    /// Delivery id of the sender, for tracing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_id: Option<String>,
+    /// When it was seen (RFC 3339).
+    pub seen_at: String,
+}
+
+/// An image a Stage ran or runs.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployed {
+    /// Image tag.
+    pub tag: String,
+    /// Content digest the container was created from (repository digest, else image id).
+    pub digest: String,
+    /// Docker container id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// Docker container name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    /// When it became the serving container (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+}
+
+/// How a deploy ended.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Outcome {
+    /// The new container serves.
+    Succeeded,
+    /// The new container failed; the previous one serves again.
+    RolledBack,
+    /// The new container failed and there was nothing to go back to.
+    Failed,
+}
+
+/// One deploy attempt.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployRecord {
+    /// Tag deployed.
+    pub tag: String,
+    /// Digest deployed, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// When the deploy started (RFC 3339).
+    pub started: String,
+    /// When it ended (RFC 3339).
+    pub finished: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why, in a sentence.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// A tag that failed and is not retried until the spec or the tag's digest changes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedDeploy {
+    /// Tag that failed.
+    pub tag: String,
+    /// Digest that failed, when it got that far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Spec generation it failed under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// CamelCase reason.
+    pub reason: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Observed state of a Stage. Written by the controller only.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageStatus {
+    /// Where the deploy stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// One-line summary for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Newest tag seen pushed that passes the tag policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<SeenTag>,
+    /// Tag the Stage wants now (pin, else `latest` when `autoDeploy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_tag: Option<String>,
+    /// What is serving now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<Deployed>,
+    /// What served before `current`: the rollback target (its image is kept on the host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Deployed>,
+    /// The last tag that failed; not retried until the spec or its digest changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<FailedDeploy>,
+    /// Standard conditions, `Ready` first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The latest deploys, newest first (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<DeployRecord>,
+}
