@@ -1,0 +1,15 @@
+//! The engine: pure decisions about what a Stage should run, and the deploy state machine that
+//! carries them out through small traits. Nothing here knows Kubernetes, Docker or HTTP types.
+
+pub mod conditions;
+pub mod health;
+pub mod reconcile;
+pub mod runtime;
+pub mod spec;
+pub mod tags;
+
+pub use reconcile::{Reconciled, Reconciler, Requeue, Secrets, StageInput, StatusSink};
+pub use runtime::{
+    ContainerInfo, ContainerSpec, ContainerState, ImageInfo, Pull, Runtime, RuntimeError,
+};
+pub use spec::{Effective, FieldError, StageKey};

@@ -1,0 +1,599 @@
+//! Level-based reconcile of one Stage: re-observe, decide, converge. It never asks *why* it runs;
+//! every step is safe to repeat, so a crash anywhere converges on the next pass with no duplicate
+//! container (names are deterministic) and no orphan (everything carries ownership labels).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+
+use tokio::time::Instant;
+
+use super::conditions::{self, READY, now};
+use super::health::{self, Check, Prober, Reach};
+use super::runtime::{ContainerInfo, ContainerSpec, ImageInfo, Pull, Runtime, RuntimeError};
+use super::spec::{Effective, EnvValueSource, StageKey, describe_errors};
+use crate::api::{
+    DeployRecord, Deployed, FailedDeploy, Outcome, Phase, ProjectSpec, SeenTag, StageSpec,
+    StageStatus,
+};
+
+/// Deploys kept in `status.history`.
+pub const HISTORY_LIMIT: usize = 10;
+
+/// Writes a Stage's status while a deploy is under way (the final status is returned instead).
+pub trait StatusSink: Send + Sync {
+    fn save(
+        &self,
+        key: &StageKey,
+        status: &StageStatus,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Resolves secret environment values. Synchronous: standalone reads small files, Kubernetes mode
+/// reads a reflector cache.
+pub trait Secrets: Send + Sync {
+    fn value(&self, namespace: &str, source: &EnvValueSource<'_>) -> Result<String, String>;
+}
+
+/// One Stage as the engine needs it, wherever it was stored.
+pub struct StageInput<'a> {
+    pub key: StageKey,
+    pub generation: i64,
+    pub stage: &'a StageSpec,
+    /// None when the referenced Project does not exist.
+    pub project: Option<&'a ProjectSpec>,
+}
+
+/// What the caller should do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    /// Converged: look again at the next periodic resync (drift).
+    Resync,
+    /// Transient trouble: retry with backoff.
+    Retry,
+    /// The spec is unusable: nothing changes until it does.
+    WaitForChange,
+}
+
+/// The outcome of one reconcile.
+#[derive(Debug)]
+pub struct Reconciled {
+    pub status: StageStatus,
+    pub requeue: Requeue,
+}
+
+/// Drives one Docker host. Cheap to share behind an `Arc`.
+pub struct Reconciler<R, P, S, X> {
+    pub runtime: R,
+    pub prober: P,
+    pub sink: S,
+    pub secrets: X,
+    /// Name Stages use in `spec.dockerHost` for this runtime.
+    pub host_name: String,
+}
+
+/// A failed step: its condition reason and whether retrying may help.
+struct StepError {
+    reason: &'static str,
+    message: String,
+    transient: bool,
+}
+
+impl From<RuntimeError> for StepError {
+    fn from(e: RuntimeError) -> Self {
+        StepError {
+            reason: e.reason(),
+            message: e.to_string(),
+            transient: true,
+        }
+    }
+}
+
+impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
+    /// Converges one Stage. `observed` are the containers labelled with this Stage.
+    #[tracing::instrument(skip_all, fields(stage = %input.key))]
+    pub async fn reconcile(
+        &self,
+        input: &StageInput<'_>,
+        observed: &[ContainerInfo],
+        mut status: StageStatus,
+    ) -> Reconciled {
+        let generation = Some(input.generation);
+        status.observed_generation = generation;
+        let invalid = |mut status: StageStatus, reason: &str, message: String| {
+            tracing::warn!(reason, %message, "stage cannot be reconciled");
+            conditions::set(
+                &mut status.conditions,
+                READY,
+                false,
+                reason,
+                &message,
+                generation,
+            );
+            if status.current.is_none() {
+                status.phase = Some(Phase::Pending);
+            }
+            status.message = Some(message);
+            Reconciled {
+                status,
+                requeue: Requeue::WaitForChange,
+            }
+        };
+        let Some(project) = input.project else {
+            let message = format!(
+                "Project {:?} not found in namespace {:?}",
+                input.stage.project_ref, input.key.namespace
+            );
+            return invalid(status, "ProjectNotFound", message);
+        };
+        let host = input.stage.docker_host.as_deref().unwrap_or("default");
+        if host != self.host_name {
+            let message = format!(
+                "spec.dockerHost: unknown Docker host {host:?} (this instance drives {:?})",
+                self.host_name
+            );
+            return invalid(status, "UnknownDockerHost", message);
+        }
+        let eff = match Effective::new(project, input.stage) {
+            Ok(eff) => eff,
+            Err(errors) => return invalid(status, "InvalidSpec", describe_errors(&errors)),
+        };
+        match self.converge(input, &eff, observed, &mut status).await {
+            Ok(requeue) => Reconciled { status, requeue },
+            Err(e) => {
+                tracing::warn!(reason = e.reason, message = %e.message, "reconcile step failed");
+                conditions::set(
+                    &mut status.conditions,
+                    READY,
+                    false,
+                    e.reason,
+                    &e.message,
+                    generation,
+                );
+                status.message = Some(e.message);
+                Reconciled {
+                    status,
+                    requeue: if e.transient {
+                        Requeue::Retry
+                    } else {
+                        Requeue::WaitForChange
+                    },
+                }
+            }
+        }
+    }
+
+    async fn converge(
+        &self,
+        input: &StageInput<'_>,
+        eff: &Effective,
+        observed: &[ContainerInfo],
+        status: &mut StageStatus,
+    ) -> Result<Requeue, StepError> {
+        let generation = Some(input.generation);
+        let desired = desired_tag(input.stage, eff, status);
+        status.desired_tag = desired.clone();
+        let Some(tag) = desired else {
+            let message = format!(
+                "waiting for a pushed tag that passes the policy ({}); or set spec.pinnedTag",
+                eff.policy.describe()
+            );
+            conditions::set(
+                &mut status.conditions,
+                READY,
+                false,
+                "NoTag",
+                &message,
+                generation,
+            );
+            status.phase = Some(Phase::Pending);
+            status.message = Some(message);
+            return Ok(Requeue::Resync);
+        };
+
+        if let Some(failure) = held_failure(status, &tag, input.generation) {
+            let message = failure.message.clone();
+            self.keep_serving(status, observed).await?;
+            status.message = Some(message);
+            return Ok(Requeue::Resync);
+        }
+
+        // A steady Stage never contacts the registry: the image is looked up locally unless a
+        // newer digest of the same tag was announced.
+        let steady_tag = status.current.as_ref().is_some_and(|c| {
+            c.tag == tag
+                && status
+                    .latest
+                    .as_ref()
+                    .and_then(|l| (l.tag == tag).then_some(l.digest.as_ref()).flatten())
+                    .is_none_or(|d| *d == c.digest)
+        });
+        let pull = if steady_tag {
+            Pull::IfNotPresent
+        } else {
+            eff.pull(&tag)
+        };
+        let reference = eff.reference(&tag);
+        let image = self.runtime.ensure_image(&reference, pull).await?;
+        let secrets = self.resolve_secrets(&input.key.namespace, eff)?;
+        let spec = eff.container_spec(&input.key, &tag, &image, &secrets);
+        let target = observed.iter().find(|c| c.name == spec.name);
+        let others: Vec<&ContainerInfo> = observed.iter().filter(|c| c.name != spec.name).collect();
+
+        if let Some(c) = target
+            && c.running
+            && status.phase == Some(Phase::Healthy)
+            && status
+                .current
+                .as_ref()
+                .is_some_and(|cur| cur.container_id.as_deref() == Some(c.id.as_str()))
+        {
+            // Steady state: only leftovers of an interrupted deploy may need retiring.
+            self.retire(&others, eff).await?;
+            let cur = status
+                .current
+                .as_ref()
+                .map(|c| c.tag.clone())
+                .unwrap_or_default();
+            let message = format!("{cur} is serving");
+            conditions::set(
+                &mut status.conditions,
+                READY,
+                true,
+                "Healthy",
+                &message,
+                generation,
+            );
+            status.message = Some(message);
+            return Ok(Requeue::Resync);
+        }
+        self.deploy(input, eff, status, tag, image, spec, target, &others)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn deploy(
+        &self,
+        input: &StageInput<'_>,
+        eff: &Effective,
+        status: &mut StageStatus,
+        tag: String,
+        image: ImageInfo,
+        spec: ContainerSpec,
+        existing: Option<&ContainerInfo>,
+        others: &[&ContainerInfo],
+    ) -> Result<Requeue, StepError> {
+        let generation = Some(input.generation);
+        let started_at = now();
+        let digest = image.digest().to_string();
+        let is_current = |id: &str| {
+            status
+                .current
+                .as_ref()
+                .is_some_and(|c| c.container_id.as_deref() == Some(id))
+        };
+        // Restarting the serving container after drift is not a deploy: no history, no retiring.
+        let drift_restart = existing.is_some_and(|c| is_current(&c.id));
+        let message = if drift_restart {
+            format!("restarting {tag}: its container was not running")
+        } else {
+            format!("deploying {tag} ({})", short(&digest))
+        };
+        tracing::info!(%tag, digest = %digest, container = %spec.name, "{message}");
+        status.phase = Some(Phase::Deploying);
+        conditions::set(
+            &mut status.conditions,
+            READY,
+            false,
+            "Deploying",
+            &message,
+            generation,
+        );
+        status.message = Some(message);
+        self.save(&input.key, status).await;
+
+        // The rollback target: what status says serves, else the newest other container.
+        let fallback = others
+            .iter()
+            .find(|c| is_current(&c.id))
+            .or_else(|| others.iter().max_by_key(|c| (c.running, c.created)))
+            .copied();
+        let handover = spec.host_port.is_some() && others.iter().any(|c| c.running);
+        let handover_started = Instant::now();
+        if handover {
+            // A fixed host port can be bound by one container only: the old one hands it over.
+            for c in others.iter().filter(|c| c.running) {
+                self.runtime.stop(&c.id, stop_timeout(eff)).await?;
+            }
+        }
+
+        let id = match existing {
+            Some(c) => c.id.clone(),
+            None => match self.runtime.create(&spec).await {
+                Ok(id) => id,
+                // A crash between create and the status write left it there: same name, same spec.
+                Err(RuntimeError::Conflict(_)) => spec.name.clone(),
+                Err(e) => {
+                    self.restore(fallback, handover).await;
+                    return Err(e.into());
+                }
+            },
+        };
+        let verdict = match Check::choose(&eff.health, spec.port, image.has_healthcheck) {
+            Err(e) => Err(e),
+            Ok(check) => match self.runtime.start(&id).await {
+                Err(e) => Err(format!("the container did not start: {e}")),
+                Ok(()) => {
+                    health::wait_healthy(
+                        &self.runtime,
+                        &self.prober,
+                        &id,
+                        &check,
+                        &eff.health,
+                        reach(&spec),
+                    )
+                    .await
+                }
+            },
+        };
+
+        match verdict {
+            Ok(took) => {
+                if !drift_restart {
+                    self.retire(others, eff).await?;
+                }
+                let gap = handover.then(|| handover_started.elapsed());
+                let note = match gap {
+                    Some(gap) => format!(
+                        "healthy in {:.1}s; host port {} handed over with a {:.1}s gap",
+                        took.as_secs_f64(),
+                        spec.host_port.unwrap_or_default(),
+                        gap.as_secs_f64()
+                    ),
+                    None => format!("healthy in {:.1}s", took.as_secs_f64()),
+                };
+                tracing::info!(%tag, container = %spec.name, "{note}");
+                if !drift_restart {
+                    let new = Deployed {
+                        tag: tag.clone(),
+                        digest: digest.clone(),
+                        container_id: Some(id.clone()),
+                        container_name: Some(spec.name.clone()),
+                        since: Some(now()),
+                    };
+                    if let Some(old) = status.current.replace(new)
+                        && (old.tag != tag || old.digest != digest)
+                    {
+                        status.previous = Some(old);
+                    }
+                    record(
+                        status,
+                        &tag,
+                        Some(&digest),
+                        started_at,
+                        Outcome::Succeeded,
+                        &note,
+                    );
+                }
+                status.last_failure = None;
+                status.phase = Some(Phase::Healthy);
+                let message = format!("{tag} is serving ({note})");
+                conditions::set(
+                    &mut status.conditions,
+                    READY,
+                    true,
+                    "Healthy",
+                    &message,
+                    generation,
+                );
+                status.message = Some(message);
+                Ok(Requeue::Resync)
+            }
+            Err(reason) if drift_restart => {
+                // Nothing better to go back to: leave it to Docker's restart policy, say so.
+                Err(StepError {
+                    reason: "Unhealthy",
+                    message: format!("{tag} was restarted but is not healthy: {reason}"),
+                    transient: true,
+                })
+            }
+            Err(reason) => {
+                tracing::warn!(%tag, container = %spec.name, %reason, "deploy failed; rolling back");
+                self.runtime.stop(&id, 0).await?;
+                self.runtime.remove(&id).await?;
+                let restored = self.restore(fallback, handover).await;
+                let (phase, outcome, cond_reason, message) = match (&restored, &status.current) {
+                    (Some(_), Some(cur)) => (
+                        Phase::RolledBack,
+                        Outcome::RolledBack,
+                        "RolledBack",
+                        format!(
+                            "{tag} failed its health check ({reason}); {} keeps serving",
+                            cur.tag
+                        ),
+                    ),
+                    _ => (
+                        Phase::Failed,
+                        Outcome::Failed,
+                        "DeployFailed",
+                        format!(
+                            "{tag} failed its health check ({reason}); nothing to roll back to"
+                        ),
+                    ),
+                };
+                status.last_failure = Some(FailedDeploy {
+                    tag: tag.clone(),
+                    digest: Some(digest.clone()),
+                    generation,
+                    reason: "HealthCheckFailed".into(),
+                    message: message.clone(),
+                });
+                record(status, &tag, Some(&digest), started_at, outcome, &message);
+                status.phase = Some(phase);
+                conditions::set(
+                    &mut status.conditions,
+                    READY,
+                    false,
+                    cond_reason,
+                    &message,
+                    generation,
+                );
+                status.message = Some(message);
+                Ok(Requeue::Resync)
+            }
+        }
+    }
+
+    /// After a failed deploy: the previous container serves again (it was only stopped for a
+    /// host-port handover, or a crash stopped it). Returns it when it runs.
+    async fn restore<'c>(
+        &self,
+        fallback: Option<&'c ContainerInfo>,
+        handover: bool,
+    ) -> Option<&'c ContainerInfo> {
+        let c = fallback?;
+        if (handover || !c.running)
+            && let Err(e) = self.runtime.start(&c.id).await
+        {
+            tracing::error!(container = %c.name, error = %e, "could not restart the previous container");
+            return None;
+        }
+        Some(c)
+    }
+
+    /// Held after a failure: keep what serves up, and nothing else.
+    async fn keep_serving(
+        &self,
+        status: &StageStatus,
+        observed: &[ContainerInfo],
+    ) -> Result<(), StepError> {
+        let current_id = status
+            .current
+            .as_ref()
+            .and_then(|c| c.container_id.as_deref());
+        for c in observed {
+            if Some(c.id.as_str()) == current_id {
+                if !c.running {
+                    tracing::info!(container = %c.name, "restarting the serving container");
+                    self.runtime.start(&c.id).await?;
+                }
+            } else {
+                self.runtime.stop(&c.id, 0).await?;
+                self.runtime.remove(&c.id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn retire(&self, others: &[&ContainerInfo], eff: &Effective) -> Result<(), StepError> {
+        for c in others {
+            tracing::info!(container = %c.name, tag = c.label(crate::api::labels::TAG).unwrap_or("?"), "retiring");
+            if c.running {
+                self.runtime.stop(&c.id, stop_timeout(eff)).await?;
+            }
+            self.runtime.remove(&c.id).await?;
+        }
+        Ok(())
+    }
+
+    fn resolve_secrets(
+        &self,
+        namespace: &str,
+        eff: &Effective,
+    ) -> Result<BTreeMap<String, String>, StepError> {
+        eff.secret_refs()
+            .map(|(var, source)| {
+                self.secrets
+                    .value(namespace, &source)
+                    .map(|v| (var.name.clone(), v))
+                    .map_err(|e| StepError {
+                        reason: "SecretUnavailable",
+                        message: format!("env {}: {e}", var.name),
+                        transient: true,
+                    })
+            })
+            .collect()
+    }
+
+    async fn save(&self, key: &StageKey, status: &StageStatus) {
+        if let Err(e) = self.sink.save(key, status).await {
+            tracing::warn!(error = %e, "could not save intermediate status");
+        }
+    }
+}
+
+/// The tag a Stage wants: its pin; else, with `autoDeploy`, the newest seen tag that passes the
+/// policy; else whatever serves now (nothing changes by itself).
+pub fn desired_tag(stage: &StageSpec, eff: &Effective, status: &StageStatus) -> Option<String> {
+    if let Some(pin) = &stage.pinned_tag {
+        return Some(pin.clone());
+    }
+    let latest = status
+        .latest
+        .as_ref()
+        .filter(|l| stage.auto_deploy && eff.policy.accepts(&l.tag));
+    latest
+        .map(|l: &SeenTag| l.tag.clone())
+        .or_else(|| status.current.as_ref().map(|c| c.tag.clone()))
+}
+
+/// A failure is held (not retried) while the tag, the spec generation and the announced digest
+/// are what failed: retrying the same thing would fail the same way and flap the service.
+fn held_failure<'s>(
+    status: &'s StageStatus,
+    tag: &str,
+    generation: i64,
+) -> Option<&'s FailedDeploy> {
+    let f = status.last_failure.as_ref()?;
+    let announced = status
+        .latest
+        .as_ref()
+        .filter(|l| l.tag == tag)
+        .and_then(|l| l.digest.as_ref());
+    let same_digest = match (announced, &f.digest) {
+        (Some(a), Some(d)) => a == d,
+        _ => true,
+    };
+    (f.tag == tag && f.generation == Some(generation) && same_digest).then_some(f)
+}
+
+fn record(
+    status: &mut StageStatus,
+    tag: &str,
+    digest: Option<&str>,
+    started: String,
+    outcome: Outcome,
+    message: &str,
+) {
+    status.history.insert(
+        0,
+        DeployRecord {
+            tag: tag.to_string(),
+            digest: digest.map(str::to_string),
+            started,
+            finished: now(),
+            outcome,
+            message: message.to_string(),
+        },
+    );
+    status.history.truncate(HISTORY_LIMIT);
+}
+
+fn reach(spec: &ContainerSpec) -> Reach {
+    let host_ip = match spec.host_ip.as_deref().map(str::parse::<IpAddr>) {
+        Some(Ok(ip)) if !ip.is_unspecified() => ip,
+        _ => IpAddr::from([127, 0, 0, 1]),
+    };
+    Reach {
+        host_port: spec.host_port.map(|p| (host_ip, p)),
+    }
+}
+
+fn stop_timeout(eff: &Effective) -> u32 {
+    eff.settings.stop_timeout_seconds.unwrap_or(10)
+}
+
+fn short(digest: &str) -> &str {
+    let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
+    &hex[..hex.len().min(12)]
+}

@@ -1,0 +1,728 @@
+//! From a Project and a Stage to the one container they describe: merging, validation and the
+//! deterministic container name. Pure: the only input from outside is resolved secret values.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::runtime::{ContainerSpec, ImageInfo, Pull};
+use super::tags::{self, CompiledPolicy};
+use crate::api::{
+    ContainerSettings, EnvVar, HealthCheck, HealthCheckType, ProjectSpec, PullPolicy,
+    RestartPolicy, SecretKeyRef, StageSpec, labels,
+};
+
+/// A problem with a spec, located by field path (`spec.container.port`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Joins field errors into one human message.
+pub fn describe_errors(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Where a Stage lives: namespace, project and stage names. Also the key of its containers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StageKey {
+    pub namespace: String,
+    pub project: String,
+    pub stage: String,
+}
+
+impl std::fmt::Display for StageKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.stage)
+    }
+}
+
+/// Health check with every default filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthSettings {
+    pub kind: HealthCheckType,
+    pub path: String,
+    pub expected_status: Option<u16>,
+    pub port: Option<u16>,
+    pub timeout: Duration,
+    pub interval: Duration,
+    pub retries: u32,
+    pub start_period: Duration,
+}
+
+/// What a Stage asks for, merged over its Project and validated.
+#[derive(Clone, Debug)]
+pub struct Effective {
+    pub repository: String,
+    pub settings: ContainerSettings,
+    pub health: HealthSettings,
+    pub policy: CompiledPolicy,
+    pub host_port: Option<u16>,
+    pub host_ip: Option<String>,
+    memory_bytes: Option<i64>,
+    nano_cpus: Option<i64>,
+}
+
+impl Effective {
+    /// Merges and validates; every problem is reported, not just the first.
+    pub fn new(project: &ProjectSpec, stage: &StageSpec) -> Result<Effective, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let settings = merge(&project.container, stage.overrides.as_ref());
+        let field = |name: &str| {
+            if stage.overrides.is_some() {
+                format!("spec.container.{name} (or the Stage's spec.overrides.{name})")
+            } else {
+                format!("spec.container.{name}")
+            }
+        };
+        validate_repository(&project.image, &mut errors);
+        validate_settings(&settings, &field, &mut errors);
+        let memory_bytes = settings
+            .resources
+            .as_ref()
+            .and_then(|r| r.memory.as_deref())
+            .and_then(|m| {
+                parse_memory(m)
+                    .map_err(|e| errors.push(FieldError::new(field("resources.memory"), e)))
+                    .ok()
+            });
+        let nano_cpus = settings
+            .resources
+            .as_ref()
+            .and_then(|r| r.cpus.as_deref())
+            .and_then(|c| {
+                parse_cpus(c)
+                    .map_err(|e| errors.push(FieldError::new(field("resources.cpus"), e)))
+                    .ok()
+            });
+        let health = merge_health(project.health_check.as_ref(), stage.health_check.as_ref());
+        validate_health(&health, &mut errors);
+        if let Some(tag) = &stage.pinned_tag
+            && !tags::is_valid_tag(tag)
+        {
+            errors.push(FieldError::new(
+                "spec.pinnedTag",
+                format!("{tag:?} is not a valid image tag"),
+            ));
+        }
+        if let Some(ip) = &stage.host_ip
+            && ip.parse::<IpAddr>().is_err()
+        {
+            errors.push(FieldError::new(
+                "spec.hostIp",
+                format!("{ip:?} is not an IP address"),
+            ));
+        }
+        if stage.host_port == Some(0) {
+            errors.push(FieldError::new("spec.hostPort", "must be 1-65535"));
+        }
+        let policy = match CompiledPolicy::compile(stage.tag_policy.as_ref()) {
+            Ok(p) => Some(p),
+            Err(errs) => {
+                errors.extend(
+                    errs.into_iter()
+                        .map(|e| FieldError::new(e.field.clone(), e.message.clone())),
+                );
+                None
+            }
+        };
+        match policy {
+            Some(policy) if errors.is_empty() => Ok(Effective {
+                repository: project.image.clone(),
+                settings,
+                health,
+                policy,
+                host_port: stage.host_port,
+                host_ip: stage.host_ip.clone(),
+                memory_bytes,
+                nano_cpus,
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    /// `repo:tag` as given to the runtime.
+    pub fn reference(&self, tag: &str) -> String {
+        format!("{}:{tag}", self.repository)
+    }
+
+    /// Kubernetes' rule unless the spec says otherwise: `latest` is always pulled.
+    pub fn pull(&self, tag: &str) -> Pull {
+        match self.settings.image_pull_policy {
+            Some(PullPolicy::Always) => Pull::Always,
+            Some(PullPolicy::IfNotPresent) => Pull::IfNotPresent,
+            Some(PullPolicy::Never) => Pull::Never,
+            None if tag == "latest" => Pull::Always,
+            None => Pull::IfNotPresent,
+        }
+    }
+
+    /// Secret references whose values `container_spec` needs, in env order.
+    pub fn secret_refs(&self) -> impl Iterator<Item = (&EnvVar, EnvValueSource<'_>)> {
+        self.settings.env.iter().filter_map(|e| {
+            let from = e.value_from.as_ref()?;
+            match (&from.secret_key_ref, &from.file) {
+                (Some(r), _) => Some((e, EnvValueSource::Secret(r))),
+                (None, Some(f)) => Some((e, EnvValueSource::File(f))),
+                _ => None,
+            }
+        })
+    }
+
+    /// The container port: the spec's, else the image's first `EXPOSE`.
+    pub fn port(&self, image: &ImageInfo) -> Option<u16> {
+        self.settings
+            .port
+            .or_else(|| image.exposed_ports.first().copied())
+    }
+
+    /// The container for `tag` from `image`. `secrets` holds the resolved `valueFrom` values,
+    /// by variable name. The name is a hash of everything that shapes the container, so a crash
+    /// and a retry find the same one, and any change of image or settings makes a new one.
+    pub fn container_spec(
+        &self,
+        key: &StageKey,
+        tag: &str,
+        image: &ImageInfo,
+        secrets: &BTreeMap<String, String>,
+    ) -> ContainerSpec {
+        let env: Vec<(String, String)> = self
+            .settings
+            .env
+            .iter()
+            .filter_map(|e| {
+                let value = e.value.clone().or_else(|| secrets.get(&e.name).cloned())?;
+                Some((e.name.clone(), value))
+            })
+            .collect();
+        let mut spec = ContainerSpec {
+            name: String::new(),
+            image: image.id.clone(),
+            env,
+            labels: self.settings.labels.clone(),
+            args: self.settings.args.clone(),
+            port: self.port(image),
+            host_port: self.host_port,
+            host_ip: self.host_ip.clone(),
+            binds: self
+                .settings
+                .volumes
+                .iter()
+                .map(|v| {
+                    let ro = if v.read_only == Some(true) { ":ro" } else { "" };
+                    format!("{}:{}{ro}", v.source, v.target)
+                })
+                .collect(),
+            restart_policy: restart_policy_name(self.settings.restart_policy.unwrap_or_default())
+                .to_string(),
+            memory_bytes: self.memory_bytes,
+            nano_cpus: self.nano_cpus,
+            network: self.settings.network.clone(),
+            stop_timeout: self.settings.stop_timeout_seconds.unwrap_or(10),
+        };
+        let hash = spec_hash(key, &spec);
+        spec.name = container_name(key, &hash);
+        spec.labels.extend([
+            (labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into()),
+            (labels::NAMESPACE.into(), key.namespace.clone()),
+            (labels::PROJECT.into(), key.project.clone()),
+            (labels::STAGE.into(), key.stage.clone()),
+            (labels::TAG.into(), tag.to_string()),
+            (labels::SPEC_HASH.into(), hash),
+        ]);
+        spec
+    }
+}
+
+/// Where a secret environment value comes from.
+pub enum EnvValueSource<'a> {
+    Secret(&'a SecretKeyRef),
+    File(&'a str),
+}
+
+fn merge(base: &ContainerSettings, over: Option<&ContainerSettings>) -> ContainerSettings {
+    let Some(over) = over else {
+        return base.clone();
+    };
+    let mut env = base.env.clone();
+    for var in &over.env {
+        match env.iter_mut().find(|e| e.name == var.name) {
+            Some(slot) => *slot = var.clone(),
+            None => env.push(var.clone()),
+        }
+    }
+    let mut labels = base.labels.clone();
+    labels.extend(over.labels.clone());
+    ContainerSettings {
+        port: over.port.or(base.port),
+        env,
+        labels,
+        volumes: if over.volumes.is_empty() {
+            base.volumes.clone()
+        } else {
+            over.volumes.clone()
+        },
+        restart_policy: over.restart_policy.or(base.restart_policy),
+        resources: match (&base.resources, &over.resources) {
+            (Some(b), Some(o)) => Some(crate::api::Resources {
+                memory: o.memory.clone().or_else(|| b.memory.clone()),
+                cpus: o.cpus.clone().or_else(|| b.cpus.clone()),
+            }),
+            (b, o) => o.clone().or_else(|| b.clone()),
+        },
+        args: over.args.clone().or_else(|| base.args.clone()),
+        network: over.network.clone().or_else(|| base.network.clone()),
+        image_pull_policy: over.image_pull_policy.or(base.image_pull_policy),
+        stop_timeout_seconds: over.stop_timeout_seconds.or(base.stop_timeout_seconds),
+    }
+}
+
+fn merge_health(project: Option<&HealthCheck>, stage: Option<&HealthCheck>) -> HealthSettings {
+    let pick = |f: fn(&HealthCheck) -> Option<u32>, default: u32| {
+        stage
+            .and_then(f)
+            .or_else(|| project.and_then(f))
+            .unwrap_or(default)
+    };
+    let secs = |s: u32| Duration::from_secs(u64::from(s));
+    HealthSettings {
+        kind: stage
+            .and_then(|h| h.kind)
+            .or_else(|| project.and_then(|h| h.kind))
+            .unwrap_or_default(),
+        path: stage
+            .and_then(|h| h.path.clone())
+            .or_else(|| project.and_then(|h| h.path.clone()))
+            .unwrap_or_else(|| "/".to_string()),
+        expected_status: stage
+            .and_then(|h| h.expected_status)
+            .or_else(|| project.and_then(|h| h.expected_status)),
+        port: stage
+            .and_then(|h| h.port)
+            .or_else(|| project.and_then(|h| h.port)),
+        timeout: secs(pick(|h| h.timeout_seconds, 2)),
+        interval: secs(pick(|h| h.interval_seconds, 1)),
+        retries: pick(|h| h.retries, 3),
+        start_period: secs(pick(|h| h.start_period_seconds, 10)),
+    }
+}
+
+fn validate_repository(image: &str, errors: &mut Vec<FieldError>) {
+    let field = "spec.image";
+    if image.is_empty() {
+        errors.push(FieldError::new(field, "must name an image repository"));
+        return;
+    }
+    if image.contains('@') {
+        errors.push(FieldError::new(
+            field,
+            "must be a repository without digest (`registry/org/app`); tags come from Stages",
+        ));
+    }
+    // A `:` after the last `/` is a tag; before it, a registry port.
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if last.contains(':') {
+        errors.push(FieldError::new(
+            field,
+            format!("{image:?} carries a tag; give the repository only, Stages choose tags"),
+        ));
+    }
+    let valid_path = image.split('/').skip(1).all(|part| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+    });
+    let first = image.split('/').next().unwrap_or_default();
+    let valid_first = !first.is_empty()
+        && first
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c));
+    if !valid_path || !valid_first || image.ends_with('/') {
+        errors.push(FieldError::new(
+            field,
+            format!("{image:?} is not a valid repository (lowercase `registry/org/app`)"),
+        ));
+    }
+}
+
+fn validate_settings(
+    s: &ContainerSettings,
+    field: &dyn Fn(&str) -> String,
+    errors: &mut Vec<FieldError>,
+) {
+    if s.port == Some(0) {
+        errors.push(FieldError::new(field("port"), "must be 1-65535"));
+    }
+    for (i, e) in s.env.iter().enumerate() {
+        let at = |f: &str| field(&format!("env[{i}]{f}"));
+        if e.name.is_empty() || e.name.contains('=') {
+            errors.push(FieldError::new(
+                at(".name"),
+                "must be a non-empty name without `=`",
+            ));
+        }
+        match (&e.value, &e.value_from) {
+            (Some(_), Some(_)) => errors.push(FieldError::new(
+                at(""),
+                "set either `value` or `valueFrom`, not both",
+            )),
+            (None, None) => errors.push(FieldError::new(at(""), "set `value` or `valueFrom`")),
+            (None, Some(from)) => {
+                if from.secret_key_ref.is_some() == from.file.is_some() {
+                    errors.push(FieldError::new(
+                        at(".valueFrom"),
+                        "set exactly one of `secretKeyRef` and `file`",
+                    ));
+                }
+            }
+            (Some(_), None) => {}
+        }
+    }
+    for key in s.labels.keys() {
+        if key.starts_with("tinyforge.dev/") || key == labels::MANAGED_BY {
+            errors.push(FieldError::new(
+                field(&format!("labels[{key}]")),
+                "is reserved for tiny-forge's ownership labels",
+            ));
+        }
+    }
+    for (i, v) in s.volumes.iter().enumerate() {
+        if !v.target.starts_with('/') {
+            errors.push(FieldError::new(
+                field(&format!("volumes[{i}].target")),
+                "must be an absolute path",
+            ));
+        }
+        if v.source.is_empty() || v.source.contains(':') {
+            errors.push(FieldError::new(
+                field(&format!("volumes[{i}].source")),
+                "must be a host path or volume name without `:`",
+            ));
+        }
+    }
+    if s.stop_timeout_seconds.is_some_and(|t| t > 600) {
+        errors.push(FieldError::new(
+            field("stopTimeoutSeconds"),
+            "must be at most 600",
+        ));
+    }
+}
+
+fn validate_health(h: &HealthSettings, errors: &mut Vec<FieldError>) {
+    let field = |f: &str| format!("spec.healthCheck.{f}");
+    if !h.path.starts_with('/') {
+        errors.push(FieldError::new(field("path"), "must start with `/`"));
+    }
+    if let Some(s) = h.expected_status
+        && !(100..=599).contains(&s)
+    {
+        errors.push(FieldError::new(
+            field("expectedStatus"),
+            "must be an HTTP status (100-599)",
+        ));
+    }
+    if h.port == Some(0) {
+        errors.push(FieldError::new(field("port"), "must be 1-65535"));
+    }
+    for (name, d) in [
+        ("timeoutSeconds", h.timeout),
+        ("intervalSeconds", h.interval),
+    ] {
+        if d.is_zero() {
+            errors.push(FieldError::new(field(name), "must be at least 1"));
+        }
+    }
+    if h.retries == 0 {
+        errors.push(FieldError::new(field("retries"), "must be at least 1"));
+    }
+}
+
+/// Kubernetes memory quantities (`256Mi`, `1G`, `1048576`) to bytes.
+pub fn parse_memory(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let units: [(&str, i64); 8] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    let (number, factor) = units
+        .iter()
+        .find_map(|(suffix, f)| s.strip_suffix(suffix).map(|n| (n, *f)))
+        .unwrap_or((s, 1));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a memory quantity like 256Mi or 1Gi"))?;
+    let bytes = value * factor as f64;
+    if !(bytes >= 6.0 * 1024.0 * 1024.0 && bytes < i64::MAX as f64) {
+        return Err(format!("{s:?} is out of range (Docker needs at least 6Mi)"));
+    }
+    Ok(bytes as i64)
+}
+
+/// CPU cores (`0.5`, `2`) or millicores (`500m`) to Docker's nano-CPUs.
+pub fn parse_cpus(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let cores = match s.strip_suffix('m') {
+        Some(milli) => milli.parse::<f64>().map(|m| m / 1000.0),
+        None => s.parse::<f64>(),
+    }
+    .map_err(|_| format!("{s:?} is not a CPU amount like 0.5 or 500m"))?;
+    if !(cores > 0.0 && cores <= 1024.0) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok((cores * 1e9) as i64)
+}
+
+fn restart_policy_name(p: RestartPolicy) -> &'static str {
+    match p {
+        RestartPolicy::No => "no",
+        RestartPolicy::Always => "always",
+        RestartPolicy::UnlessStopped => "unless-stopped",
+        RestartPolicy::OnFailure => "on-failure",
+    }
+}
+
+fn spec_hash(key: &StageKey, spec: &ContainerSpec) -> String {
+    let mut h = Sha256::new();
+    // Debug output of the spec is stable for a given build and covers every field; the name
+    // and ownership labels are derived from the hash, so they are not part of it.
+    h.update(format!("{key:?}\n{spec:?}").as_bytes());
+    let digest = h.finalize();
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `tf-<namespace>-<project>-<stage>-<hash>`: deterministic, so a retry after a crash finds the
+/// container it already created instead of making a second one.
+pub fn container_name(key: &StageKey, hash: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    };
+    format!(
+        "tf-{}-{}-{}-{hash}",
+        clean(&key.namespace),
+        clean(&key.project),
+        clean(&key.stage)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{EnvSource, Resources};
+
+    fn project() -> ProjectSpec {
+        ProjectSpec {
+            image: "registry.example:5000/team/app".into(),
+            container: ContainerSettings {
+                port: Some(8080),
+                env: vec![EnvVar {
+                    name: "MODE".into(),
+                    value: Some("base".into()),
+                    value_from: None,
+                }],
+                labels: [("team".to_string(), "a".to_string())].into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn stage() -> StageSpec {
+        StageSpec {
+            project_ref: "app".into(),
+            ..Default::default()
+        }
+    }
+
+    fn key() -> StageKey {
+        StageKey {
+            namespace: "default".into(),
+            project: "app".into(),
+            stage: "prod".into(),
+        }
+    }
+
+    fn image(id: &str) -> ImageInfo {
+        ImageInfo {
+            id: id.into(),
+            repo_digest: None,
+            exposed_ports: vec![9000],
+            has_healthcheck: false,
+        }
+    }
+
+    #[test]
+    fn overrides_merge_env_by_name_and_win_on_scalars() {
+        let mut s = stage();
+        s.overrides = Some(ContainerSettings {
+            port: Some(9090),
+            env: vec![
+                EnvVar {
+                    name: "MODE".into(),
+                    value: Some("prod".into()),
+                    value_from: None,
+                },
+                EnvVar {
+                    name: "EXTRA".into(),
+                    value: Some("1".into()),
+                    value_from: None,
+                },
+            ],
+            ..Default::default()
+        });
+        let eff = Effective::new(&project(), &s).unwrap();
+        assert_eq!(eff.settings.port, Some(9090));
+        let env: Vec<_> = eff
+            .settings
+            .env
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_deref().unwrap()))
+            .collect();
+        assert_eq!(env, [("MODE", "prod"), ("EXTRA", "1")]);
+        assert_eq!(eff.settings.labels["team"], "a");
+    }
+
+    #[test]
+    fn container_name_is_deterministic_and_changes_with_image_or_settings() {
+        let eff = Effective::new(&project(), &stage()).unwrap();
+        let a = eff.container_spec(&key(), "1.0", &image("sha256:aa"), &BTreeMap::new());
+        let again = eff.container_spec(&key(), "1.0", &image("sha256:aa"), &BTreeMap::new());
+        let other_image = eff.container_spec(&key(), "1.0", &image("sha256:bb"), &BTreeMap::new());
+        assert_eq!(a.name, again.name);
+        assert!(a.name.starts_with("tf-default-app-prod-"), "{}", a.name);
+        assert_ne!(a.name, other_image.name);
+        let mut s = stage();
+        s.overrides = Some(ContainerSettings {
+            port: Some(1234),
+            ..Default::default()
+        });
+        let changed = Effective::new(&project(), &s).unwrap().container_spec(
+            &key(),
+            "1.0",
+            &image("sha256:aa"),
+            &BTreeMap::new(),
+        );
+        assert_ne!(a.name, changed.name);
+        assert_eq!(a.labels[labels::STAGE], "prod");
+        assert_eq!(a.labels[labels::MANAGED_BY], "tiny-forge");
+        assert_eq!(a.labels[labels::TAG], "1.0");
+    }
+
+    #[test]
+    fn port_falls_back_to_the_image_expose() {
+        let mut p = project();
+        p.container.port = None;
+        let eff = Effective::new(&p, &stage()).unwrap();
+        assert_eq!(eff.port(&image("sha256:aa")), Some(9000));
+    }
+
+    #[test]
+    fn invalid_specs_report_every_field() {
+        let mut p = project();
+        p.image = "Team/App:1.0".into();
+        p.container.port = Some(0);
+        p.container.env.push(EnvVar {
+            name: "BOTH".into(),
+            value: Some("x".into()),
+            value_from: Some(EnvSource {
+                file: Some("/x".into()),
+                secret_key_ref: None,
+            }),
+        });
+        p.container
+            .labels
+            .insert("tinyforge.dev/stage".into(), "x".into());
+        p.container.resources = Some(Resources {
+            memory: Some("lots".into()),
+            cpus: Some("-1".into()),
+        });
+        p.health_check = Some(HealthCheck {
+            path: Some("healthz".into()),
+            retries: Some(0),
+            ..Default::default()
+        });
+        let mut s = stage();
+        s.pinned_tag = Some("bad tag".into());
+        s.host_ip = Some("localhost".into());
+        let errors = Effective::new(&p, &s).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        for expected in [
+            "spec.image",
+            "spec.container.port",
+            "spec.container.env[1]",
+            "spec.container.labels[tinyforge.dev/stage]",
+            "spec.container.resources.memory",
+            "spec.container.resources.cpus",
+            "spec.healthCheck.path",
+            "spec.healthCheck.retries",
+            "spec.pinnedTag",
+            "spec.hostIp",
+        ] {
+            assert!(
+                fields.contains(&expected),
+                "{expected} missing in {fields:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_memory("256Mi"), Ok(256 << 20));
+        assert_eq!(parse_memory("1G"), Ok(1_000_000_000));
+        assert_eq!(parse_memory("8388608"), Ok(8 << 20));
+        assert!(parse_memory("1Mi").is_err());
+        assert!(parse_memory("12 apples").is_err());
+        assert_eq!(parse_cpus("500m"), Ok(500_000_000));
+        assert_eq!(parse_cpus("2"), Ok(2_000_000_000));
+        assert!(parse_cpus("0").is_err());
+    }
+
+    #[test]
+    fn pull_policy_defaults_like_kubernetes() {
+        let eff = Effective::new(&project(), &stage()).unwrap();
+        assert_eq!(eff.pull("latest"), Pull::Always);
+        assert_eq!(eff.pull("1.0.0"), Pull::IfNotPresent);
+    }
+
+    #[test]
+    fn repository_with_registry_port_is_valid_but_tags_are_not() {
+        let mut p = project();
+        p.image = "localhost:5000/app".into();
+        assert!(Effective::new(&p, &stage()).is_ok());
+        p.image = "localhost:5000/app:1.0".into();
+        assert!(Effective::new(&p, &stage()).is_err());
+        p.image = "tiny-forge-demo".into();
+        assert!(Effective::new(&p, &stage()).is_ok());
+    }
+}
