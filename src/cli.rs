@@ -1,0 +1,218 @@
+//! `tiny-forge get`: kubectl-like views of the embedded store.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::api::API_VERSION;
+use crate::store::{Kind, StateDb, Stored};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GetKind {
+    Projects,
+    Stages,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Wide,
+    Json,
+    Yaml,
+}
+
+/// Prints Projects or Stages from the store in `state_dir`.
+pub fn get(
+    state_dir: &Path,
+    kind: GetKind,
+    name: Option<&str>,
+    namespace: Option<&str>,
+    output: Option<Output>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        state_dir.join("state.db").exists(),
+        "no state store in {} (has `tiny-forge run` been started with this --state-dir?)",
+        state_dir.display()
+    );
+    let db = StateDb::open(state_dir)?;
+    let rows: Vec<Stored> = db
+        .list(match kind {
+            GetKind::Projects => Kind::Project,
+            GetKind::Stages => Kind::Stage,
+        })?
+        .into_iter()
+        .filter(|r| namespace.is_none_or(|n| r.namespace == n))
+        .filter(|r| name.is_none_or(|n| r.name == n))
+        .collect();
+    if let Some(name) = name
+        && rows.is_empty()
+    {
+        anyhow::bail!("{kind:?} {name:?} not found", kind = kind);
+    }
+    let objects: Vec<serde_json::Value> = rows.iter().map(to_object).collect();
+    let single = name.is_some() && objects.len() == 1;
+    let doc = if single {
+        objects[0].clone()
+    } else {
+        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects})
+    };
+    match output {
+        Some(Output::Json) => println!("{}", serde_json::to_string_pretty(&doc)?),
+        Some(Output::Yaml) => print!("{}", serde_saphyr::to_string(&doc)?),
+        wide => print!(
+            "{}",
+            table(kind, &rows, wide == Some(Output::Wide), namespace.is_none())
+        ),
+    }
+    let errors = db.manifest_errors()?;
+    if !errors.is_empty() {
+        eprintln!(
+            "\nwarning: {} manifest problem(s), those resources keep their last good spec:",
+            errors.len()
+        );
+        for e in errors {
+            eprintln!("  {e}");
+        }
+    }
+    Ok(())
+}
+
+/// The stored resource as the Kubernetes object it stands for.
+pub fn to_object(r: &Stored) -> serde_json::Value {
+    let mut meta = serde_json::json!({
+        "name": r.name,
+        "namespace": r.namespace,
+        "uid": r.uid,
+        "generation": r.generation,
+        "creationTimestamp": r.created,
+    });
+    if let Some(source) = &r.source {
+        meta["annotations"] = serde_json::json!({"tinyforge.dev/source": source});
+    }
+    serde_json::json!({
+        "apiVersion": API_VERSION,
+        "kind": r.kind,
+        "metadata": meta,
+        "spec": r.spec,
+        "status": r.status,
+    })
+}
+
+fn table(kind: GetKind, rows: &[Stored], wide: bool, show_namespace: bool) -> String {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    let ready = |r: &Stored| {
+        r.status["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+            .map(|c| s(&c["status"]))
+            .unwrap_or_else(|| "Unknown".into())
+    };
+    let (mut header, mut lines): (Vec<&str>, Vec<Vec<String>>) = match kind {
+        GetKind::Projects => (
+            vec!["NAME", "IMAGE", "READY", "AGE"],
+            rows.iter()
+                .map(|r| {
+                    vec![
+                        r.name.clone(),
+                        s(&r.spec["image"]),
+                        ready(r),
+                        age(&r.created),
+                    ]
+                })
+                .collect(),
+        ),
+        GetKind::Stages => (
+            vec!["NAME", "PROJECT", "TAG", "PHASE", "READY", "AGE", "MESSAGE"],
+            rows.iter()
+                .map(|r| {
+                    vec![
+                        r.name.clone(),
+                        s(&r.spec["projectRef"]),
+                        s(&r.status["current"]["tag"]),
+                        s(&r.status["phase"]),
+                        ready(r),
+                        age(&r.created),
+                        s(&r.status["message"]),
+                    ]
+                })
+                .collect(),
+        ),
+    };
+    if wide && kind == GetKind::Stages {
+        header.splice(6..6, ["DESIRED", "LATEST", "CONTAINER"]);
+        for (line, r) in lines.iter_mut().zip(rows) {
+            line.splice(
+                6..6,
+                [
+                    s(&r.status["desiredTag"]),
+                    s(&r.status["latest"]["tag"]),
+                    s(&r.status["current"]["containerName"]),
+                ],
+            );
+        }
+    }
+    if show_namespace {
+        header.insert(0, "NAMESPACE");
+        for (line, r) in lines.iter_mut().zip(rows) {
+            line.insert(0, r.namespace.clone());
+        }
+    }
+    if lines.is_empty() {
+        return "No resources found.\n".into();
+    }
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for line in &lines {
+        for (w, cell) in widths.iter_mut().zip(line) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut emit = |cells: Vec<String>| {
+        let last = cells.len() - 1;
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == last {
+                let _ = writeln!(out, "{cell}");
+            } else {
+                let _ = write!(out, "{cell:<w$}   ");
+            }
+        }
+    };
+    emit(header.iter().map(|h| h.to_string()).collect());
+    for line in lines {
+        emit(line);
+    }
+    out
+}
+
+/// kubectl's short ages: 45s, 12m, 3h, 5d.
+fn age(created: &str) -> String {
+    let Ok(then) = created.parse::<k8s_openapi::jiff::Timestamp>() else {
+        return "<unknown>".into();
+    };
+    let secs = (k8s_openapi::jiff::Timestamp::now().as_second() - then.as_second()).max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let ago = |s: i64| {
+            k8s_openapi::jiff::Timestamp::from_second(
+                k8s_openapi::jiff::Timestamp::now().as_second() - s,
+            )
+            .unwrap()
+            .to_string()
+        };
+        assert_eq!(age(&ago(5)), "5s");
+        assert_eq!(age(&ago(600)), "10m");
+        assert_eq!(age(&ago(3 * 3600)), "3h");
+        assert_eq!(age(&ago(3 * 86_400)), "3d");
+        assert_eq!(age("garbage"), "<unknown>");
+    }
+}

@@ -1,0 +1,515 @@
+//! Standalone mode: manifests from a directory, status in the embedded store, one Docker host.
+//!
+//! A small controller loop in the spirit of kube-runtime's: a Stage is reconciled when its inputs
+//! change (its manifest, its Project, a newly seen tag), when its periodic resync is due (drift),
+//! or after a backoff on transient errors; never twice at once. Containers are listed once per
+//! pass for all Stages.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use notify::Watcher as _;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep, sleep_until};
+
+use crate::api::{Project, StageSpec, StageStatus, labels};
+use crate::docker::DockerRuntime;
+use crate::engine::conditions::{self, READY};
+use crate::engine::spec::describe_errors;
+use crate::engine::{
+    ContainerInfo, Effective, Reconciled, Reconciler, Requeue, Runtime, RuntimeError, StageInput,
+    StageKey, StatusSink,
+};
+use crate::probe::NetProber;
+use crate::store::{FileSecrets, Kind, Manifests, StateDb, load_dir};
+
+/// Settings of `tiny-forge run` in standalone mode.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub manifests: PathBuf,
+    pub state_dir: PathBuf,
+    pub secrets_dir: Option<PathBuf>,
+    /// `DOCKER_HOST`-style endpoint; None reads `DOCKER_HOST`.
+    pub docker_host: Option<String>,
+    /// Periodic re-check of every Stage (drift repair).
+    pub resync: Duration,
+    /// Stages deployed at the same time.
+    pub concurrency: usize,
+}
+
+type Engine = Reconciler<DockerRuntime, NetProber, DbSink, FileSecrets>;
+
+/// Saves intermediate status to the embedded store.
+#[derive(Clone)]
+pub struct DbSink(Arc<StateDb>);
+
+impl StatusSink for DbSink {
+    async fn save(&self, key: &StageKey, status: &StageStatus) -> Result<(), String> {
+        self.0
+            .save_stage_status(&key.namespace, &key.stage, status)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Per-Stage scheduling state.
+#[derive(Default)]
+struct Slot {
+    running: bool,
+    next_due: Option<Instant>,
+    /// Inputs seen by the last finished reconcile; a change makes the Stage due at once.
+    fingerprint: Option<String>,
+    backoff: Duration,
+    finished: Option<Instant>,
+}
+
+/// Runs until `shutdown` resolves. Docker being unreachable is reported in every Stage's status
+/// and retried; it does not end the loop.
+pub async fn run(
+    opts: Options,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let db = Arc::new(StateDb::open(&opts.state_dir)?);
+    anyhow::ensure!(
+        opts.manifests.is_dir(),
+        "--manifests {}: not a directory",
+        opts.manifests.display()
+    );
+    tracing::info!(manifests = %opts.manifests.display(), state = %db.path().display(), "standalone mode");
+
+    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<()>();
+    let _watcher = watch(&opts.manifests, wake_tx)?;
+    tokio::pin!(shutdown);
+
+    // Until Docker answers, say so in status (and keep reading manifests so `get` is useful).
+    let runtime = loop {
+        let manifests = sync_manifests(&opts.manifests, &db, &mut None)?;
+        match DockerRuntime::connect(opts.docker_host.as_deref()).await {
+            Ok(rt) => break rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reach Docker; retrying in 5s");
+                mark_all(&db, &manifests, &e);
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = sleep(Duration::from_secs(5)) => {}
+        }
+    };
+    tracing::info!(endpoint = runtime.endpoint(), "connected to Docker");
+
+    let engine = Arc::new(Reconciler {
+        runtime,
+        prober: NetProber::new(),
+        sink: DbSink(db.clone()),
+        secrets: FileSecrets {
+            dir: opts.secrets_dir.clone(),
+        },
+        host_name: "default".to_string(),
+    });
+    Controller {
+        opts,
+        db,
+        engine,
+        slots: HashMap::new(),
+        tasks: JoinSet::new(),
+        last_errors: None,
+    }
+    .run(&mut wake_rx, shutdown)
+    .await
+}
+
+struct Controller {
+    opts: Options,
+    db: Arc<StateDb>,
+    engine: Arc<Engine>,
+    slots: HashMap<(String, String), Slot>,
+    tasks: JoinSet<((String, String), Reconciled)>,
+    last_errors: Option<Vec<String>>,
+}
+
+impl Controller {
+    async fn run(
+        mut self,
+        wake: &mut mpsc::UnboundedReceiver<()>,
+        mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> anyhow::Result<()> {
+        let mut manifests = self.reload()?;
+        let mut last_reload = Instant::now();
+        let mut last_version = self.db.data_version().unwrap_or_default();
+        loop {
+            self.pass(&manifests).await;
+            let next = self
+                .slots
+                .values()
+                .filter(|s| !s.running)
+                .filter_map(|s| s.next_due)
+                .min()
+                .unwrap_or_else(|| Instant::now() + self.opts.resync)
+                // Other processes (webhooks, the CLI) write the store: look at least every second.
+                .min(Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(_) = wake.recv() => {
+                    // Editors write in several steps: let them finish, then read once.
+                    sleep(Duration::from_millis(200)).await;
+                    while wake.try_recv().is_ok() {}
+                    manifests = self.reload()?;
+                    last_reload = Instant::now();
+                }
+                Some(done) = self.tasks.join_next() => self.finish(done),
+                _ = sleep_until(next) => {
+                    // The watcher may miss events (network filesystems): re-read at each resync.
+                    let version = self.db.data_version().unwrap_or_default();
+                    if last_reload.elapsed() >= self.opts.resync || version != last_version {
+                        manifests = self.reload()?;
+                        last_reload = Instant::now();
+                        last_version = version;
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            in_flight = self.tasks.len(),
+            "shutting down; waiting for deploys in flight"
+        );
+        // Every step is safe to interrupt; waiting merely avoids leaving work for the next start.
+        let drain = async {
+            while let Some(done) = self.tasks.join_next().await {
+                self.finish(done)
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(30), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("deploys still in flight after 30s; they resume on the next start");
+        }
+        Ok(())
+    }
+
+    fn reload(&mut self) -> anyhow::Result<Manifests> {
+        sync_manifests(&self.opts.manifests, &self.db, &mut self.last_errors)
+    }
+
+    fn finish(&mut self, done: Result<((String, String), Reconciled), tokio::task::JoinError>) {
+        let ((ns, name), reconciled) = match done {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(error = %e, "reconcile task failed");
+                return;
+            }
+        };
+        if let Err(e) = self.db.save_stage_status(&ns, &name, &reconciled.status) {
+            tracing::error!(stage = %format!("{ns}/{name}"), error = %e, "cannot save status");
+        }
+        let resync = self.opts.resync;
+        let slot = self.slots.entry((ns, name)).or_default();
+        slot.running = false;
+        slot.finished = Some(Instant::now());
+        let delay = match reconciled.requeue {
+            Requeue::Resync => {
+                slot.backoff = Duration::ZERO;
+                resync
+            }
+            Requeue::Retry => {
+                slot.backoff =
+                    (slot.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                slot.backoff
+            }
+            // Only a change of inputs (fingerprint) makes it due again.
+            Requeue::WaitForChange => Duration::from_secs(24 * 3600),
+        };
+        slot.next_due = Some(Instant::now() + delay);
+    }
+
+    /// One pass: find due Stages, list containers once, collect orphans, dispatch.
+    async fn pass(&mut self, manifests: &Manifests) {
+        let now = Instant::now();
+        let projects: BTreeMap<(String, String), &Project> = manifests
+            .projects
+            .iter()
+            .map(|l| (key_of(&l.resource), &l.resource))
+            .collect();
+        // Stages as the store knows them: a Stage in a broken file keeps its last good spec.
+        let stored = match self.db.list(Kind::Stage) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the state store");
+                return;
+            }
+        };
+        let mut due = Vec::new();
+        for row in &stored {
+            let Ok(spec) = serde_json::from_value::<StageSpec>(row.spec.clone()) else {
+                continue;
+            };
+            let project = projects
+                .get(&(row.namespace.clone(), spec.project_ref.clone()))
+                .map(|p| &p.spec);
+            let fingerprint = fingerprint(&row.spec, project, &row.status);
+            let slot = self
+                .slots
+                .entry((row.namespace.clone(), row.name.clone()))
+                .or_default();
+            if slot.running {
+                continue;
+            }
+            let changed = slot.fingerprint.as_deref() != Some(fingerprint.as_str());
+            if changed || slot.next_due.is_none_or(|d| d <= now) {
+                slot.fingerprint = Some(fingerprint);
+                due.push((
+                    row.namespace.clone(),
+                    row.name.clone(),
+                    row.generation,
+                    spec,
+                    project.cloned(),
+                ));
+            }
+        }
+        let known: BTreeSet<(String, String)> = stored
+            .iter()
+            .map(|r| (r.namespace.clone(), r.name.clone()))
+            .collect();
+        self.slots.retain(|k, s| s.running || known.contains(k));
+        if due.is_empty() {
+            return;
+        }
+
+        let listed_at = Instant::now();
+        let containers = match self.engine.runtime.list_managed(&[]).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list containers");
+                for (ns, name, generation, ..) in &due {
+                    self.report_unreachable(ns, name, *generation, &e);
+                }
+                return;
+            }
+        };
+        let mut by_stage: BTreeMap<(String, String), Vec<ContainerInfo>> = BTreeMap::new();
+        for c in containers {
+            let ns = c.label(labels::NAMESPACE).unwrap_or_default().to_string();
+            let stage = c.label(labels::STAGE).unwrap_or_default().to_string();
+            by_stage.entry((ns, stage)).or_default().push(c);
+        }
+        // Orphans: ours, but no Stage. Not while any manifest is broken: the broken file might be
+        // the one that defines their Stage, and deleting a serving container is not undoable.
+        if manifests.errors.is_empty() {
+            for (key, containers) in by_stage.iter().filter(|(k, _)| !known.contains(k)) {
+                if self.slots.get(key).is_some_and(|s| s.running) {
+                    continue;
+                }
+                for c in containers {
+                    tracing::info!(container = %c.name, stage = %format!("{}/{}", key.0, key.1), "removing orphan container");
+                    if let Err(e) = self.engine.runtime.remove(&c.id).await {
+                        tracing::warn!(container = %c.name, error = %e, "cannot remove orphan");
+                    }
+                }
+            }
+        }
+
+        let mut in_flight = self.slots.values().filter(|s| s.running).count();
+        for (ns, name, generation, spec, project) in due {
+            let key = (ns.clone(), name.clone());
+            let slot = self.slots.entry(key.clone()).or_default();
+            // Finished after the listing began: the list may predate its work. Next pass.
+            if slot.finished.is_some_and(|f| f > listed_at) || in_flight >= self.opts.concurrency {
+                slot.fingerprint = None;
+                continue;
+            }
+            slot.running = true;
+            in_flight += 1;
+            let observed = by_stage.remove(&key).unwrap_or_default();
+            let engine = self.engine.clone();
+            let db = self.db.clone();
+            self.tasks.spawn(async move {
+                let status = db.stage_status(&ns, &name).unwrap_or_default();
+                let stage_key = StageKey {
+                    namespace: ns.clone(),
+                    project: spec.project_ref.clone(),
+                    stage: name.clone(),
+                };
+                let input = StageInput {
+                    key: stage_key,
+                    generation,
+                    stage: &spec,
+                    project: project.as_ref(),
+                };
+                let reconciled = engine.reconcile(&input, &observed, status).await;
+                (key, reconciled)
+            });
+        }
+    }
+
+    fn report_unreachable(&mut self, ns: &str, name: &str, generation: i64, e: &RuntimeError) {
+        let mut status = self.db.stage_status(ns, name).unwrap_or_default();
+        if set_unreachable(&mut status, generation, e)
+            && let Err(err) = self.db.save_stage_status(ns, name, &status)
+        {
+            tracing::error!(error = %err, "cannot save status");
+        }
+        if let Some(slot) = self.slots.get_mut(&(ns.to_string(), name.to_string())) {
+            slot.backoff =
+                (slot.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+            slot.next_due = Some(Instant::now() + slot.backoff);
+            slot.fingerprint = None;
+        }
+    }
+}
+
+/// Ready=False DockerUnreachable; true when that changed something.
+fn set_unreachable(status: &mut StageStatus, generation: i64, e: &RuntimeError) -> bool {
+    let before = status.clone();
+    conditions::set(
+        &mut status.conditions,
+        READY,
+        false,
+        e.reason(),
+        e.to_string(),
+        Some(generation),
+    );
+    status.message = Some(e.to_string());
+    *status != before
+}
+
+fn mark_all(db: &StateDb, manifests: &Manifests, e: &RuntimeError) {
+    for l in &manifests.stages {
+        let (ns, name) = key_of(&l.resource);
+        let generation = l.resource.metadata.generation.unwrap_or(1);
+        let mut status = db.stage_status(&ns, &name).unwrap_or_default();
+        if set_unreachable(&mut status, generation, e) {
+            let _ = db.save_stage_status(&ns, &name, &status);
+        }
+    }
+}
+
+fn key_of<K: kube::Resource>(r: &K) -> (String, String) {
+    (
+        r.meta().namespace.clone().unwrap_or_default(),
+        r.meta().name.clone().unwrap_or_default(),
+    )
+}
+
+/// Reads the manifest directory into the store: new and changed specs get a generation, removed
+/// resources are forgotten (their containers then become orphans and are removed), resources of
+/// broken files keep their last good spec. Manifest problems are logged when they change.
+pub fn sync_manifests(
+    dir: &Path,
+    db: &StateDb,
+    last_errors: &mut Option<Vec<String>>,
+) -> anyhow::Result<Manifests> {
+    let mut manifests = load_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let broken: BTreeSet<String> = manifests
+        .broken_files()
+        .map(|p| p.display().to_string())
+        .collect();
+    let mut errors: Vec<String> = manifests.errors.iter().map(ToString::to_string).collect();
+
+    let mut present = BTreeSet::new();
+    for l in &mut manifests.projects {
+        let (ns, name) = key_of(&l.resource);
+        let source = l.file.display().to_string();
+        let generation = db.upsert(Kind::Project, &ns, &name, &l.resource.spec, Some(&source))?;
+        l.resource.metadata.generation = Some(generation);
+        present.insert(("Project", ns.clone(), name.clone()));
+        // A Project is Ready when its own part of the spec is valid.
+        let mut status = db.project_status(&ns, &name)?;
+        let probe = StageSpec {
+            project_ref: name.clone(),
+            ..Default::default()
+        };
+        let (ok, reason, message) = match Effective::new(&l.resource.spec, &probe) {
+            Ok(_) => (true, "Valid", String::new()),
+            Err(e) => {
+                let message = describe_errors(&e);
+                errors.push(format!("{source} Project/{name}: {message}"));
+                (false, "InvalidSpec", message)
+            }
+        };
+        let before = status.clone();
+        status.observed_generation = Some(generation);
+        conditions::set(
+            &mut status.conditions,
+            READY,
+            ok,
+            reason,
+            message,
+            Some(generation),
+        );
+        if status != before {
+            db.save_project_status(&ns, &name, &status)?;
+        }
+    }
+    for l in &mut manifests.stages {
+        let (ns, name) = key_of(&l.resource);
+        let generation = db.upsert(
+            Kind::Stage,
+            &ns,
+            &name,
+            &l.resource.spec,
+            Some(&l.file.display().to_string()),
+        )?;
+        l.resource.metadata.generation = Some(generation);
+        present.insert(("Stage", ns, name));
+    }
+    for (kind, label) in [(Kind::Project, "Project"), (Kind::Stage, "Stage")] {
+        for row in db.list(kind)? {
+            let keep = present.contains(&(label, row.namespace.clone(), row.name.clone()))
+                || row.source.as_ref().is_some_and(|s| broken.contains(s));
+            if !keep {
+                tracing::info!(kind = label, name = %format!("{}/{}", row.namespace, row.name), "removed from the manifests");
+                db.delete(kind, &row.namespace, &row.name)?;
+            }
+        }
+    }
+    if last_errors.as_ref() != Some(&errors) {
+        for e in &errors {
+            tracing::error!("invalid manifest: {e}");
+        }
+        db.set_manifest_errors(&errors)?;
+        *last_errors = Some(errors);
+    }
+    Ok(manifests)
+}
+
+fn watch(
+    dir: &Path,
+    wake: mpsc::UnboundedSender<()>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = wake.send(());
+        }
+    })
+    .context("starting the manifest watcher")?;
+    watcher
+        .watch(dir, notify::RecursiveMode::Recursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    Ok(watcher)
+}
+
+fn fingerprint(
+    stage: &serde_json::Value,
+    project: Option<&crate::api::ProjectSpec>,
+    status: &serde_json::Value,
+) -> String {
+    let mut h = Sha256::new();
+    h.update(stage.to_string());
+    h.update(serde_json::to_string(&project).unwrap_or_default());
+    h.update(
+        status
+            .get("latest")
+            .map(|l| l.to_string())
+            .unwrap_or_default(),
+    );
+    h.finalize()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

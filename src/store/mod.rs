@@ -1,0 +1,10 @@
+//! Where resources and their status live. Standalone: manifests in a directory plus an embedded
+//! SQLite store. (Kubernetes mode keeps both in the API server.)
+
+pub mod manifests;
+pub mod secrets;
+pub mod state;
+
+pub use manifests::{Loaded, ManifestError, Manifests, load_dir};
+pub use secrets::FileSecrets;
+pub use state::{Kind, StateDb, StoreError, Stored};
