@@ -27,12 +27,7 @@ pub fn get(
     namespace: Option<&str>,
     output: Option<Output>,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        state_dir.join("state.db").exists(),
-        "no state store in {} (has `tiny-forge run` been started with this --state-dir?)",
-        state_dir.display()
-    );
-    let db = StateDb::open(state_dir)?;
+    let db = open(state_dir)?;
     let rows: Vec<Stored> = db
         .list(match kind {
             GetKind::Projects => Kind::Project,
@@ -73,6 +68,39 @@ pub fn get(
         }
     }
     Ok(())
+}
+
+/// `tiny-forge push`: records a pushed tag on the matching Stages and says what happened.
+pub fn push(state_dir: &Path, image: &str, digest: Option<String>) -> anyhow::Result<()> {
+    let mut push = crate::ingest::Push::parse(image, "cli").map_err(anyhow::Error::msg)?;
+    if digest.is_some() {
+        push.digest = digest;
+    }
+    let db = open(state_dir)?;
+    let verdicts = crate::ingest::record(&db, &push)?;
+    if verdicts.is_empty() {
+        anyhow::bail!(
+            "no Stage uses {}: no Project has image {:?}",
+            image,
+            push.repository
+        );
+    }
+    for v in verdicts {
+        match v.ignored {
+            None => println!("stage {}/{}: recorded {}", v.namespace, v.stage, push.tag),
+            Some(why) => println!("stage {}/{}: ignored, {why}", v.namespace, v.stage),
+        }
+    }
+    Ok(())
+}
+
+fn open(state_dir: &Path) -> anyhow::Result<StateDb> {
+    anyhow::ensure!(
+        state_dir.join("state.db").exists(),
+        "no state store in {} (has `tiny-forge run` been started with this --state-dir?)",
+        state_dir.display()
+    );
+    Ok(StateDb::open(state_dir)?)
 }
 
 /// The stored resource as the Kubernetes object it stands for.

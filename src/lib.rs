@@ -21,3 +21,4 @@ pub fn crds_yaml() -> anyhow::Result<String> {
     }
     Ok(out)
 }
+pub mod ingest;

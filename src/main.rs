@@ -25,6 +25,10 @@ enum Command {
     Crds,
     /// Show Projects or Stages with their status, like `kubectl get`.
     Get(GetArgs),
+    /// Record that an image tag was pushed (what a webhook does): every Stage of a Project using
+    /// that repository whose tag policy prefers the tag records it; the controller then deploys
+    /// it where `autoDeploy` is on.
+    Push(PushArgs),
     /// Print the version.
     Version,
 }
@@ -66,6 +70,10 @@ struct RunArgs {
     /// How many Stages may deploy at the same time.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
+    /// Name of this controller instance, put on every container it creates. Two instances on one
+    /// Docker host need different names; keep it when moving the state directory.
+    #[arg(long, default_value = "standalone", env = "TINY_FORGE_INSTANCE")]
+    instance: String,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TINY_FORGE_LOG_FORMAT")]
     log_format: LogFormat,
@@ -94,6 +102,17 @@ struct GetArgs {
     state: StateArgs,
 }
 
+#[derive(clap::Args)]
+struct PushArgs {
+    /// The pushed image, `repository:tag` (optionally `@sha256:…`).
+    image: String,
+    /// Manifest digest of the pushed tag, when known.
+    #[arg(long)]
+    digest: Option<String>,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
 fn parse_kind(s: &str) -> Result<cli::GetKind, String> {
     match s {
         "projects" | "project" | "tfp" => Ok(cli::GetKind::Projects),
@@ -118,6 +137,7 @@ fn main() -> ExitCode {
             args.output,
         ),
         Command::Run(args) => run(args),
+        Command::Push(args) => cli::push(&args.state.dir(), &args.image, args.digest),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -148,23 +168,25 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         docker_host: args.docker_host,
         resync: args.resync,
         concurrency: usize::from(args.concurrency),
+        instance: args.instance,
     };
-    tokio::runtime::Runtime::new()?.block_on(standalone::run(opts, shutdown_signal()))
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let shutdown = shutdown_signal()?;
+        standalone::run(opts, shutdown).await
+    })
 }
 
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
+/// SIGINT or SIGTERM. The handlers are installed at once, not on first poll, so a signal that
+/// arrives during start-up is a graceful stop too.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown requested");
+        tracing::info!("shutdown requested");
+    })
 }

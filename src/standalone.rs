@@ -40,6 +40,8 @@ pub struct Options {
     pub resync: Duration,
     /// Stages deployed at the same time.
     pub concurrency: usize,
+    /// Ownership label value: containers of other instances on the same host are left alone.
+    pub instance: String,
 }
 
 type Engine = Reconciler<DockerRuntime, NetProber, DbSink, FileSecrets>;
@@ -110,6 +112,7 @@ pub async fn run(
             dir: opts.secrets_dir.clone(),
         },
         host_name: "default".to_string(),
+        instance: opts.instance.clone(),
     });
     Controller {
         opts,
@@ -281,7 +284,8 @@ impl Controller {
         }
 
         let listed_at = Instant::now();
-        let containers = match self.engine.runtime.list_managed(&[]).await {
+        let instance = [(labels::INSTANCE, self.opts.instance.as_str())];
+        let containers = match self.engine.runtime.list_managed(&instance).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list containers");

@@ -373,6 +373,14 @@ fn run_server() -> ExitCode {
             std::process::exit(0);
         }
     });
+    // DEMO_START_DELAY_MS makes the app slow to come up, as real apps are (tests use it to
+    // interrupt a deploy while it waits for health).
+    if let Some(ms) = env::var("DEMO_START_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        thread::sleep(std::time::Duration::from_millis(ms));
+    }
     let listener = match TcpListener::bind(("0.0.0.0", port)) {
         Ok(listener) => listener,
         Err(e) => {

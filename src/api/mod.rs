@@ -25,6 +25,9 @@ pub const API_VERSION: &str = "tinyforge.dev/v1alpha1";
 pub mod labels {
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
     pub const MANAGED_BY_VALUE: &str = "tiny-forge";
+    /// Which controller instance owns the container: two instances sharing a Docker host never
+    /// touch each other's containers.
+    pub const INSTANCE: &str = "tinyforge.dev/instance";
     pub const NAMESPACE: &str = "tinyforge.dev/namespace";
     pub const PROJECT: &str = "tinyforge.dev/project";
     pub const STAGE: &str = "tinyforge.dev/stage";

@@ -88,6 +88,9 @@ impl Check {
     }
 }
 
+/// Probe cadence during the start period.
+const FAST_PROBE: Duration = Duration::from_millis(100);
+
 /// How a probe target is reached: the container's own address, or a published host port.
 #[derive(Clone, Copy, Debug)]
 pub struct Reach {
@@ -186,6 +189,9 @@ pub async fn wait_healthy<R: Runtime, P: Prober>(
         sleep(match check {
             // Docker's status changes on its own schedule; poll it briskly.
             Check::Docker | Check::Running => Duration::from_millis(250),
+            // Failures in the start period do not count, so probing fast there costs nothing and
+            // shortens every deploy (and a host-port handover gap) to the app's real start time.
+            _ if Instant::now() < grace_until => settings.interval.min(FAST_PROBE),
             _ => settings.interval,
         })
         .await;

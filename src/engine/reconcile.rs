@@ -70,6 +70,8 @@ pub struct Reconciler<R, P, S, X> {
     pub secrets: X,
     /// Name Stages use in `spec.dockerHost` for this runtime.
     pub host_name: String,
+    /// This controller's ownership label value (`tinyforge.dev/instance`).
+    pub instance: String,
 }
 
 /// A failed step: its condition reason and whether retrying may help.
@@ -216,7 +218,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
         let reference = eff.reference(&tag);
         let image = self.runtime.ensure_image(&reference, pull).await?;
         let secrets = self.resolve_secrets(&input.key.namespace, eff)?;
-        let spec = eff.container_spec(&input.key, &tag, &image, &secrets);
+        let spec = eff.container_spec(&input.key, &self.instance, &tag, &image, &secrets);
         let target = observed.iter().find(|c| c.name == spec.name);
         let others: Vec<&ContainerInfo> = observed.iter().filter(|c| c.name != spec.name).collect();
 

@@ -193,12 +193,13 @@ impl Effective {
             .or_else(|| image.exposed_ports.first().copied())
     }
 
-    /// The container for `tag` from `image`. `secrets` holds the resolved `valueFrom` values,
+    /// The container for `tag` from `image`, owned by controller `instance`. `secrets` holds the resolved `valueFrom` values,
     /// by variable name. The name is a hash of everything that shapes the container, so a crash
     /// and a retry find the same one, and any change of image or settings makes a new one.
     pub fn container_spec(
         &self,
         key: &StageKey,
+        instance: &str,
         tag: &str,
         image: &ImageInfo,
         secrets: &BTreeMap<String, String>,
@@ -237,6 +238,8 @@ impl Effective {
             network: self.settings.network.clone(),
             stop_timeout: self.settings.stop_timeout_seconds.unwrap_or(10),
         };
+        spec.labels
+            .insert(labels::INSTANCE.into(), instance.to_string());
         let hash = spec_hash(key, &spec);
         spec.name = container_name(key, &hash);
         spec.labels.extend([
@@ -616,9 +619,11 @@ mod tests {
     #[test]
     fn container_name_is_deterministic_and_changes_with_image_or_settings() {
         let eff = Effective::new(&project(), &stage()).unwrap();
-        let a = eff.container_spec(&key(), "1.0", &image("sha256:aa"), &BTreeMap::new());
-        let again = eff.container_spec(&key(), "1.0", &image("sha256:aa"), &BTreeMap::new());
-        let other_image = eff.container_spec(&key(), "1.0", &image("sha256:bb"), &BTreeMap::new());
+        let a = eff.container_spec(&key(), "test", "1.0", &image("sha256:aa"), &BTreeMap::new());
+        let again =
+            eff.container_spec(&key(), "test", "1.0", &image("sha256:aa"), &BTreeMap::new());
+        let other_image =
+            eff.container_spec(&key(), "test", "1.0", &image("sha256:bb"), &BTreeMap::new());
         assert_eq!(a.name, again.name);
         assert!(a.name.starts_with("tf-default-app-prod-"), "{}", a.name);
         assert_ne!(a.name, other_image.name);
@@ -629,6 +634,7 @@ mod tests {
         });
         let changed = Effective::new(&project(), &s).unwrap().container_spec(
             &key(),
+            "test",
             "1.0",
             &image("sha256:aa"),
             &BTreeMap::new(),

@@ -1,0 +1,261 @@
+//! Shared set-up of the tests that run against the real Docker engine (`make test` starts a
+//! private one and exports DOCKER_HOST). Each test works in a namespace of its own and removes
+//! its containers, so tests can run in parallel on one engine.
+#![allow(dead_code)]
+
+use std::sync::Mutex;
+
+use tiny_forge::api::{
+    ContainerSettings, EnvVar, HealthCheck, HealthCheckType, ProjectSpec, StageSpec, StageStatus,
+    labels,
+};
+use tiny_forge::docker::DockerRuntime;
+use tiny_forge::engine::spec::EnvValueSource;
+use tiny_forge::engine::{
+    ContainerInfo, ContainerSpec, ContainerState, ImageInfo, Pull, Reconciled, Reconciler, Runtime,
+    RuntimeError, Secrets, StageInput, StageKey, StatusSink,
+};
+use tiny_forge::probe::NetProber;
+
+/// The real engine, or None (test skipped with a note) when the run did not ask for Docker
+/// tests. Under `make test` (TINY_FORGE_TEST_DOCKER=1) an unreachable engine fails the test.
+pub async fn docker() -> Option<DockerRuntime> {
+    match DockerRuntime::connect(None).await {
+        Ok(rt) => Some(rt),
+        Err(e) if std::env::var_os("TINY_FORGE_TEST_DOCKER").is_some() => {
+            panic!("TINY_FORGE_TEST_DOCKER is set but Docker is unreachable: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: no Docker engine ({e}); run `make test`");
+            None
+        }
+    }
+}
+
+/// Forwards to the real runtime and records the verbs, so tests can assert the order of steps
+/// (a recorder around the real thing, not a double).
+pub struct Recording<R> {
+    pub inner: R,
+    pub log: Mutex<Vec<String>>,
+}
+
+impl<R: Runtime> Recording<R> {
+    pub fn new(inner: R) -> Self {
+        Recording {
+            inner,
+            log: Mutex::new(Vec::new()),
+        }
+    }
+    fn note(&self, s: String) {
+        self.log.lock().unwrap().push(s);
+    }
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut self.log.lock().unwrap())
+    }
+}
+
+impl<R: Runtime> Runtime for Recording<R> {
+    fn endpoint(&self) -> &str {
+        self.inner.endpoint()
+    }
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        self.inner.ping().await
+    }
+    async fn list_managed(
+        &self,
+        filter: &[(&str, &str)],
+    ) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        self.inner.list_managed(filter).await
+    }
+    async fn ensure_image(&self, reference: &str, pull: Pull) -> Result<ImageInfo, RuntimeError> {
+        self.note(format!("image {reference}"));
+        self.inner.ensure_image(reference, pull).await
+    }
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        self.note(format!("create {}", spec.labels[labels::TAG]));
+        self.inner.create(spec).await
+    }
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.note(format!("start {}", short(id)));
+        self.inner.start(id).await
+    }
+    async fn stop(&self, id: &str, timeout_s: u32) -> Result<(), RuntimeError> {
+        self.note(format!("stop {}", short(id)));
+        self.inner.stop(id, timeout_s).await
+    }
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.note(format!("remove {}", short(id)));
+        self.inner.remove(id).await
+    }
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerState>, RuntimeError> {
+        self.inner.inspect(id).await
+    }
+}
+
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// Keeps every intermediate status, like the store would.
+#[derive(Default)]
+pub struct MemSink(pub Mutex<Vec<StageStatus>>);
+
+impl StatusSink for MemSink {
+    async fn save(&self, _key: &StageKey, status: &StageStatus) -> Result<(), String> {
+        self.0.lock().unwrap().push(status.clone());
+        Ok(())
+    }
+}
+
+pub struct NoSecrets;
+
+impl Secrets for NoSecrets {
+    fn value(&self, _ns: &str, _source: &EnvValueSource<'_>) -> Result<String, String> {
+        Err("no secrets in this test".into())
+    }
+}
+
+pub type TestReconciler<R> = Reconciler<R, NetProber, MemSink, NoSecrets>;
+
+pub fn reconciler<R: Runtime>(runtime: R) -> TestReconciler<R> {
+    Reconciler {
+        runtime,
+        prober: NetProber::new(),
+        sink: MemSink::default(),
+        secrets: NoSecrets,
+        host_name: "default".into(),
+        instance: "test".into(),
+    }
+}
+
+/// The demo project: HTTP health on /healthz, a short start period so broken images fail fast.
+pub fn demo_project() -> ProjectSpec {
+    ProjectSpec {
+        image: "tiny-forge-demo".into(),
+        container: ContainerSettings {
+            port: Some(8080),
+            env: vec![EnvVar {
+                name: "GREETING".into(),
+                value: Some("test".into()),
+                value_from: None,
+            }],
+            stop_timeout_seconds: Some(2),
+            ..Default::default()
+        },
+        health_check: Some(HealthCheck {
+            kind: Some(HealthCheckType::Http),
+            path: Some("/healthz".into()),
+            expected_status: Some(200),
+            interval_seconds: Some(1),
+            timeout_seconds: Some(1),
+            retries: Some(2),
+            start_period_seconds: Some(2),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn pinned(tag: &str) -> StageSpec {
+    StageSpec {
+        project_ref: "demo".into(),
+        pinned_tag: Some(tag.into()),
+        ..Default::default()
+    }
+}
+
+/// One Stage under test: its namespace is unique to the test.
+pub struct Fixture {
+    pub key: StageKey,
+    pub generation: i64,
+    pub project: ProjectSpec,
+    pub stage: StageSpec,
+    pub status: StageStatus,
+}
+
+impl Fixture {
+    pub fn new(namespace: &str, stage: StageSpec) -> Fixture {
+        Fixture {
+            key: StageKey {
+                namespace: namespace.into(),
+                project: "demo".into(),
+                stage: "web".into(),
+            },
+            generation: 1,
+            project: demo_project(),
+            stage,
+            status: StageStatus::default(),
+        }
+    }
+
+    /// Sets a new spec, as an edit of the manifest would (the generation moves).
+    pub fn edit(&mut self, f: impl FnOnce(&mut StageSpec)) {
+        f(&mut self.stage);
+        self.generation += 1;
+    }
+
+    pub async fn containers<R: Runtime>(&self, rt: &R) -> Vec<ContainerInfo> {
+        rt.list_managed(&[
+            (labels::NAMESPACE, &self.key.namespace),
+            (labels::STAGE, &self.key.stage),
+        ])
+        .await
+        .expect("list containers")
+    }
+
+    /// One reconcile pass, the way the controller runs it; the status is kept for the next.
+    pub async fn reconcile<R: Runtime>(&mut self, r: &TestReconciler<R>) -> Reconciled {
+        let observed = self.containers(&r.runtime).await;
+        let input = StageInput {
+            key: self.key.clone(),
+            generation: self.generation,
+            stage: &self.stage,
+            project: Some(&self.project),
+        };
+        let out = r.reconcile(&input, &observed, self.status.clone()).await;
+        self.status = out.status.clone();
+        out
+    }
+
+    pub async fn cleanup<R: Runtime>(&self, rt: &R) {
+        for c in rt
+            .list_managed(&[(labels::NAMESPACE, &self.key.namespace)])
+            .await
+            .unwrap_or_default()
+        {
+            let _ = rt.remove(&c.id).await;
+        }
+    }
+}
+
+/// GET http://addr/ → body, or the error.
+pub async fn get(url: &str) -> Result<String, String> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .no_proxy()
+        .build()
+        .unwrap();
+    match client.get(url).send().await {
+        Ok(r) => r.text().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The IP of a container, for requests that bypass any published port.
+pub async fn ip_of<R: Runtime>(rt: &R, id: &str) -> String {
+    rt.inspect(id)
+        .await
+        .unwrap()
+        .and_then(|s| s.ip)
+        .map(|ip| ip.to_string())
+        .expect("container has an IP")
+}
