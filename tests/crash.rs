@@ -99,7 +99,10 @@ async fn sigkill_mid_deploy_converges_on_restart_with_no_duplicate_and_no_orphan
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let at_kill = StateDb::open(&state).unwrap().stage_status(NS, "web").unwrap();
+        let at_kill = StateDb::open(&state)
+            .unwrap()
+            .stage_status(NS, "web")
+            .unwrap();
         assert_eq!(
             at_kill.phase,
             Some(Phase::Deploying),

@@ -22,7 +22,10 @@ fn assert_structural(node: &serde_json::Value, path: &str) {
     let Some(obj) = node.as_object() else { return };
     let escape = obj.contains_key("x-kubernetes-int-or-string")
         || obj.contains_key("x-kubernetes-preserve-unknown-fields");
-    assert!(obj.contains_key("type") || escape, "{path} has no type: {node}");
+    assert!(
+        obj.contains_key("type") || escape,
+        "{path} has no type: {node}"
+    );
     for key in ["anyOf", "oneOf", "allOf"] {
         if let Some(list) = obj.get(key).and_then(|v| v.as_array()) {
             for branch in list {
@@ -60,7 +63,10 @@ fn schemas_are_structural_with_printer_columns_short_names_and_category() {
         assert!(crd["spec"]["names"]["shortNames"][0].is_string());
         let version = &crd["spec"]["versions"][0];
         assert_eq!(version["name"], "v1alpha1");
-        assert!(version["subresources"]["status"].is_object(), "{kind} has a status subresource");
+        assert!(
+            version["subresources"]["status"].is_object(),
+            "{kind} has a status subresource"
+        );
         assert_structural(&version["schema"]["openAPIV3Schema"], kind);
         let columns: Vec<&str> = version["additionalPrinterColumns"]
             .as_array()

@@ -106,6 +106,19 @@ async fn rolls_forward_then_rolls_back_a_broken_tag_without_touching_the_serving
         "held failure retried: {steps:?}"
     );
 
+    // Pinning what serves ends the episode at once: no new container.
+    f.edit(|s| s.pinned_tag = Some("1.1.0".into()));
+    let out = f.reconcile(&r).await;
+    assert_eq!(out.status.phase, Some(Phase::Healthy));
+    assert_eq!(f.status.last_failure, None);
+    let steps = r.runtime.take();
+    assert!(
+        !steps
+            .iter()
+            .any(|s| s.starts_with("create") || s.starts_with("stop")),
+        "{steps:?}"
+    );
+
     // Rolling back by pin needs no pull: the previous image is still on the host.
     f.edit(|s| s.pinned_tag = Some("1.0.0".into()));
     let out = f.reconcile(&r).await;

@@ -224,14 +224,16 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
 
         if let Some(c) = target
             && c.running
-            && status.phase == Some(Phase::Healthy)
             && status
                 .current
                 .as_ref()
                 .is_some_and(|cur| cur.container_id.as_deref() == Some(c.id.as_str()))
         {
-            // Steady state: only leftovers of an interrupted deploy may need retiring.
+            // Steady state (also after a rollback back to what serves, or a Docker outage):
+            // only leftovers of an interrupted deploy may need retiring.
             self.retire(&others, eff).await?;
+            status.phase = Some(Phase::Healthy);
+            status.last_failure = None;
             let cur = status
                 .current
                 .as_ref()
