@@ -48,7 +48,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 bench:
-	scripts/with-docker.sh bash -c 'scripts/demo-images.sh && $(CARGO) run --release --bin tiny-forge-bench'
+	scripts/with-docker.sh bash -c 'scripts/demo-images.sh && $(CARGO) bench --bench deploy'
 
 crds:
 	@mkdir -p crds
