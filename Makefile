@@ -48,7 +48,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 bench:
-	scripts/with-docker.sh bash -c 'scripts/demo-images.sh && $(CARGO) bench --bench deploy'
+	scripts/with-docker.sh bash -c 'scripts/demo-images.sh && $(CARGO) bench --bench deploy && $(CARGO) bench --bench handover'
 
 crds:
 	@mkdir -p crds

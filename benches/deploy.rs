@@ -13,25 +13,26 @@
 //!
 //! Needs a Docker engine at `DOCKER_HOST` with the demo images: `make bench`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-};
+use bollard::query_parameters::CreateContainerOptionsBuilder;
 use tiny_forge::api::{
     ContainerSettings, HealthCheck, HealthCheckType, Phase, ProjectSpec, StageSpec, StageStatus,
     labels,
 };
 use tiny_forge::docker::DockerRuntime;
-use tiny_forge::engine::spec::EnvValueSource;
-use tiny_forge::engine::{Pull, Reconciler, Runtime, Secrets, StageInput, StageKey, StatusSink};
-use tiny_forge::probe::NetProber;
+use tiny_forge::engine::{Pull, Runtime, StageInput, StageKey};
+
+use common::{
+    BENCH_LABEL, Engine, Machine, cleanup_stage, median, min_max, ms, p90, remove, remove_leftovers,
+};
 
 const REPO: &str = "tiny-forge-demo";
 const TAG: &str = "1.0.0";
@@ -41,34 +42,12 @@ const HEALTH_PATH: &str = "/healthz";
 const RAW_POLL: Duration = Duration::from_millis(5);
 /// Give up on a raw container that never answers.
 const RAW_DEADLINE: Duration = Duration::from_secs(30);
-/// Both kinds of bench container carry this label, so a crashed run's leftovers are found.
-const BENCH_LABEL: &str = "bench.tiny-forge/suite";
+/// Both kinds of bench container carry `BENCH_LABEL` with this value.
 const BENCH_LABEL_VALUE: &str = "deploy";
 const NAMESPACE: &str = "bench";
 const PROJECT: &str = "bench-demo";
-const DOC: &str = "docs/BENCHMARKS.md";
 const START: &str = "<!-- deploy:start -->";
 const END: &str = "<!-- deploy:end -->";
-
-/// Intermediate status goes nowhere.
-struct NoSink;
-
-impl StatusSink for NoSink {
-    async fn save(&self, _key: &StageKey, _status: &StageStatus) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-/// The bench Stage references no secret.
-struct NoSecrets;
-
-impl Secrets for NoSecrets {
-    fn value(&self, _namespace: &str, _source: &EnvValueSource<'_>) -> Result<String, String> {
-        Err("the deploy bench has no secrets".into())
-    }
-}
-
-type Engine = Reconciler<DockerRuntime, NetProber, NoSink, NoSecrets>;
 
 /// One raw-floor run.
 struct RawRun {
@@ -89,22 +68,8 @@ struct TfRun {
 
 #[tokio::main]
 async fn main() {
-    let runs: usize = match std::env::var("BENCH_RUNS") {
-        Ok(v) => v
-            .parse()
-            .ok()
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| panic!("BENCH_RUNS={v:?}: expected a positive integer")),
-        Err(_) => 9,
-    };
-    let endpoint =
-        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string());
-    let docker = Docker::connect_with_host(&endpoint)
-        .expect("a Docker client for DOCKER_HOST")
-        .with_timeout(Duration::from_secs(60))
-        .negotiate_version()
-        .await
-        .unwrap_or_else(|e| panic!("Docker at {endpoint} does not answer ({e}); run: make bench"));
+    let runs = common::runs_from_env();
+    let (docker, endpoint) = common::connect().await;
     let runtime = DockerRuntime::connect(None)
         .await
         .expect("tiny-forge connects to DOCKER_HOST");
@@ -114,7 +79,7 @@ async fn main() {
         .await
         .unwrap_or_else(|e| panic!("{e}; build the demo images: scripts/demo-images.sh"));
     let machine = Machine::describe(&docker).await;
-    remove_leftovers(&docker).await;
+    remove_leftovers(&docker, BENCH_LABEL_VALUE).await;
 
     let project = ProjectSpec {
         image: REPO.into(),
@@ -132,14 +97,7 @@ async fn main() {
         }),
         ..Default::default()
     };
-    let engine: Engine = Reconciler {
-        runtime: runtime.clone(),
-        prober: NetProber::new(),
-        sink: NoSink,
-        secrets: NoSecrets,
-        host_name: "default".into(),
-        instance: "bench".into(),
-    };
+    let engine = common::engine(runtime.clone());
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(0)
@@ -208,8 +166,8 @@ async fn main() {
     let table = report.table();
     println!("\n{table}");
     let section = report.section(runs, &machine, &table);
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DOC);
-    write_section(&path, &section);
+    let path = common::doc_path();
+    common::write_section(&path, START, END, &section);
     eprintln!("wrote {}", path.display());
 }
 
@@ -334,84 +292,6 @@ async fn tf_deploy(engine: &Engine, project: &ProjectSpec, stage_name: &str) -> 
         read: after[1] - before[1],
         write: after[2] - before[2],
     }
-}
-
-async fn cleanup_stage(engine: &Engine, stage_name: &str) {
-    let created = engine
-        .runtime
-        .list_managed(&[(labels::STAGE, stage_name)])
-        .await
-        .expect("list the Stage's containers");
-    for c in created {
-        engine
-            .runtime
-            .remove(&c.id)
-            .await
-            .unwrap_or_else(|e| panic!("remove {}: {e}", c.name));
-    }
-}
-
-async fn remove(docker: &Docker, id: &str) {
-    let options = RemoveContainerOptionsBuilder::default().force(true).build();
-    docker
-        .remove_container(id, Some(options))
-        .await
-        .unwrap_or_else(|e| panic!("remove {id}: {e}"));
-}
-
-/// Containers a crashed earlier run left behind.
-async fn remove_leftovers(docker: &Docker) {
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![format!("{BENCH_LABEL}={BENCH_LABEL_VALUE}")],
-    )]);
-    let options = ListContainersOptionsBuilder::default()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let leftovers = docker
-        .list_containers(Some(options))
-        .await
-        .expect("list leftover bench containers");
-    for c in leftovers.into_iter().filter_map(|c| c.id) {
-        eprintln!(
-            "removing leftover bench container {}",
-            &c[..12.min(c.len())]
-        );
-        remove(docker, &c).await;
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Median (mean of the middle two for an even count).
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// 90th percentile, nearest rank.
-fn p90(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let rank = (0.9 * v.len() as f64).ceil() as usize;
-    v[rank.clamp(1, v.len()) - 1]
-}
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    values
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        })
 }
 
 fn range(values: &[u64]) -> String {
@@ -611,74 +491,4 @@ impl Report {
         ));
         s
     }
-}
-
-/// Where the numbers were taken.
-struct Machine {
-    cpu: String,
-    nproc: usize,
-    memory: String,
-    docker: String,
-    storage: String,
-}
-
-impl Machine {
-    async fn describe(docker: &Docker) -> Machine {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|c| {
-                c.lines()
-                    .find_map(|l| l.strip_prefix("model name"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-        let memory = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .find_map(|l| l.strip_prefix("MemTotal:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-            .map_or("unknown".to_string(), |kb| {
-                format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0)
-            });
-        let info = docker.info().await.ok();
-        Machine {
-            cpu,
-            nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
-            memory,
-            docker: docker
-                .version()
-                .await
-                .ok()
-                .and_then(|v| v.version)
-                .unwrap_or_else(|| "unknown".into()),
-            storage: info
-                .and_then(|i| i.driver)
-                .unwrap_or_else(|| "unknown".into()),
-        }
-    }
-}
-
-/// Replaces the block between the markers, keeping the rest of the file.
-fn write_section(path: &Path, section: &str) {
-    let block = format!("{START}\n{}\n{END}", section.trim_end());
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => match (text.find(START), text.find(END)) {
-            (Some(a), Some(b)) if a < b => {
-                format!("{}{block}{}", &text[..a], &text[b + END.len()..])
-            }
-            _ => format!("{}\n\n{block}\n", text.trim_end()),
-        },
-        Err(_) => format!(
-            "# Benchmarks\n\n\
-             Measurements of tiny-forge against a real Docker engine. Each section is written by \
-             the bench named in it; rerun it to refresh the numbers.\n\n{block}\n"
-        ),
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).expect("create docs/");
-    }
-    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }

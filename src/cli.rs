@@ -77,7 +77,14 @@ pub fn push(state_dir: &Path, image: &str, digest: Option<String>) -> anyhow::Re
         push.digest = digest;
     }
     let db = open(state_dir)?;
-    let verdicts = crate::ingest::record(&db, &push)?;
+    let verdicts = db.batch(|tx| {
+        let projects = crate::ingest::projects(tx)?;
+        crate::ingest::record(
+            tx,
+            &crate::ingest::for_image(&projects, &push.repository),
+            &push,
+        )
+    })?;
     if verdicts.is_empty() {
         anyhow::bail!(
             "no Stage uses {}: no Project has image {:?}",

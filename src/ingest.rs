@@ -1,21 +1,25 @@
-//! Turning "image X:tag was pushed" into Stage status: match the image to Projects by repository,
-//! offer the tag to each of their Stages, and record it as `status.latest` where the Stage's tag
-//! policy prefers it. The reconcile loop acts on it; nothing here touches Docker.
+//! Turning "image X:tag was pushed" (or "commit Y passed CI") into Stage status: match it to
+//! Projects, offer the tag to each of their Stages, and record it as `status.latest` where the
+//! Stage's tag policy prefers it. The reconcile loop acts on it; nothing here touches Docker.
 
-use crate::api::{ProjectSpec, SeenTag, StageSpec};
-use crate::docker::repository_of;
+use std::path::{Path, PathBuf};
+
+use crate::api::{API_VERSION, ProjectSpec, SeenTag, StageSpec};
+use crate::docker::{repository_of, split_reference};
 use crate::engine::conditions::now;
 use crate::engine::tags::{CompiledPolicy, is_valid_tag};
-use crate::store::{Kind, StateDb, StoreError};
+use crate::store::manifests::DEFAULT_NAMESPACE;
+use crate::store::{Kind, StoreError, Tx};
+use crate::webhook::{GitEvent, ImagePush};
 
-/// A push, as any sender reports it.
-#[derive(Clone, Debug)]
+/// A push as recorded: repository, tag, digest, and who said so.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Push {
     /// Repository, any spelling (`nginx`, `docker.io/library/nginx`, `localhost:5000/a/b`).
     pub repository: String,
     pub tag: String,
     pub digest: Option<String>,
-    /// Who said so (`cli`, `github`, `registry`, …).
+    /// `cli`, `github`, `registry`, …
     pub source: String,
     pub delivery_id: Option<String>,
 }
@@ -27,9 +31,8 @@ impl Push {
             Some((n, d)) => (n, Some(d.to_string())),
             None => (reference, None),
         };
-        let (repository, tag) = crate::docker::split_reference(name);
-        let explicit_tag = name.len() > repository.len();
-        if !explicit_tag {
+        let (repository, tag) = split_reference(name);
+        if name.len() == repository.len() {
             return Err(format!(
                 "{reference:?} names no tag (expected repository:tag)"
             ));
@@ -45,29 +48,131 @@ impl Push {
             delivery_id: None,
         })
     }
+
+    pub fn from_image(p: &ImagePush, source: &str, delivery_id: Option<&str>) -> Push {
+        Push {
+            repository: p.repository.clone(),
+            tag: p.tag.clone(),
+            digest: p.digest.clone(),
+            source: source.to_string(),
+            delivery_id: p.event_id.clone().or(delivery_id.map(str::to_string)),
+        }
+    }
+}
+
+/// A Project as the matcher sees it.
+#[derive(Clone, Debug)]
+pub struct ProjectRef {
+    pub namespace: String,
+    pub name: String,
+    pub spec: ProjectSpec,
+}
+
+/// The Projects in the store.
+pub fn projects(tx: &Tx<'_>) -> Result<Vec<ProjectRef>, StoreError> {
+    Ok(tx
+        .list(Kind::Project)?
+        .into_iter()
+        .filter_map(|p| {
+            Some(ProjectRef {
+                spec: serde_json::from_value(p.spec).ok()?,
+                namespace: p.namespace,
+                name: p.name,
+            })
+        })
+        .collect())
+}
+
+/// Projects whose image is `repository`.
+pub fn for_image<'p>(projects: &'p [ProjectRef], repository: &str) -> Vec<&'p ProjectRef> {
+    let wanted = repository_of(repository);
+    projects
+        .iter()
+        .filter(|p| repository_of(&p.spec.image) == wanted)
+        .collect()
+}
+
+/// Projects built from Git repository `event.repository` (their `gitSource`), with the provider.
+pub fn for_git<'p>(
+    projects: &'p [ProjectRef],
+    provider: &str,
+    event: &GitEvent,
+) -> Vec<&'p ProjectRef> {
+    projects
+        .iter()
+        .filter(|p| {
+            p.spec.git_source.as_ref().is_some_and(|g| {
+                g.repository.eq_ignore_ascii_case(&event.repository)
+                    && (g.provider.is_empty() || g.provider.eq_ignore_ascii_case(provider))
+            })
+        })
+        .collect()
+}
+
+/// The image tag a Git event stands for in `project`, or why it stands for none.
+pub fn git_tag(project: &ProjectSpec, event: &GitEvent) -> Result<String, String> {
+    let settings = project.webhook.clone().unwrap_or_default();
+    let kinds: Vec<&str> = if settings.git_events.is_empty() {
+        vec!["workflow_run", "pipeline"]
+    } else {
+        settings.git_events.iter().map(String::as_str).collect()
+    };
+    if !kinds.contains(&event.kind) {
+        return Err(format!(
+            "{} events are not used (webhook.gitEvents: {})",
+            event.kind,
+            kinds.join(", ")
+        ));
+    }
+    if let Some(branch) = &event.branch
+        && !settings.branches.is_empty()
+        && !settings
+            .branches
+            .iter()
+            .any(|g| globset::Glob::new(g).is_ok_and(|g| g.compile_matcher().is_match(branch)))
+    {
+        return Err(format!("branch {branch:?} is not in webhook.branches"));
+    }
+    let template = settings.tag_template.as_deref().unwrap_or("sha-{sha7}");
+    let safe = |s: &str| s.replace(['/', '+', '@', ' '], "-");
+    let mut tag = template
+        .replace("{sha7}", &event.sha[..event.sha.len().min(7)])
+        .replace("{sha}", &event.sha)
+        .replace(
+            "{branch}",
+            &event.branch.as_deref().map(safe).unwrap_or_default(),
+        )
+        .replace("{tag}", &event.tag.as_deref().map(safe).unwrap_or_default());
+    if template.contains("{branch}") && event.branch.is_none() {
+        tag.clear();
+    }
+    if is_valid_tag(&tag) {
+        Ok(tag)
+    } else {
+        Err(format!(
+            "tag template {template:?} gives {tag:?} for this event, not a valid tag"
+        ))
+    }
 }
 
 /// What became of a push for one Stage.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Verdict {
     pub namespace: String,
     pub stage: String,
+    pub tag: String,
     /// None: recorded. Some(reason): ignored, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ignored: Option<String>,
 }
 
-/// Records `push` on every matching Stage. An empty result means no Project uses the image.
-pub fn record(db: &StateDb, push: &Push) -> Result<Vec<Verdict>, StoreError> {
-    let wanted = repository_of(&push.repository);
-    let projects: Vec<(String, String)> = db
-        .list(Kind::Project)?
-        .into_iter()
-        .filter(|p| {
-            serde_json::from_value::<ProjectSpec>(p.spec.clone())
-                .is_ok_and(|spec| repository_of(&spec.image) == wanted)
-        })
-        .map(|p| (p.namespace, p.name))
-        .collect();
+/// Records `push` on every Stage of `projects` (in the same transaction as the caller's other
+/// writes, e.g. the delivery id).
+pub fn record(
+    tx: &Tx<'_>,
+    projects: &[&ProjectRef],
+    push: &Push,
+) -> Result<Vec<Verdict>, StoreError> {
     let seen = SeenTag {
         tag: push.tag.clone(),
         digest: push.digest.clone(),
@@ -76,11 +181,14 @@ pub fn record(db: &StateDb, push: &Push) -> Result<Vec<Verdict>, StoreError> {
         seen_at: now(),
     };
     let mut verdicts = Vec::new();
-    for stage in db.list(Kind::Stage)? {
+    for stage in tx.list(Kind::Stage)? {
         let Ok(spec) = serde_json::from_value::<StageSpec>(stage.spec.clone()) else {
             continue;
         };
-        if !projects.contains(&(stage.namespace.clone(), spec.project_ref.clone())) {
+        if !projects
+            .iter()
+            .any(|p| p.namespace == stage.namespace && p.name == spec.project_ref)
+        {
             continue;
         }
         let ignored = match CompiledPolicy::compile(spec.tag_policy.as_ref()) {
@@ -90,9 +198,9 @@ pub fn record(db: &StateDb, push: &Push) -> Result<Vec<Verdict>, StoreError> {
                 policy.describe()
             )),
             Ok(policy) => {
-                let current = db.stage_status(&stage.namespace, &stage.name)?.latest;
+                let current = tx.stage_status(&stage.namespace, &stage.name)?.latest;
                 if policy.is_better(&seen, current.as_ref()) {
-                    db.record_latest(&stage.namespace, &stage.name, &seen)?;
+                    tx.record_latest(&stage.namespace, &stage.name, &seen)?;
                     None
                 } else {
                     Some(format!(
@@ -106,15 +214,115 @@ pub fn record(db: &StateDb, push: &Push) -> Result<Vec<Verdict>, StoreError> {
         verdicts.push(Verdict {
             namespace: stage.namespace,
             stage: stage.name,
+            tag: push.tag.clone(),
             ignored,
         });
     }
     Ok(verdicts)
 }
 
+/// Creates a Project with a `dev` Stage (autoDeploy, any tag) for an image nobody uses yet: in
+/// the store, and as a manifest file under `<manifests>/auto-created/` so the directory stays the
+/// truth and the user can edit or delete it. Returns the new Project.
+pub fn auto_create(
+    tx: &Tx<'_>,
+    manifests: &Path,
+    existing: &[ProjectRef],
+    repository: &str,
+) -> Result<ProjectRef, AutoCreateError> {
+    let base: String = repository_of(repository)
+        .rsplit('/')
+        .next()
+        .unwrap_or("app")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect::<String>()
+        .trim_matches('-')
+        .chars()
+        .take(50)
+        .collect();
+    let base = if base.is_empty() {
+        "app".to_string()
+    } else {
+        base
+    };
+    let taken = |n: &str| {
+        existing
+            .iter()
+            .any(|p| p.namespace == DEFAULT_NAMESPACE && p.name == n)
+    };
+    let name = (1..)
+        .map(|i| {
+            if i == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{i}")
+            }
+        })
+        .find(|n| !taken(n))
+        .expect("some suffix is free");
+    let spec = ProjectSpec {
+        image: repository.to_string(),
+        ..Default::default()
+    };
+    let stage = StageSpec {
+        project_ref: name.clone(),
+        auto_deploy: true,
+        ..Default::default()
+    };
+    let dir = manifests.join("auto-created");
+    let file: PathBuf = dir.join(format!("{name}.yaml"));
+    let yaml = format!(
+        "# Created by tiny-forge for the first push of {repository}: edit or delete freely.\n{}---\n{}",
+        serde_saphyr::to_string(&serde_json::json!({
+            "apiVersion": API_VERSION, "kind": "Project",
+            "metadata": {"name": name, "namespace": DEFAULT_NAMESPACE},
+            "spec": spec,
+        }))?,
+        serde_saphyr::to_string(&serde_json::json!({
+            "apiVersion": API_VERSION, "kind": "Stage",
+            "metadata": {"name": "dev", "namespace": DEFAULT_NAMESPACE},
+            "spec": stage,
+        }))?,
+    );
+    std::fs::create_dir_all(&dir).map_err(|e| AutoCreateError::Write(file.clone(), e))?;
+    std::fs::write(&file, yaml).map_err(|e| AutoCreateError::Write(file.clone(), e))?;
+    let source = file.display().to_string();
+    tx.upsert(
+        Kind::Project,
+        DEFAULT_NAMESPACE,
+        &name,
+        &spec,
+        Some(&source),
+    )?;
+    tx.upsert(Kind::Stage, DEFAULT_NAMESPACE, "dev", &stage, Some(&source))?;
+    Ok(ProjectRef {
+        namespace: DEFAULT_NAMESPACE.to_string(),
+        name,
+        spec,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AutoCreateError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write {0}: {1}")]
+    Write(PathBuf, std::io::Error),
+    #[error("cannot render the manifest: {0}")]
+    Render(#[from] serde_saphyr::SerializeError),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StateDb;
 
     #[test]
     fn parse_references() {
@@ -127,6 +335,15 @@ mod tests {
         assert_eq!(p.digest.as_deref(), Some("sha256:abc"));
         assert!(Push::parse("localhost:5000/app", "cli").is_err());
         assert!(Push::parse("app:-bad", "cli").is_err());
+    }
+
+    fn record_for(db: &StateDb, reference: &str) -> Vec<Verdict> {
+        let push = Push::parse(reference, "cli").unwrap();
+        db.batch(|tx| {
+            let all = projects(tx)?;
+            record(tx, &for_image(&all, &push.repository), &push)
+        })
+        .unwrap()
     }
 
     #[test]
@@ -154,7 +371,7 @@ mod tests {
         db.upsert(Kind::Stage, "default", "x", &unrelated, None)
             .unwrap();
 
-        let verdicts = record(&db, &Push::parse("demo:1.1.0", "cli").unwrap()).unwrap();
+        let verdicts = record_for(&db, "demo:1.1.0");
         assert_eq!(verdicts.len(), 2, "{verdicts:?}");
         let by = |name: &str| verdicts.iter().find(|v| v.stage == name).unwrap().clone();
         assert_eq!(by("staging").ignored, None);
@@ -169,9 +386,12 @@ mod tests {
         );
 
         // An older version does not replace a newer one; a pre-release is not followed.
-        let older = record(&db, &Push::parse("demo:1.0.5", "cli").unwrap()).unwrap();
-        assert!(older.iter().all(|v| v.ignored.is_some()));
-        record(&db, &Push::parse("demo:1.2.0-broken", "cli").unwrap()).unwrap();
+        assert!(
+            record_for(&db, "demo:1.0.5")
+                .iter()
+                .all(|v| v.ignored.is_some())
+        );
+        record_for(&db, "demo:1.2.0-broken");
         assert_eq!(
             db.stage_status("default", "staging")
                 .unwrap()
@@ -180,10 +400,114 @@ mod tests {
                 .tag,
             "1.1.0"
         );
+        assert!(record_for(&db, "nothing:1").is_empty());
+    }
+
+    fn git(kind: &'static str, branch: Option<&str>, tag: Option<&str>) -> GitEvent {
+        GitEvent {
+            repository: "Octo/App".into(),
+            branch: branch.map(str::to_string),
+            tag: tag.map(str::to_string),
+            sha: "0123456789abcdef0123456789abcdef01234567".into(),
+            kind,
+        }
+    }
+
+    #[test]
+    fn git_events_map_through_the_tag_template() {
+        let mut p = ProjectSpec {
+            image: "ghcr.io/octo/app".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            git_tag(&p, &git("workflow_run", Some("main"), None)).unwrap(),
+            "sha-0123456"
+        );
         assert!(
-            record(&db, &Push::parse("nothing:1", "cli").unwrap())
+            git_tag(&p, &git("push", Some("main"), None))
+                .unwrap_err()
+                .contains("push events are not used")
+        );
+        p.webhook = Some(crate::api::WebhookSettings {
+            tag_template: Some("{branch}-{sha7}".into()),
+            branches: vec!["main".into(), "release/*".into()],
+            git_events: vec!["push".into(), "tag_push".into()],
+            ..Default::default()
+        });
+        assert_eq!(
+            git_tag(&p, &git("push", Some("release/1.2"), None)).unwrap(),
+            "release-1.2-0123456"
+        );
+        assert!(
+            git_tag(&p, &git("push", Some("feature/x"), None))
+                .unwrap_err()
+                .contains("webhook.branches")
+        );
+        // A tag push has no branch: a {branch} template gives no tag.
+        assert!(git_tag(&p, &git("tag_push", None, Some("v1"))).is_err());
+        p.webhook.as_mut().unwrap().tag_template = Some("{tag}".into());
+        assert_eq!(
+            git_tag(&p, &git("tag_push", None, Some("v1.0.0"))).unwrap(),
+            "v1.0.0"
+        );
+
+        let projects = vec![ProjectRef {
+            namespace: "default".into(),
+            name: "app".into(),
+            spec: ProjectSpec {
+                git_source: Some(crate::api::GitSource {
+                    provider: "github".into(),
+                    repository: "octo/app".into(),
+                    ..Default::default()
+                }),
+                ..p
+            },
+        }];
+        assert_eq!(
+            for_git(&projects, "github", &git("push", None, None)).len(),
+            1
+        );
+        assert!(for_git(&projects, "gitlab", &git("push", None, None)).is_empty());
+    }
+
+    #[test]
+    fn auto_create_writes_a_manifest_and_the_store_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("state")).unwrap();
+        let manifests = dir.path().join("m");
+        let created = db
+            .batch(|tx| {
+                let p = auto_create(tx, &manifests, &[], "127.0.0.1:5000/Team/My_App").map_err(
+                    |e| match e {
+                        AutoCreateError::Store(s) => s,
+                        other => panic!("{other}"),
+                    },
+                )?;
+                record(
+                    tx,
+                    &[&p],
+                    &Push::parse("127.0.0.1:5000/Team/My_App:1.0", "registry").unwrap(),
+                )
+                .map(|v| (p, v))
+            })
+            .unwrap();
+        assert_eq!(created.0.name, "my-app");
+        assert_eq!(created.1.len(), 1);
+        assert_eq!(created.1[0].ignored, None);
+        let m = crate::store::load_dir(&manifests).unwrap();
+        assert!(m.errors.is_empty(), "{:?}", m.errors);
+        assert_eq!(
+            m.projects[0].resource.spec.image,
+            "127.0.0.1:5000/Team/My_App"
+        );
+        assert!(m.stages[0].resource.spec.auto_deploy);
+        assert_eq!(
+            db.stage_status("default", "dev")
                 .unwrap()
-                .is_empty()
+                .latest
+                .unwrap()
+                .tag,
+            "1.0"
         );
     }
 }

@@ -21,4 +21,6 @@ pub fn crds_yaml() -> anyhow::Result<String> {
     }
     Ok(out)
 }
+pub mod crypto;
 pub mod ingest;
+pub mod webhook;

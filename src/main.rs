@@ -29,8 +29,72 @@ enum Command {
     /// that repository whose tag policy prefers the tag records it; the controller then deploys
     /// it where `autoDeploy` is on.
     Push(PushArgs),
+    /// The webhook URL that CI systems and registries call.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+    /// Secrets sealed in the embedded store (standalone mode).
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum WebhookCommand {
+    /// Print the webhook URL (made on first use). Give senders `<URL>` for the generic JSON
+    /// endpoint or `<URL>/<provider>` (github, gitlab, bitbucket, dockerhub, registry, harbor, quay).
+    Url(UrlArgs),
+    /// Make a new URL secret: the old URL stops working at once.
+    Rotate(UrlArgs),
+}
+
+#[derive(clap::Args)]
+struct UrlArgs {
+    /// Base URL under which senders reach the listener.
+    #[arg(
+        long,
+        env = "TINY_FORGE_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    public_url: String,
+    #[command(flatten)]
+    keys: KeyArgs,
+}
+
+#[derive(Subcommand)]
+enum SecretCommand {
+    /// Store a secret, read from standard input (a trailing newline is dropped). Manifests refer
+    /// to it as `{name: NAME, key: KEY}`.
+    Set {
+        name: String,
+        key: String,
+        /// Namespace of the resources that refer to it.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct KeyArgs {
+    #[command(flatten)]
+    state: StateArgs,
+    /// Key file of the sealed secrets [default: <state-dir>/secret.key].
+    #[arg(long, env = "TINY_FORGE_SECRET_KEY_FILE")]
+    secret_key_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    fn open(&self) -> anyhow::Result<(tiny_forge::store::StateDb, tiny_forge::crypto::SecretBox)> {
+        let dir = self.state.dir();
+        let db = tiny_forge::store::StateDb::open(&dir)?;
+        let key = self
+            .secret_key_file
+            .clone()
+            .unwrap_or_else(|| dir.join("secret.key"));
+        Ok((db, tiny_forge::crypto::SecretBox::load_or_create(&key)?))
+    }
 }
 
 #[derive(clap::Args)]
@@ -74,6 +138,27 @@ struct RunArgs {
     /// Docker host need different names; keep it when moving the state directory.
     #[arg(long, default_value = "standalone", env = "TINY_FORGE_INSTANCE")]
     instance: String,
+    /// Address of the webhook listener (also /healthz, /readyz, /metrics).
+    #[arg(long, default_value = "0.0.0.0:8080", env = "TINY_FORGE_LISTEN")]
+    listen: std::net::SocketAddr,
+    /// Run no webhook listener.
+    #[arg(long)]
+    no_webhooks: bool,
+    /// Largest webhook body accepted, in bytes (413 above).
+    #[arg(long, default_value_t = 1 << 20)]
+    webhook_body_limit: usize,
+    /// Webhook deliveries per second accepted from one address (429 above; 0: no limit).
+    #[arg(long, default_value_t = 20)]
+    webhook_rate: u32,
+    /// Burst above --webhook-rate accepted from one address.
+    #[arg(long, default_value_t = 200)]
+    webhook_burst: u32,
+    /// Do not create a Project for pushed images that no Project uses.
+    #[arg(long)]
+    no_auto_create: bool,
+    /// Key file of the sealed secrets [default: <state-dir>/secret.key].
+    #[arg(long, env = "TINY_FORGE_SECRET_KEY_FILE")]
+    secret_key_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TINY_FORGE_LOG_FORMAT")]
     log_format: LogFormat,
@@ -138,6 +223,13 @@ fn main() -> ExitCode {
         ),
         Command::Run(args) => run(args),
         Command::Push(args) => cli::push(&args.state.dir(), &args.image, args.digest),
+        Command::Webhook(cmd) => webhook(cmd),
+        Command::Secret(SecretCommand::Set {
+            name,
+            key,
+            namespace,
+            keys,
+        }) => set_secret(&keys, &namespace, &name, &key),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -146,6 +238,44 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn webhook(cmd: WebhookCommand) -> anyhow::Result<()> {
+    let (args, rotate) = match &cmd {
+        WebhookCommand::Url(a) => (a, false),
+        WebhookCommand::Rotate(a) => (a, true),
+    };
+    let (db, sealer) = args.keys.open()?;
+    let secret = if rotate {
+        tiny_forge::webhook::rotate_url_secret(&db, &sealer)
+    } else {
+        tiny_forge::webhook::ensure_url_secret(&db, &sealer)
+    }
+    .map_err(anyhow::Error::msg)?;
+    println!(
+        "{}/api/webhook/{secret}",
+        args.public_url.trim_end_matches('/')
+    );
+    if rotate {
+        eprintln!("the previous URL no longer works; update every sender");
+    }
+    Ok(())
+}
+
+fn set_secret(keys: &KeyArgs, namespace: &str, name: &str, key: &str) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let mut value = String::new();
+    std::io::stdin().read_to_string(&mut value)?;
+    let value = value.strip_suffix('\n').unwrap_or(&value);
+    anyhow::ensure!(!value.is_empty(), "no value on standard input");
+    let (db, sealer) = keys.open()?;
+    let sealed = sealer.seal(
+        value.as_bytes(),
+        &tiny_forge::store::secrets::context(namespace, name, key),
+    );
+    db.set_secret(namespace, name, key, &sealed)?;
+    eprintln!("stored secret {namespace}/{name} key {key}");
+    Ok(())
 }
 
 fn print_crds() -> anyhow::Result<()> {
@@ -169,6 +299,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         resync: args.resync,
         concurrency: usize::from(args.concurrency),
         instance: args.instance,
+        webhook: (!args.no_webhooks).then(|| tiny_forge::webhook::server::Config {
+            listen: args.listen,
+            body_limit: args.webhook_body_limit,
+            rate: std::num::NonZeroU32::new(args.webhook_rate).map(|r| {
+                (
+                    r,
+                    std::num::NonZeroU32::new(args.webhook_burst).unwrap_or(r),
+                )
+            }),
+            ..Default::default()
+        }),
+        auto_create: !args.no_auto_create,
+        secret_key_file: args.secret_key_file,
     };
     tokio::runtime::Runtime::new()?.block_on(async {
         let shutdown = shutdown_signal()?;

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::api::{Project, StageSpec, StageStatus, labels};
+use crate::crypto::SecretBox;
 use crate::docker::DockerRuntime;
 use crate::engine::conditions::{self, READY};
 use crate::engine::spec::describe_errors;
@@ -26,7 +27,8 @@ use crate::engine::{
     StageKey, StatusSink,
 };
 use crate::probe::NetProber;
-use crate::store::{FileSecrets, Kind, Manifests, StateDb, load_dir};
+use crate::store::{Kind, Manifests, StateDb, StoreSecrets, load_dir};
+use crate::webhook::{self, metrics::Metrics, recorder, server};
 
 /// Settings of `tiny-forge run` in standalone mode.
 #[derive(Clone, Debug)]
@@ -42,9 +44,39 @@ pub struct Options {
     pub concurrency: usize,
     /// Ownership label value: containers of other instances on the same host are left alone.
     pub instance: String,
+    /// The webhook listener; None: no listener.
+    pub webhook: Option<crate::webhook::server::Config>,
+    /// Create a Project (and a `dev` Stage) for pushed images no Project uses.
+    pub auto_create: bool,
+    /// Key of the secrets sealed in the store [default: `<state-dir>/secret.key`].
+    pub secret_key_file: Option<PathBuf>,
 }
 
-type Engine = Reconciler<DockerRuntime, NetProber, DbSink, FileSecrets>;
+impl Options {
+    /// Defaults for `manifests` and `state_dir`, no webhook listener.
+    pub fn new(manifests: PathBuf, state_dir: PathBuf) -> Options {
+        Options {
+            manifests,
+            state_dir,
+            secrets_dir: None,
+            docker_host: None,
+            resync: Duration::from_secs(30),
+            concurrency: 4,
+            instance: "standalone".into(),
+            webhook: None,
+            auto_create: true,
+            secret_key_file: None,
+        }
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        self.secret_key_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("secret.key"))
+    }
+}
+
+type Engine = Reconciler<DockerRuntime, NetProber, DbSink, StoreSecrets>;
 
 /// Saves intermediate status to the embedded store.
 #[derive(Clone)]
@@ -70,7 +102,7 @@ struct Slot {
 }
 
 /// Runs until `shutdown` resolves. Docker being unreachable is reported in every Stage's status
-/// and retried; it does not end the loop.
+/// and retried; it does not end the loop (webhooks are still accepted meanwhile).
 pub async fn run(
     opts: Options,
     shutdown: impl std::future::Future<Output = ()>,
@@ -82,11 +114,70 @@ pub async fn run(
         opts.manifests.display()
     );
     tracing::info!(manifests = %opts.manifests.display(), state = %db.path().display(), "standalone mode");
+    let sealer = SecretBox::load_or_create(&opts.key_file())?;
+    // Readers get a connection of their own: they never wait for a writer's sync.
+    let reader = Arc::new(StateDb::open(&opts.state_dir)?);
+    let secrets = StoreSecrets {
+        db: Some(reader.clone()),
+        sealer: Some(sealer.clone()),
+        dir: opts.secrets_dir.clone(),
+    };
 
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<()>();
-    let _watcher = watch(&opts.manifests, wake_tx)?;
+    let _watcher = watch(&opts.manifests, wake_tx.clone())?;
     tokio::pin!(shutdown);
+    // One shutdown signal for the controller and the listener.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
+    let listener = match &opts.webhook {
+        None => None,
+        Some(config) => {
+            webhook::ensure_url_secret(&db, &sealer).map_err(anyhow::Error::msg)?;
+            let recorder = recorder::spawn(
+                db.clone(),
+                opts.auto_create.then(|| opts.manifests.clone()),
+                wake_tx,
+            );
+            let url_secret: server::UrlSecretReader = {
+                let reader = reader.clone();
+                let sealer = sealer.clone();
+                Arc::new(move || webhook::url_secret(&reader, &sealer))
+            };
+            let mut stop = stop_rx.clone();
+            let server = server::start(
+                config.clone(),
+                reader.clone(),
+                url_secret,
+                Arc::new(secrets.clone()),
+                Arc::new(Metrics::default()),
+                recorder,
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            )
+            .await?;
+            tracing::info!(
+                listen = %server.local_addr,
+                "webhook listener up (`tiny-forge webhook url` prints the URL to give senders)"
+            );
+            Some(server)
+        }
+    };
+    let result = control(opts, db, secrets, &mut wake_rx, shutdown).await;
+    let _ = stop_tx.send(true);
+    if let Some(server) = listener {
+        server.join().await;
+    }
+    result
+}
+
+async fn control(
+    opts: Options,
+    db: Arc<StateDb>,
+    secrets: StoreSecrets,
+    wake_rx: &mut mpsc::UnboundedReceiver<()>,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<()> {
     // Until Docker answers, say so in status (and keep reading manifests so `get` is useful).
     let runtime = loop {
         let manifests = sync_manifests(&opts.manifests, &db, &mut None)?;
@@ -108,9 +199,7 @@ pub async fn run(
         runtime,
         prober: NetProber::new(),
         sink: DbSink(db.clone()),
-        secrets: FileSecrets {
-            dir: opts.secrets_dir.clone(),
-        },
+        secrets,
         host_name: "default".to_string(),
         instance: opts.instance.clone(),
     });
@@ -122,7 +211,7 @@ pub async fn run(
         tasks: JoinSet::new(),
         last_errors: None,
     }
-    .run(&mut wake_rx, shutdown)
+    .run(wake_rx, shutdown)
     .await
 }
 

@@ -43,7 +43,15 @@ spec: {{projectRef: demo, pinnedTag: \"{tag}\"}}
 
 fn start(manifests: &Path, state: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_tiny-forge"))
-        .args(["run", "--resync", "1s", "--instance", NS, "--manifests"])
+        .args([
+            "run",
+            "--no-webhooks",
+            "--resync",
+            "1s",
+            "--instance",
+            NS,
+            "--manifests",
+        ])
         .arg(manifests)
         .arg("--state-dir")
         .arg(state)

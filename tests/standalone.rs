@@ -29,15 +29,10 @@ fn stage(ns: &str, name: &str, tag: &str) -> String {
 }
 
 fn options(manifests: &Path, state: &Path, ns: &str) -> Options {
-    Options {
-        manifests: manifests.to_path_buf(),
-        state_dir: state.to_path_buf(),
-        secrets_dir: None,
-        docker_host: None,
-        resync: Duration::from_secs(1),
-        concurrency: 4,
-        instance: ns.to_string(),
-    }
+    let mut o = Options::new(manifests.to_path_buf(), state.to_path_buf());
+    o.resync = Duration::from_secs(1);
+    o.instance = ns.to_string();
+    o
 }
 
 /// Polls the store until `done` holds for the Stage, or panics with the last status.

@@ -46,15 +46,42 @@ pub struct ProjectSpec {
     /// Health check every Stage starts from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// How webhook deliveries are checked and, for Git events, turned into tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookSettings>,
     /// Where deploy events are sent (signed POSTs). Reserved: not acted on by this release.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notifications: Vec<NotificationTarget>,
     /// Poll the registry for new tags. Reserved: not acted on by this release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub polling: Option<RegistryPolling>,
-    /// Git repository whose webhooks tiny-forge manages. Reserved: not acted on by this release.
+    /// Git repository the images are built from: its webhook events count for this Project.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_source: Option<GitSource>,
+}
+
+/// Webhook settings of a Project.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSettings {
+    /// Secret the sender signs with (GitHub, Bitbucket: HMAC-SHA256 of the body) or sends
+    /// (GitLab `X-Gitlab-Token`; Harbor and the registry: the `Authorization` header). When set,
+    /// deliveries for this Project without a valid signature or token are refused (401); when
+    /// unset, the secret in the webhook URL is the only check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// The image tag a Git event (push, finished workflow or pipeline on `gitSource.repository`)
+    /// stands for: `{branch}`, `{tag}`, `{sha}`, `{sha7}` are replaced (default `sha-{sha7}`,
+    /// the convention of docker/metadata-action). Branch names are made tag-safe (`/` → `-`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag_template: Option<String>,
+    /// Globs of branches whose Git events count (default: all). Tag pushes always count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub branches: Vec<String>,
+    /// Which Git events stand for a built image: `push`, `tag_push`, `workflow_run`,
+    /// `pipeline` (default: `workflow_run` and `pipeline`, i.e. after CI succeeded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub git_events: Vec<String>,
 }
 
 /// A URL that receives signed notifications of deploy events.
@@ -79,7 +106,8 @@ pub struct RegistryPolling {
     pub interval_seconds: u32,
 }
 
-/// A Git repository whose push webhooks tiny-forge manages.
+/// The Git repository of a Project: Git webhook events from it are mapped to image tags
+/// (`webhook.tagTemplate`); automatic webhook management is reserved for a later release.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GitSource {

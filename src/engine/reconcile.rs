@@ -323,21 +323,21 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
                 }
             },
         };
+        // Err((what failed, why)): the CamelCase reason and the sentence that go into status.
         let verdict = match Check::choose(&eff.health, spec.port, image.has_healthcheck) {
-            Err(e) => Err(e),
+            Err(e) => Err(("InvalidHealthCheck", "has no usable health check", e)),
             Ok(check) => match self.runtime.start(&id).await {
-                Err(e) => Err(format!("the container did not start: {e}")),
-                Ok(()) => {
-                    health::wait_healthy(
-                        &self.runtime,
-                        &self.prober,
-                        &id,
-                        &check,
-                        &eff.health,
-                        reach(&spec),
-                    )
-                    .await
-                }
+                Err(e) => Err(("StartFailed", "did not start", e.to_string())),
+                Ok(()) => health::wait_healthy(
+                    &self.runtime,
+                    &self.prober,
+                    &id,
+                    &check,
+                    &eff.health,
+                    reach(&spec),
+                )
+                .await
+                .map_err(|e| ("HealthCheckFailed", "failed its health check", e)),
             },
         };
 
@@ -393,7 +393,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
                 status.message = Some(message);
                 Ok(Requeue::Resync)
             }
-            Err(reason) if drift_restart => {
+            Err((_, _, reason)) if drift_restart => {
                 // Nothing better to go back to: leave it to Docker's restart policy, say so.
                 Err(StepError {
                     reason: "Unhealthy",
@@ -401,7 +401,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
                     transient: true,
                 })
             }
-            Err(reason) => {
+            Err((failure, what, reason)) => {
                 tracing::warn!(%tag, container = %spec.name, %reason, "deploy failed; rolling back");
                 self.runtime.stop(&id, 0).await?;
                 self.runtime.remove(&id).await?;
@@ -411,25 +411,20 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
                         Phase::RolledBack,
                         Outcome::RolledBack,
                         "RolledBack",
-                        format!(
-                            "{tag} failed its health check ({reason}); {} keeps serving",
-                            cur.tag
-                        ),
+                        format!("{tag} {what} ({reason}); {} keeps serving", cur.tag),
                     ),
                     _ => (
                         Phase::Failed,
                         Outcome::Failed,
                         "DeployFailed",
-                        format!(
-                            "{tag} failed its health check ({reason}); nothing to roll back to"
-                        ),
+                        format!("{tag} {what} ({reason}); nothing to roll back to"),
                     ),
                 };
                 status.last_failure = Some(FailedDeploy {
                     tag: tag.clone(),
                     digest: Some(digest.clone()),
                     generation,
-                    reason: "HealthCheckFailed".into(),
+                    reason: failure.into(),
                     message: message.clone(),
                 });
                 record(status, &tag, Some(&digest), started_at, outcome, &message);

@@ -6,5 +6,5 @@ pub mod secrets;
 pub mod state;
 
 pub use manifests::{Loaded, ManifestError, Manifests, load_dir};
-pub use secrets::FileSecrets;
-pub use state::{Kind, StateDb, StoreError, Stored};
+pub use secrets::StoreSecrets;
+pub use state::{Kind, StateDb, StoreError, Stored, Tx};

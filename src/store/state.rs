@@ -86,6 +86,18 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    received INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS secrets (
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    key TEXT NOT NULL,
+    sealed BLOB NOT NULL,
+    PRIMARY KEY (namespace, name, key)
+);
 ";
 
 impl StateDb {
@@ -119,19 +131,213 @@ impl StateDb {
         &self.path
     }
 
-    fn with<T>(
+    /// Runs `f` in one transaction, committed (and synced) when `f` succeeds. Several writes —
+    /// a whole batch of webhook deliveries — cost one sync.
+    pub fn batch<T>(
         &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut conn).map_err(|source| StoreError::Sqlite {
+        let sqlite = |source| StoreError::Sqlite {
             path: self.path.clone(),
             source,
-        })
+        };
+        let tx = Tx {
+            tx: conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(sqlite)?,
+            path: &self.path,
+        };
+        let out = f(&tx)?;
+        tx.tx.commit().map_err(sqlite)?;
+        Ok(out)
+    }
+
+    /// Runs `f` in a read transaction: a consistent snapshot that never waits for writers.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = Tx {
+            tx: conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)
+                .map_err(|source| StoreError::Sqlite {
+                    path: self.path.clone(),
+                    source,
+                })?,
+            path: &self.path,
+        };
+        f(&tx)
     }
 
     /// Records the current spec of a resource; the generation moves only when the spec does.
-    /// Returns the generation.
+    pub fn upsert<S: Serialize>(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        spec: &S,
+        source: Option<&str>,
+    ) -> Result<i64, StoreError> {
+        self.batch(|tx| tx.upsert(kind, namespace, name, spec, source))
+    }
+
+    /// Forgets a resource and its status.
+    pub fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), StoreError> {
+        self.batch(|tx| tx.delete(kind, namespace, name))
+    }
+
+    /// Every stored resource of a kind, sorted by namespace and name, status merged.
+    pub fn list(&self, kind: Kind) -> Result<Vec<Stored>, StoreError> {
+        self.read(|tx| tx.list(kind))
+    }
+
+    /// A Stage's status, `latest` included; default when none was written.
+    pub fn stage_status(&self, namespace: &str, name: &str) -> Result<StageStatus, StoreError> {
+        self.read(|tx| tx.stage_status(namespace, name))
+    }
+
+    /// Writes the reconciler's part of a Stage's status (everything but `latest`).
+    pub fn save_stage_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &StageStatus,
+    ) -> Result<(), StoreError> {
+        let mut own = status.clone();
+        own.latest = None;
+        self.batch(|tx| tx.set_status(Kind::Stage, namespace, name, &own))
+    }
+
+    pub fn save_project_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &ProjectStatus,
+    ) -> Result<(), StoreError> {
+        self.batch(|tx| tx.set_status(Kind::Project, namespace, name, status))
+    }
+
+    /// Records a pushed tag as a Stage's `status.latest`. False when the Stage is unknown.
+    pub fn record_latest(
+        &self,
+        namespace: &str,
+        name: &str,
+        seen: &SeenTag,
+    ) -> Result<bool, StoreError> {
+        self.batch(|tx| tx.record_latest(namespace, name, seen))
+    }
+
+    /// The project status, default when none.
+    pub fn project_status(&self, namespace: &str, name: &str) -> Result<ProjectStatus, StoreError> {
+        self.batch(|tx| {
+            let status: Option<String> = tx
+                .tx
+                .query_row(
+                    "SELECT status FROM resources WHERE kind='Project' AND namespace=?1 AND name=?2",
+                    params![namespace, name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| tx.sqlite(e))?
+                .flatten();
+            status
+                .map(|s| tx.parse(&s))
+                .transpose()
+                .map(Option::unwrap_or_default)
+        })
+    }
+
+    /// Replaces the list of current manifest problems (shown by `tiny-forge get`).
+    pub fn set_manifest_errors(&self, errors: &[String]) -> Result<(), StoreError> {
+        self.batch(|tx| {
+            tx.exec("DELETE FROM manifest_errors", [])?;
+            for e in errors {
+                tx.exec("INSERT INTO manifest_errors (message) VALUES (?1)", [e])?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn manifest_errors(&self) -> Result<Vec<String>, StoreError> {
+        self.batch(|tx| {
+            let mut q = tx
+                .tx
+                .prepare("SELECT message FROM manifest_errors ORDER BY seq")
+                .map_err(|e| tx.sqlite(e))?;
+            q.query_map([], |r| r.get(0))
+                .and_then(Iterator::collect)
+                .map_err(|e| tx.sqlite(e))
+        })
+    }
+
+    /// A sealed secret, if stored.
+    pub fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|tx| tx.secret(namespace, name, key))
+    }
+
+    /// Stores a sealed secret (replacing any).
+    pub fn set_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        sealed: &[u8],
+    ) -> Result<(), StoreError> {
+        self.batch(|tx| {
+            tx.exec(
+                "INSERT INTO secrets (namespace, name, key, sealed) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(namespace, name, key) DO UPDATE SET sealed=excluded.sealed",
+                params![namespace, name, key, sealed],
+            )
+        })
+    }
+
+    /// SQLite's change counter as seen by this connection: moves when another process commits.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(|source| StoreError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+/// One transaction on the store.
+pub struct Tx<'a> {
+    tx: rusqlite::Transaction<'a>,
+    path: &'a Path,
+}
+
+impl Tx<'_> {
+    fn sqlite(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn exec(&self, sql: &str, params: impl rusqlite::Params) -> Result<(), StoreError> {
+        self.tx
+            .execute(sql, params)
+            .map(|_| ())
+            .map_err(|e| self.sqlite(e))
+    }
+
+    fn parse<T: DeserializeOwned>(&self, text: &str) -> Result<T, StoreError> {
+        serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+            path: self.path.to_path_buf(),
+            message: format!("unreadable record: {e}"),
+        })
+    }
+
+    /// See [`StateDb::upsert`]. Returns the generation.
     pub fn upsert<S: Serialize>(
         &self,
         kind: Kind,
@@ -141,82 +347,86 @@ impl StateDb {
         source: Option<&str>,
     ) -> Result<i64, StoreError> {
         let spec = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt {
-            path: self.path.clone(),
+            path: self.path.to_path_buf(),
             message: e.to_string(),
         })?;
         let hash = hex(&Sha256::digest(spec.as_bytes()));
-        self.with(|c| {
-            let tx = c.transaction()?;
-            let existing: Option<(i64, String)> = tx
-                .query_row(
-                    "SELECT generation, spec_hash FROM resources WHERE kind=?1 AND namespace=?2 AND name=?3",
-                    params![kind.as_str(), namespace, name],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            let generation = match existing {
-                Some((g, h)) if h == hash => {
-                    tx.execute(
-                        "UPDATE resources SET source=?4 WHERE kind=?1 AND namespace=?2 AND name=?3 AND source IS NOT ?4",
-                        params![kind.as_str(), namespace, name, source],
-                    )?;
-                    g
-                }
-                Some((g, _)) => {
-                    tx.execute(
-                        "UPDATE resources SET generation=?4, spec=?5, spec_hash=?6, source=?7 WHERE kind=?1 AND namespace=?2 AND name=?3",
-                        params![kind.as_str(), namespace, name, g + 1, spec, hash, source],
-                    )?;
-                    g + 1
-                }
-                None => {
-                    let uid = uuid_like(&format!("{}/{namespace}/{name}/{}", kind.as_str(), now()));
-                    tx.execute(
-                        "INSERT INTO resources (kind, namespace, name, uid, generation, created, source, spec, spec_hash) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8)",
-                        params![kind.as_str(), namespace, name, uid, now(), source, spec, hash],
-                    )?;
-                    1
-                }
-            };
-            tx.commit()?;
-            Ok(generation)
-        })
-    }
-
-    /// Forgets a resource and its status.
-    pub fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "DELETE FROM resources WHERE kind=?1 AND namespace=?2 AND name=?3",
+        let existing: Option<(i64, String)> = self
+            .tx
+            .query_row(
+                "SELECT generation, spec_hash FROM resources WHERE kind=?1 AND namespace=?2 AND name=?3",
                 params![kind.as_str(), namespace, name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .map(|_| ())
-        })
+            .optional()
+            .map_err(|e| self.sqlite(e))?;
+        match existing {
+            Some((g, h)) if h == hash => {
+                self.exec(
+                    "UPDATE resources SET source=?4 WHERE kind=?1 AND namespace=?2 AND name=?3 AND source IS NOT ?4",
+                    params![kind.as_str(), namespace, name, source],
+                )?;
+                Ok(g)
+            }
+            Some((g, _)) => {
+                self.exec(
+                    "UPDATE resources SET generation=?4, spec=?5, spec_hash=?6, source=?7 WHERE kind=?1 AND namespace=?2 AND name=?3",
+                    params![kind.as_str(), namespace, name, g + 1, spec, hash, source],
+                )?;
+                Ok(g + 1)
+            }
+            None => {
+                let uid = uuid_like(&format!("{}/{namespace}/{name}/{}", kind.as_str(), now()));
+                self.exec(
+                    "INSERT INTO resources (kind, namespace, name, uid, generation, created, source, spec, spec_hash) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8)",
+                    params![kind.as_str(), namespace, name, uid, now(), source, spec, hash],
+                )?;
+                Ok(1)
+            }
+        }
     }
 
-    /// Every stored resource of a kind, sorted by namespace and name, status merged.
+    pub fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), StoreError> {
+        self.exec(
+            "DELETE FROM resources WHERE kind=?1 AND namespace=?2 AND name=?3",
+            params![kind.as_str(), namespace, name],
+        )
+    }
+
     pub fn list(&self, kind: Kind) -> Result<Vec<Stored>, StoreError> {
-        let rows = self.with(|c| {
-            let mut q = c.prepare(
+        let mut q = self
+            .tx
+            .prepare_cached(
                 "SELECT namespace, name, uid, generation, created, source, spec, status, latest FROM resources WHERE kind=?1 ORDER BY namespace, name",
-            )?;
-            let rows = q
-                .query_map(params![kind.as_str()], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, Option<String>>(5)?,
-                        r.get::<_, String>(6)?,
-                        r.get::<_, Option<String>>(7)?,
-                        r.get::<_, Option<String>>(8)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })?;
+            )
+            .map_err(|e| self.sqlite(e))?;
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(
+            String,
+            String,
+            String,
+            i64,
+            String,
+            Option<String>,
+            String,
+            Option<String>,
+            Option<String>,
+        )> = q
+            .query_map(params![kind.as_str()], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                ))
+            })
+            .and_then(Iterator::collect)
+            .map_err(|e| self.sqlite(e))?;
         rows.into_iter()
             .map(
                 |(namespace, name, uid, generation, created, source, spec, status, latest)| {
@@ -243,17 +453,16 @@ impl StateDb {
             .collect()
     }
 
-    /// A Stage's status, `latest` included; default when none was written.
     pub fn stage_status(&self, namespace: &str, name: &str) -> Result<StageStatus, StoreError> {
         let (status, latest): (Option<String>, Option<String>) = self
-            .with(|c| {
-                c.query_row(
-                    "SELECT status, latest FROM resources WHERE kind='Stage' AND namespace=?1 AND name=?2",
-                    params![namespace, name],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-            })?
+            .tx
+            .query_row(
+                "SELECT status, latest FROM resources WHERE kind='Stage' AND namespace=?1 AND name=?2",
+                params![namespace, name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.sqlite(e))?
             .unwrap_or_default();
         let mut out: StageStatus = match status {
             Some(s) => self.parse(&s)?,
@@ -263,45 +472,21 @@ impl StateDb {
         Ok(out)
     }
 
-    /// Writes the reconciler's part of a Stage's status (everything but `latest`).
-    pub fn save_stage_status(
-        &self,
-        namespace: &str,
-        name: &str,
-        status: &StageStatus,
-    ) -> Result<(), StoreError> {
-        let mut own = status.clone();
-        own.latest = None;
-        self.set_status("Stage", namespace, name, &own)
-    }
-
-    pub fn save_project_status(
-        &self,
-        namespace: &str,
-        name: &str,
-        status: &ProjectStatus,
-    ) -> Result<(), StoreError> {
-        self.set_status("Project", namespace, name, status)
-    }
-
     fn set_status<T: Serialize>(
         &self,
-        kind: &str,
+        kind: Kind,
         namespace: &str,
         name: &str,
         status: &T,
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(status).unwrap_or_default();
-        self.with(|c| {
-            c.execute(
-                "UPDATE resources SET status=?4 WHERE kind=?1 AND namespace=?2 AND name=?3",
-                params![kind, namespace, name, json],
-            )
-            .map(|_| ())
-        })
+        self.exec(
+            "UPDATE resources SET status=?4 WHERE kind=?1 AND namespace=?2 AND name=?3",
+            params![kind.as_str(), namespace, name, json],
+        )
     }
 
-    /// Records a pushed tag as a Stage's `status.latest`. False when the Stage is unknown.
+    /// See [`StateDb::record_latest`].
     pub fn record_latest(
         &self,
         namespace: &str,
@@ -309,80 +494,47 @@ impl StateDb {
         seen: &SeenTag,
     ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(seen).unwrap_or_default();
-        self.with(|c| {
-            c.execute(
+        self.tx
+            .execute(
                 "UPDATE resources SET latest=?3 WHERE kind='Stage' AND namespace=?1 AND name=?2",
                 params![namespace, name, json],
             )
             .map(|n| n > 0)
-        })
+            .map_err(|e| self.sqlite(e))
     }
 
-    /// The project status, default when none.
-    pub fn project_status(&self, namespace: &str, name: &str) -> Result<ProjectStatus, StoreError> {
-        let status: Option<String> = self
-            .with(|c| {
-                c.query_row(
-                    "SELECT status FROM resources WHERE kind='Project' AND namespace=?1 AND name=?2",
-                    params![namespace, name],
-                    |r| r.get(0),
-                )
-                .optional()
-            })?
-            .flatten();
-        status
-            .map(|s| self.parse(&s))
-            .transpose()
-            .map(Option::unwrap_or_default)
-    }
-
-    /// Replaces the list of current manifest problems (shown by `tiny-forge get`).
-    pub fn set_manifest_errors(&self, errors: &[String]) -> Result<(), StoreError> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            tx.execute("DELETE FROM manifest_errors", [])?;
-            for e in errors {
-                tx.execute("INSERT INTO manifest_errors (message) VALUES (?1)", [e])?;
-            }
-            tx.commit()
-        })
-    }
-
-    pub fn manifest_errors(&self) -> Result<Vec<String>, StoreError> {
-        self.with(|c| {
-            let mut q = c.prepare("SELECT message FROM manifest_errors ORDER BY seq")?;
-            q.query_map([], |r| r.get(0))?.collect()
-        })
-    }
-
-    /// A small key/value space (the webhook secret lives here in later releases).
-    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.with(|c| {
-            c.query_row("SELECT value FROM meta WHERE key=?1", [key], |r| r.get(0))
-                .optional()
-        })
-    }
-
-    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                [key, value],
+    /// Marks a delivery id as seen. False when it was seen before (a redelivery).
+    pub fn claim_delivery(&self, id: &str, provider: &str) -> Result<bool, StoreError> {
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        self.tx
+            .execute(
+                "INSERT OR IGNORE INTO deliveries (id, provider, received) VALUES (?1, ?2, ?3)",
+                params![id, provider, now],
             )
-            .map(|_| ())
-        })
+            .map(|n| n == 1)
+            .map_err(|e| self.sqlite(e))
     }
 
-    /// SQLite's change counter as seen by this connection: moves when another process commits.
-    pub fn data_version(&self) -> Result<i64, StoreError> {
-        self.with(|c| c.query_row("PRAGMA data_version", [], |r| r.get(0)))
+    /// Forgets delivery ids older than `max_age_s` (senders redeliver within hours, not weeks).
+    pub fn prune_deliveries(&self, max_age_s: i64) -> Result<(), StoreError> {
+        let cutoff = k8s_openapi::jiff::Timestamp::now().as_second() - max_age_s;
+        self.exec("DELETE FROM deliveries WHERE received < ?1", [cutoff])
     }
 
-    fn parse<T: DeserializeOwned>(&self, text: &str) -> Result<T, StoreError> {
-        serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
-            path: self.path.clone(),
-            message: format!("unreadable record: {e}"),
-        })
+    pub fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.tx
+            .query_row(
+                "SELECT sealed FROM secrets WHERE namespace=?1 AND name=?2 AND key=?3",
+                params![namespace, name, key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sqlite(e))
     }
 }
 

@@ -1,0 +1,231 @@
+//! What the benches share: the Docker connection, a Reconciler wired for benching, statistics,
+//! the machine description, container cleanup by label and the marked blocks of
+//! `docs/BENCHMARKS.md`. Included by each bench as `mod common;`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use tiny_forge::api::{StageStatus, labels};
+use tiny_forge::docker::DockerRuntime;
+use tiny_forge::engine::spec::EnvValueSource;
+use tiny_forge::engine::{Reconciler, Runtime, Secrets, StageKey, StatusSink};
+use tiny_forge::probe::NetProber;
+
+/// Every bench container carries this label, its value naming the bench (its "suite"), so a
+/// crashed run's leftovers are found and nothing else is touched.
+pub const BENCH_LABEL: &str = "bench.tiny-forge/suite";
+/// Where the benches write their results, relative to the crate root.
+pub const DOC: &str = "docs/BENCHMARKS.md";
+
+/// Intermediate status goes nowhere.
+pub struct NoSink;
+
+impl StatusSink for NoSink {
+    async fn save(&self, _key: &StageKey, _status: &StageStatus) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The bench Stages reference no secret.
+pub struct NoSecrets;
+
+impl Secrets for NoSecrets {
+    fn value(&self, _namespace: &str, _source: &EnvValueSource<'_>) -> Result<String, String> {
+        Err("the bench Stages have no secrets".into())
+    }
+}
+
+pub type Engine = Reconciler<DockerRuntime, NetProber, NoSink, NoSecrets>;
+
+/// The Reconciler the benches drive: the real runtime and prober, status kept by the caller.
+pub fn engine(runtime: DockerRuntime) -> Engine {
+    Reconciler {
+        runtime,
+        prober: NetProber::new(),
+        sink: NoSink,
+        secrets: NoSecrets,
+        host_name: "default".into(),
+        instance: "bench".into(),
+    }
+}
+
+/// `BENCH_RUNS` (default 9): the number of measured runs after the warm-up.
+pub fn runs_from_env() -> usize {
+    match std::env::var("BENCH_RUNS") {
+        Ok(v) => v
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| panic!("BENCH_RUNS={v:?}: expected a positive integer")),
+        Err(_) => 9,
+    }
+}
+
+/// A bollard client for `DOCKER_HOST`, and the endpoint it talks to.
+pub async fn connect() -> (Docker, String) {
+    let endpoint =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string());
+    let docker = Docker::connect_with_host(&endpoint)
+        .expect("a Docker client for DOCKER_HOST")
+        .with_timeout(Duration::from_secs(60))
+        .negotiate_version()
+        .await
+        .unwrap_or_else(|e| panic!("Docker at {endpoint} does not answer ({e}); run: make bench"));
+    (docker, endpoint)
+}
+
+/// Removes a container, running or not.
+pub async fn remove(docker: &Docker, id: &str) {
+    let options = RemoveContainerOptionsBuilder::default().force(true).build();
+    docker
+        .remove_container(id, Some(options))
+        .await
+        .unwrap_or_else(|e| panic!("remove {id}: {e}"));
+}
+
+/// Containers a crashed earlier run of the bench `suite` left behind.
+pub async fn remove_leftovers(docker: &Docker, suite: &str) {
+    let filters = HashMap::from([("label".to_string(), vec![format!("{BENCH_LABEL}={suite}")])]);
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let leftovers = docker
+        .list_containers(Some(options))
+        .await
+        .expect("list leftover bench containers");
+    for c in leftovers.into_iter().filter_map(|c| c.id) {
+        eprintln!(
+            "removing leftover bench container {}",
+            &c[..12.min(c.len())]
+        );
+        remove(docker, &c).await;
+    }
+}
+
+/// Removes every container tiny-forge made for the Stage.
+pub async fn cleanup_stage(engine: &Engine, stage_name: &str) {
+    let created = engine
+        .runtime
+        .list_managed(&[(labels::STAGE, stage_name)])
+        .await
+        .expect("list the Stage's containers");
+    for c in created {
+        engine
+            .runtime
+            .remove(&c.id)
+            .await
+            .unwrap_or_else(|e| panic!("remove {}: {e}", c.name));
+    }
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Median (mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// 90th percentile, nearest rank.
+pub fn p90(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = (0.9 * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+pub fn min_max(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+/// Where the numbers were taken.
+pub struct Machine {
+    pub cpu: String,
+    pub nproc: usize,
+    pub memory: String,
+    pub docker: String,
+    pub storage: String,
+}
+
+impl Machine {
+    pub async fn describe(docker: &Docker) -> Machine {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find_map(|l| l.strip_prefix("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map_or("unknown".to_string(), |kb| {
+                format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0)
+            });
+        let info = docker.info().await.ok();
+        Machine {
+            cpu,
+            nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            memory,
+            docker: docker
+                .version()
+                .await
+                .ok()
+                .and_then(|v| v.version)
+                .unwrap_or_else(|| "unknown".into()),
+            storage: info
+                .and_then(|i| i.driver)
+                .unwrap_or_else(|| "unknown".into()),
+        }
+    }
+}
+
+/// `docs/BENCHMARKS.md` of this crate.
+pub fn doc_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(DOC)
+}
+
+/// Replaces the block between the markers `start` and `end`, keeping the rest of the file; the
+/// block is appended when the markers are missing, the file created when it is.
+pub fn write_section(path: &Path, start: &str, end: &str, section: &str) {
+    let block = format!("{start}\n{}\n{end}", section.trim_end());
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => match (text.find(start), text.find(end)) {
+            (Some(a), Some(b)) if a < b => {
+                format!("{}{block}{}", &text[..a], &text[b + end.len()..])
+            }
+            _ => format!("{}\n\n{block}\n", text.trim_end()),
+        },
+        Err(_) => format!(
+            "# Benchmarks\n\n\
+             Measurements of tiny-forge against a real Docker engine. Each section is written by \
+             the bench named in it; rerun it to refresh the numbers.\n\n{block}\n"
+        ),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("create docs/");
+    }
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}

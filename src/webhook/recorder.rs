@@ -1,0 +1,234 @@
+//! Durable recording of deliveries with group commit: deliveries that arrive together share one
+//! transaction and one sync, and each sender is answered only after that commit. A delivery id
+//! seen before changes nothing (redeliveries, registry retries).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Delivery, Parsed, Provider};
+use crate::ingest::{self, ProjectRef, Push, Verdict};
+use crate::store::{StateDb, StoreError, Tx};
+
+/// Deliveries committed together at most.
+const MAX_BATCH: usize = 256;
+/// Delivery ids are kept this long (senders redeliver within hours).
+const DELIVERY_RETENTION_S: i64 = 7 * 24 * 3600;
+
+/// One authenticated delivery waiting to be recorded.
+pub struct Job {
+    pub provider: Provider,
+    pub delivery: Delivery,
+    /// The sender's delivery id, else a hash of the body.
+    pub delivery_key: String,
+    /// Projects (namespace, name) the delivery proved it may speak for.
+    pub accepted: Vec<(String, String)>,
+    pub respond: oneshot::Sender<Result<Answer, String>>,
+}
+
+/// What was recorded.
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub duplicate: bool,
+    pub delivery_key: String,
+    pub verdicts: Vec<Verdict>,
+    /// Projects created for images nobody used yet.
+    pub created: Vec<String>,
+    /// Why (parts of) the delivery changed nothing.
+    pub ignored: Option<String>,
+}
+
+/// Starts the recorder. `auto_create`: the manifest directory where Projects for unknown images
+/// are written, or None to ignore unknown images.
+/// `wake` is told after each commit that recorded something, so the controller acts at once.
+pub fn spawn(
+    db: Arc<StateDb>,
+    auto_create: Option<PathBuf>,
+    wake: mpsc::UnboundedSender<()>,
+) -> mpsc::Sender<Job> {
+    let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
+    tokio::spawn(async move {
+        let mut batches = 0u64;
+        while let Some(first) = rx.recv().await {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_BATCH
+                && let Ok(job) = rx.try_recv()
+            {
+                jobs.push(job);
+            }
+            batches += 1;
+            let prune = batches % 1000 == 1;
+            let db = db.clone();
+            let auto_create = auto_create.clone();
+            // The commit syncs to disk: keep it off the async workers.
+            let done = tokio::task::spawn_blocking(move || {
+                let result = db.batch(|tx| {
+                    if prune {
+                        tx.prune_deliveries(DELIVERY_RETENTION_S)?;
+                    }
+                    jobs.iter()
+                        .map(|job| process(tx, job, auto_create.as_deref()))
+                        .collect::<Result<Vec<Answer>, String>>()
+                        .map_err(|e| StoreError::Corrupt {
+                            path: PathBuf::new(),
+                            message: e,
+                        })
+                });
+                (jobs, result)
+            })
+            .await;
+            let (jobs, result) = match done {
+                Ok(done) => done,
+                Err(e) => {
+                    tracing::error!(error = %e, "recorder task failed");
+                    continue;
+                }
+            };
+            match result {
+                Ok(answers) => {
+                    if answers
+                        .iter()
+                        .any(|a| !a.verdicts.is_empty() || !a.created.is_empty())
+                    {
+                        let _ = wake.send(());
+                    }
+                    for (job, answer) in jobs.into_iter().zip(answers) {
+                        let _ = job.respond.send(Ok(answer));
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    for job in jobs {
+                        let _ = job.respond.send(Err(message.clone()));
+                    }
+                }
+            }
+        }
+    });
+    tx
+}
+
+impl From<StoreError> for String {
+    fn from(e: StoreError) -> String {
+        e.to_string()
+    }
+}
+
+fn process(
+    tx: &Tx<'_>,
+    job: &Job,
+    auto_create: Option<&std::path::Path>,
+) -> Result<Answer, String> {
+    let source = job.provider.as_str();
+    let mut answer = Answer {
+        delivery_key: job.delivery_key.clone(),
+        ..Default::default()
+    };
+    let claim = |key: &str| tx.claim_delivery(&format!("{source}:{key}"), source);
+    let mut reasons: Vec<String> = Vec::new();
+    match &job.delivery.parsed {
+        Parsed::Ping => answer.ignored = Some("ping".into()),
+        Parsed::Ignored(reason) => answer.ignored = Some(reason.clone()),
+        Parsed::Images(images) => {
+            // Registry notifications carry an id per event and are retried whole: each event
+            // counts once. Other senders: one id per delivery.
+            let fresh: Vec<_> = if images.iter().all(|i| i.event_id.is_some()) {
+                let mut fresh = Vec::new();
+                for i in images {
+                    if claim(i.event_id.as_deref().unwrap_or_default())? {
+                        fresh.push(i);
+                    }
+                }
+                fresh
+            } else if claim(&job.delivery_key)? {
+                images.iter().collect()
+            } else {
+                Vec::new()
+            };
+            if fresh.is_empty() {
+                answer.duplicate = true;
+                return Ok(answer);
+            }
+            let mut projects = ingest::projects(tx)?;
+            for image in fresh {
+                let push = Push::from_image(image, source, job.delivery.delivery_id.as_deref());
+                let users = ingest::for_image(&projects, &image.repository);
+                let mine = allowed(&users, &job.accepted);
+                if !mine.is_empty() {
+                    answer.verdicts.extend(ingest::record(tx, &mine, &push)?);
+                } else if !users.is_empty() {
+                    reasons.push(format!(
+                        "not authorised for the Projects using {}",
+                        image.repository
+                    ));
+                } else if let Some(dir) = auto_create {
+                    let created = ingest::auto_create(tx, dir, &projects, &image.repository)
+                        .map_err(|e| e.to_string())?;
+                    tracing::info!(project = %created.name, image = %image.repository, "created a Project for a new image");
+                    answer
+                        .created
+                        .push(format!("{}/{}", created.namespace, created.name));
+                    answer
+                        .verdicts
+                        .extend(ingest::record(tx, &[&created], &push)?);
+                    projects.push(created);
+                } else {
+                    reasons.push(format!("no Project uses {}", image.repository));
+                }
+            }
+        }
+        Parsed::Git(events) => {
+            if !claim(&job.delivery_key)? {
+                answer.duplicate = true;
+                return Ok(answer);
+            }
+            let projects = ingest::projects(tx)?;
+            for event in events {
+                let users = ingest::for_git(&projects, source, event);
+                let mine = allowed(&users, &job.accepted);
+                if mine.is_empty() {
+                    reasons.push(format!("no Project has gitSource {}", event.repository));
+                }
+                for project in mine {
+                    match ingest::git_tag(&project.spec, event) {
+                        Ok(tag) => {
+                            let push = Push {
+                                repository: project.spec.image.clone(),
+                                tag,
+                                digest: None,
+                                source: source.to_string(),
+                                delivery_id: job.delivery.delivery_id.clone(),
+                            };
+                            answer
+                                .verdicts
+                                .extend(ingest::record(tx, &[project], &push)?);
+                        }
+                        Err(reason) => reasons.push(format!("{}: {reason}", project.name)),
+                    }
+                }
+            }
+        }
+    }
+    reasons.extend(answer.verdicts.iter().filter_map(|v| {
+        v.ignored
+            .as_ref()
+            .map(|r| format!("{}/{}: {r}", v.namespace, v.stage))
+    }));
+    if answer.ignored.is_none() && !reasons.is_empty() {
+        answer.ignored = Some(reasons.join("; "));
+    }
+    Ok(answer)
+}
+
+fn allowed<'p>(users: &[&'p ProjectRef], accepted: &[(String, String)]) -> Vec<&'p ProjectRef> {
+    users
+        .iter()
+        .copied()
+        .filter(|p| {
+            accepted
+                .iter()
+                .any(|(ns, n)| *ns == p.namespace && *n == p.name)
+        })
+        .collect()
+}

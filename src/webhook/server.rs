@@ -1,0 +1,594 @@
+//! The HTTP side: warp routes on a hyper server we bind ourselves (a bind error is an error, not a
+//! panic; header and body read timeouts; graceful drain), authentication, limits and metrics. What
+//! a delivery says is written by the recorder (group commit) before the sender gets its 2xx.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::{HeaderMap, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use warp::{Buf, Filter, Reply};
+
+use super::metrics::Metrics;
+use super::recorder::{Answer, Job};
+use super::{Auth, Provider, WebhookError, providers, verify};
+use crate::ingest::{self, ProjectRef};
+use crate::store::StateDb;
+
+/// Settings of the webhook listener.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Largest accepted body (413 above it).
+    pub body_limit: usize,
+    /// Requests per second per source address, with a burst; None: unlimited.
+    pub rate: Option<(NonZeroU32, NonZeroU32)>,
+    /// Time allowed for the request head.
+    pub header_timeout: Duration,
+    /// Time allowed for the body.
+    pub body_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            body_limit: 1 << 20,
+            rate: Some((NonZeroU32::new(20).unwrap(), NonZeroU32::new(200).unwrap())),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Resolves the secret a Project names in `webhook.secretRef`.
+pub trait SecretLookup: Send + Sync + 'static {
+    fn webhook_secret(&self, project: &ProjectRef) -> Option<Result<Vec<u8>, String>>;
+}
+
+/// The URL secret and the Projects, cached and reloaded when another connection (the recorder,
+/// `tiny-forge webhook rotate`, the manifest sync) committed: rotation takes effect at once.
+struct Cache {
+    version: i64,
+    url_secret: Option<String>,
+    projects: Arc<Vec<ProjectRef>>,
+}
+
+/// Where the URL secret lives in the store: sealed, see [`crate::webhook::url_secret`].
+pub type UrlSecretReader = Arc<dyn Fn() -> Result<Option<String>, String> + Send + Sync>;
+
+pub struct Shared {
+    config: Config,
+    reader: Arc<StateDb>,
+    url_secret: UrlSecretReader,
+    secrets: Arc<dyn SecretLookup>,
+    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    metrics: Arc<Metrics>,
+    recorder: mpsc::Sender<Job>,
+    cache: Mutex<Cache>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ClientAddr(SocketAddr);
+
+/// A running listener.
+pub struct Server {
+    pub local_addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Waits until the listener has drained after the shutdown signal.
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `config.listen` and serves until `shutdown` resolves, then drains in-flight requests
+/// (at most 10 s). `reader` is a connection of its own to the store (reads never wait for the
+/// recorder's syncs).
+pub async fn start(
+    config: Config,
+    reader: Arc<StateDb>,
+    url_secret: UrlSecretReader,
+    secrets: Arc<dyn SecretLookup>,
+    metrics: Arc<Metrics>,
+    recorder: mpsc::Sender<Job>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Server> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let local_addr = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        limiter: config
+            .rate
+            .map(|(rate, burst)| RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))),
+        config,
+        reader,
+        url_secret,
+        secrets,
+        metrics,
+        recorder,
+        cache: Mutex::new(Cache {
+            version: i64::MIN,
+            url_secret: None,
+            projects: Arc::default(),
+        }),
+    });
+    let routes = routes(shared.clone());
+    let service = warp::service(routes);
+    let header_timeout = shared.config.header_timeout;
+    let task = tokio::spawn(async move {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, do not spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let service = service.clone();
+            let svc =
+                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ClientAddr(peer));
+                    let mut service = service.clone();
+                    async move { tower_call(&mut service, req).await }
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("webhook connections still open after 10s; closing them");
+        }
+    });
+    Ok(Server { local_addr, task })
+}
+
+async fn tower_call<S, B>(service: &mut S, req: http::Request<B>) -> Result<S::Response, Infallible>
+where
+    S: tower_service::Service<http::Request<B>, Error = Infallible>,
+{
+    std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+    service.call(req).await
+}
+
+fn routes(
+    shared: Arc<Shared>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone + Send + Sync + 'static
+{
+    let with = {
+        let shared = shared.clone();
+        warp::any().map(move || shared.clone())
+    };
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| warp::reply::with_status("ok\n", StatusCode::OK).into_response());
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(with.clone())
+        .map(|s: Arc<Shared>| match s.reader.data_version() {
+            Ok(_) => warp::reply::with_status("ready\n", StatusCode::OK).into_response(),
+            Err(e) => {
+                tracing::warn!(error = %e, "not ready: the state store does not answer");
+                warp::reply::with_status("store unavailable\n", StatusCode::SERVICE_UNAVAILABLE)
+                    .into_response()
+            }
+        });
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with.clone())
+        .map(|s: Arc<Shared>| {
+            warp::reply::with_header(
+                s.metrics.render(),
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .into_response()
+        });
+    let hook = warp::post()
+        .and(warp::path("api"))
+        .and(warp::path("webhook"))
+        .and(warp::path::param::<String>())
+        .and(warp::path::tail())
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::get::<ClientAddr>())
+        .and(warp::body::stream())
+        .and(with)
+        .then(
+            |secret: String,
+             tail: warp::path::Tail,
+             headers: HeaderMap,
+             client: ClientAddr,
+             body,
+             shared: Arc<Shared>| async move {
+                let started = Instant::now();
+                let (provider, response) = handle(
+                    &shared,
+                    &secret,
+                    tail.as_str(),
+                    &headers,
+                    client.0.ip(),
+                    body,
+                )
+                .await;
+                shared.metrics.observe(
+                    provider.map_or("none", Provider::as_str),
+                    response.outcome,
+                    started.elapsed(),
+                );
+                response.into_response()
+            },
+        );
+    healthz
+        .or(readyz)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(hook)
+        .unify()
+        .recover(|_| async { Ok::<_, Infallible>(not_found()) })
+        .unify()
+}
+
+/// The answer to an unknown route — and, byte for byte, to a wrong URL secret.
+fn not_found() -> warp::reply::Response {
+    warp::reply::with_status(warp::reply(), StatusCode::NOT_FOUND).into_response()
+}
+
+/// A response with the outcome label it counts under.
+struct Response {
+    status: StatusCode,
+    outcome: &'static str,
+    body: Option<serde_json::Value>,
+    retry_after: Option<u64>,
+}
+
+impl Response {
+    fn json(status: StatusCode, outcome: &'static str, body: serde_json::Value) -> Response {
+        Response {
+            status,
+            outcome,
+            body: Some(body),
+            retry_after: None,
+        }
+    }
+    fn error(status: StatusCode, outcome: &'static str, message: impl Into<String>) -> Response {
+        Response::json(
+            status,
+            outcome,
+            serde_json::json!({ "error": message.into() }),
+        )
+    }
+    fn into_response(self) -> warp::reply::Response {
+        let Some(body) = self.body else {
+            return not_found();
+        };
+        let mut r = warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert("retry-after", http::HeaderValue::from(secs.max(1)));
+        }
+        r
+    }
+}
+
+async fn handle(
+    shared: &Shared,
+    secret: &str,
+    tail: &str,
+    headers: &HeaderMap,
+    client: IpAddr,
+    body: impl futures::Stream<Item = Result<impl Buf, warp::Error>>,
+) -> (Option<Provider>, Response) {
+    let not_found = || Response {
+        status: StatusCode::NOT_FOUND,
+        outcome: "not_found",
+        body: None,
+        retry_after: None,
+    };
+    if let Some(limiter) = &shared.limiter
+        && let Err(not_until) = limiter.check_key(&client)
+    {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        let mut r = Response::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many deliveries from this address; retry later",
+        );
+        r.retry_after = Some(wait.as_secs_f64().ceil() as u64);
+        return (None, r);
+    }
+    let (url_secret, projects) = match shared.snapshot() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the state store");
+            return (
+                None,
+                Response::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "error",
+                    "the state store is unavailable",
+                ),
+            );
+        }
+    };
+    let known = url_secret.as_deref().is_some_and(|s| {
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            s.as_bytes(),
+            secret.as_bytes(),
+        ))
+    });
+    let provider = match tail {
+        "" => Some(Provider::Generic),
+        other => Provider::from_segment(other),
+    };
+    let (true, Some(provider)) = (known, provider) else {
+        return (None, not_found());
+    };
+    let body = match read_body(
+        headers,
+        body,
+        shared.config.body_limit,
+        shared.config.body_timeout,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(r) => return (Some(provider), r),
+    };
+    let mut delivery = match providers::parse(provider, headers, &body) {
+        Ok(d) => d,
+        Err(e) => return (Some(provider), refused(provider, &e)),
+    };
+    if provider == Provider::Generic && delivery.auth == Auth::None {
+        // Scripts may sign the generic endpoint like GitHub does.
+        if let Some(sig) = super::header(headers, "x-hub-signature-256")
+            .and_then(|v| v.strip_prefix("sha256="))
+            .and_then(|h| hex::decode(h).ok())
+        {
+            delivery.auth = Auth::HmacSha256(sig);
+        }
+    }
+    let delivery_key = delivery.delivery_id.clone().unwrap_or_else(|| {
+        format!(
+            "sha256:{}",
+            hex::encode(sha2::Digest::finalize(
+                <sha2::Sha256 as sha2::Digest>::new_with_prefix(&body)
+            ))
+        )
+    });
+
+    // Authenticate against the Projects the delivery is about.
+    let candidates: Vec<&ProjectRef> = match &delivery.parsed {
+        super::Parsed::Images(images) => {
+            let mut c: Vec<&ProjectRef> = Vec::new();
+            for i in images {
+                for p in ingest::for_image(&projects, &i.repository) {
+                    if !c
+                        .iter()
+                        .any(|x| x.namespace == p.namespace && x.name == p.name)
+                    {
+                        c.push(p);
+                    }
+                }
+            }
+            c
+        }
+        super::Parsed::Git(events) => {
+            let mut c: Vec<&ProjectRef> = Vec::new();
+            for e in events {
+                for p in ingest::for_git(&projects, provider.as_str(), e) {
+                    if !c
+                        .iter()
+                        .any(|x| x.namespace == p.namespace && x.name == p.name)
+                    {
+                        c.push(p);
+                    }
+                }
+            }
+            c
+        }
+        super::Parsed::Ignored(_) | super::Parsed::Ping => Vec::new(),
+    };
+    let mut accepted = Vec::new();
+    let mut refused_any = false;
+    for p in candidates {
+        match shared.secrets.webhook_secret(p) {
+            None => accepted.push((p.namespace.clone(), p.name.clone())),
+            Some(Ok(key)) if verify(&delivery.auth, &body, &key) => {
+                accepted.push((p.namespace.clone(), p.name.clone()))
+            }
+            Some(Ok(_)) => refused_any = true,
+            Some(Err(e)) => {
+                tracing::error!(project = %format!("{}/{}", p.namespace, p.name), error = %e, "webhook secret unavailable");
+                refused_any = true;
+            }
+        }
+    }
+    if refused_any && accepted.is_empty() {
+        let what = match delivery.auth {
+            Auth::None => {
+                "this Project requires a signed delivery (webhook.secretRef) and none was sent"
+            }
+            _ => "signature or token does not match the Project's webhook secret",
+        };
+        tracing::warn!(provider = provider.as_str(), delivery = %delivery_key, "{what}");
+        return (
+            Some(provider),
+            Response::error(StatusCode::UNAUTHORIZED, "unauthorized", what),
+        );
+    }
+
+    let (respond, answer) = oneshot::channel();
+    let job = Job {
+        provider,
+        delivery,
+        delivery_key,
+        accepted,
+        respond,
+    };
+    if shared.recorder.send(job).await.is_err() {
+        return (
+            Some(provider),
+            Response::error(StatusCode::SERVICE_UNAVAILABLE, "error", "shutting down"),
+        );
+    }
+    let response = match answer.await {
+        Ok(Ok(answer)) => answered(provider, answer),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "could not record a delivery");
+            Response::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "error",
+                "the delivery could not be stored; retry",
+            )
+        }
+        Err(_) => Response::error(StatusCode::SERVICE_UNAVAILABLE, "error", "shutting down"),
+    };
+    (Some(provider), response)
+}
+
+fn answered(provider: Provider, answer: Answer) -> Response {
+    if answer.duplicate {
+        tracing::info!(provider = provider.as_str(), delivery = %answer.delivery_key, "duplicate delivery");
+        return Response::json(
+            StatusCode::OK,
+            "duplicate",
+            serde_json::json!({"duplicate": true}),
+        );
+    }
+    let recorded = answer.verdicts.iter().any(|v| v.ignored.is_none());
+    tracing::info!(
+        provider = provider.as_str(),
+        delivery = %answer.delivery_key,
+        recorded,
+        reason = answer.ignored.as_deref().unwrap_or(""),
+        "delivery"
+    );
+    let body = serde_json::json!({
+        "recorded": recorded,
+        "stages": answer.verdicts,
+        "created": answer.created,
+        "ignored": answer.ignored,
+    });
+    if recorded {
+        Response::json(StatusCode::ACCEPTED, "accepted", body)
+    } else {
+        Response::json(StatusCode::OK, "ignored", body)
+    }
+}
+
+fn refused(provider: Provider, e: &WebhookError) -> Response {
+    tracing::warn!(provider = provider.as_str(), error = %e, "delivery refused");
+    match e {
+        WebhookError::BadRequest(m) => {
+            Response::error(StatusCode::BAD_REQUEST, "bad_request", m.clone())
+        }
+        WebhookError::UnsupportedMediaType(_) => Response::error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            e.to_string(),
+        ),
+        WebhookError::Unauthorized(m) => {
+            Response::error(StatusCode::UNAUTHORIZED, "unauthorized", m.clone())
+        }
+    }
+}
+
+async fn read_body(
+    headers: &HeaderMap,
+    body: impl futures::Stream<Item = Result<impl Buf, warp::Error>>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, Response> {
+    let too_large = || {
+        Response::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("body larger than the {limit}-byte limit"),
+        )
+    };
+    let declared = super::header(headers, "content-length").and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut out = Vec::with_capacity(declared.unwrap_or(4096).min(limit));
+        futures::pin_mut!(body);
+        while let Some(chunk) = body.next().await {
+            let mut chunk = chunk.map_err(|e| {
+                Response::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("reading the body: {e}"),
+                )
+            })?;
+            while chunk.has_remaining() {
+                let part = chunk.chunk();
+                if out.len() + part.len() > limit {
+                    return Err(too_large());
+                }
+                out.extend_from_slice(part);
+                let n = part.len();
+                chunk.advance(n);
+            }
+        }
+        Ok(out)
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(r) => r,
+        Err(_) => Err(Response::error(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("the body did not arrive within {}s", timeout.as_secs()),
+        )),
+    }
+}
+
+impl Shared {
+    fn snapshot(&self) -> Result<(Option<String>, Arc<Vec<ProjectRef>>), String> {
+        let version = self.reader.data_version().map_err(|e| e.to_string())?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.version != version {
+            cache.url_secret = (self.url_secret)()?;
+            cache.projects = Arc::new(
+                self.reader
+                    .read(ingest::projects)
+                    .map_err(|e| e.to_string())?,
+            );
+            cache.version = version;
+        }
+        Ok((cache.url_secret.clone(), cache.projects.clone()))
+    }
+}
