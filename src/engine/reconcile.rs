@@ -104,18 +104,10 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
         status.observed_generation = generation;
         let invalid = |mut status: StageStatus, reason: &str, message: String| {
             tracing::warn!(reason, %message, "stage cannot be reconciled");
-            conditions::set(
-                &mut status.conditions,
-                READY,
-                false,
-                reason,
-                &message,
-                generation,
-            );
             if status.current.is_none() {
                 status.phase = Some(Phase::Pending);
             }
-            status.message = Some(message);
+            report(&mut status, false, reason, message, generation);
             Reconciled {
                 status,
                 requeue: Requeue::WaitForChange,
@@ -144,15 +136,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
             Ok(requeue) => Reconciled { status, requeue },
             Err(e) => {
                 tracing::warn!(reason = e.reason, message = %e.message, "reconcile step failed");
-                conditions::set(
-                    &mut status.conditions,
-                    READY,
-                    false,
-                    e.reason,
-                    &e.message,
-                    generation,
-                );
-                status.message = Some(e.message);
+                report(&mut status, false, e.reason, e.message, generation);
                 Reconciled {
                     status,
                     requeue: if e.transient {
@@ -180,16 +164,8 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
                 "waiting for a pushed tag that passes the policy ({}); or set spec.pinnedTag",
                 eff.policy.describe()
             );
-            conditions::set(
-                &mut status.conditions,
-                READY,
-                false,
-                "NoTag",
-                &message,
-                generation,
-            );
             status.phase = Some(Phase::Pending);
-            status.message = Some(message);
+            report(status, false, "NoTag", message, generation);
             return Ok(Requeue::Resync);
         };
 
@@ -240,15 +216,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
                 .map(|c| c.tag.clone())
                 .unwrap_or_default();
             let message = format!("{cur} is serving");
-            conditions::set(
-                &mut status.conditions,
-                READY,
-                true,
-                "Healthy",
-                &message,
-                generation,
-            );
-            status.message = Some(message);
+            report(status, true, "Healthy", message, generation);
             return Ok(Requeue::Resync);
         }
         self.deploy(input, eff, status, tag, image, spec, target, &others)
@@ -270,12 +238,8 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
         let generation = Some(input.generation);
         let started_at = now();
         let digest = image.digest().to_string();
-        let is_current = |id: &str| {
-            status
-                .current
-                .as_ref()
-                .is_some_and(|c| c.container_id.as_deref() == Some(id))
-        };
+        let current_id = status.current.as_ref().and_then(|c| c.container_id.clone());
+        let is_current = |id: &str| current_id.as_deref() == Some(id);
         // Restarting the serving container after drift is not a deploy: no history, no retiring.
         let drift_restart = existing.is_some_and(|c| is_current(&c.id));
         let message = if drift_restart {
@@ -285,15 +249,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
         };
         tracing::info!(%tag, digest = %digest, container = %spec.name, "{message}");
         status.phase = Some(Phase::Deploying);
-        conditions::set(
-            &mut status.conditions,
-            READY,
-            false,
-            "Deploying",
-            &message,
-            generation,
-        );
-        status.message = Some(message);
+        report(status, false, "Deploying", message, generation);
         self.save(&input.key, status).await;
 
         // The rollback target: what status says serves, else the newest other container.
@@ -382,15 +338,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
                 status.last_failure = None;
                 status.phase = Some(Phase::Healthy);
                 let message = format!("{tag} is serving ({note})");
-                conditions::set(
-                    &mut status.conditions,
-                    READY,
-                    true,
-                    "Healthy",
-                    &message,
-                    generation,
-                );
-                status.message = Some(message);
+                report(status, true, "Healthy", message, generation);
                 Ok(Requeue::Resync)
             }
             Err((_, _, reason)) if drift_restart => {
@@ -429,15 +377,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
                 });
                 record(status, &tag, Some(&digest), started_at, outcome, &message);
                 status.phase = Some(phase);
-                conditions::set(
-                    &mut status.conditions,
-                    READY,
-                    false,
-                    cond_reason,
-                    &message,
-                    generation,
-                );
-                status.message = Some(message);
+                report(status, false, cond_reason, message, generation);
                 Ok(Requeue::Resync)
             }
         }
@@ -595,4 +535,23 @@ fn stop_timeout(eff: &Effective) -> u32 {
 fn short(digest: &str) -> &str {
     let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
     &hex[..hex.len().min(12)]
+}
+
+/// Sets the `Ready` condition and the one-line `message` together: they always say the same.
+fn report(
+    status: &mut StageStatus,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) {
+    conditions::set(
+        &mut status.conditions,
+        READY,
+        ok,
+        reason,
+        &message,
+        generation,
+    );
+    status.message = Some(message);
 }
