@@ -489,3 +489,66 @@ async fn a_slow_body_times_out() {
     .unwrap();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
+
+#[tokio::test]
+async fn valid_deliveries_that_ask_nothing_get_a_2xx_with_the_reason() {
+    let l = listener(|_| {}).await;
+    let fixture = |p: &str| std::fs::read(format!("tests/fixtures/webhooks/{p}")).unwrap();
+    let (status, text, _) = post(
+        &format!("{}/registry", l.url),
+        "application/vnd.docker.distribution.events.v1+json",
+        &[("authorization", "Bearer example-registry-token")],
+        fixture("distribution/pull-manifest.json"),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("pull"), "{text}");
+    let (status, text, _) = post(
+        &format!("{}/github", l.url),
+        "application/json",
+        &[("x-github-event", "ping"), ("x-github-delivery", "d-1")],
+        fixture("github/ping.json"),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("ping"), "{text}");
+    let (status, text, _) = post(
+        &format!("{}/gitlab", l.url),
+        "application/json",
+        &[("x-gitlab-event", "Pipeline Hook"), ("x-gitlab-token", "t")],
+        fixture("gitlab/pipeline.go-gitlab.json"),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("no Project has gitSource gitlab-org/gitlab-test"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_an_error_not_a_panic() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(StateDb::open(dir.path()).unwrap());
+    let (wake, _rx) = mpsc::unbounded_channel();
+    let result = server::start(
+        server::Config {
+            listen: format!("127.0.0.1:{port}").parse().unwrap(),
+            ..Default::default()
+        },
+        db.clone(),
+        Arc::new(|| Ok(None)),
+        Arc::new(StoreSecrets::files(None)),
+        Arc::new(Metrics::default()),
+        recorder::spawn(db, None, wake),
+        std::future::pending(),
+    )
+    .await;
+    let err = result.err().expect("binding a used port fails").to_string();
+    assert!(
+        err.contains("cannot listen on 127.0.0.1") && err.contains(&port.to_string()),
+        "{err}"
+    );
+}
