@@ -250,7 +250,12 @@ impl Runtime for DockerRuntime {
                 key.clone(),
                 Some(vec![PortBinding {
                     host_ip: spec.host_ip.clone(),
-                    host_port: Some(host_port.to_string()),
+                    // 0: let Docker pick a free port (an empty HostPort).
+                    host_port: Some(if host_port == 0 {
+                        String::new()
+                    } else {
+                        host_port.to_string()
+                    }),
                 }]),
             )])),
             _ => None,
@@ -348,14 +353,19 @@ impl Runtime for DockerRuntime {
             }
         };
         let state = c.state.unwrap_or_default();
-        let ip = c
-            .network_settings
-            .and_then(|n| n.networks)
-            .and_then(|nets| {
-                nets.into_values()
-                    .filter_map(|e| e.ip_address)
-                    .find_map(|ip| ip.parse::<IpAddr>().ok())
-            });
+        let network = c.network_settings.unwrap_or_default();
+        let published_port = network
+            .ports
+            .unwrap_or_default()
+            .into_values()
+            .flatten()
+            .flatten()
+            .find_map(|b| b.host_port.and_then(|p| p.parse::<u16>().ok()));
+        let ip = network.networks.and_then(|nets| {
+            nets.into_values()
+                .filter_map(|e| e.ip_address)
+                .find_map(|ip| ip.parse::<IpAddr>().ok())
+        });
         Ok(Some(ContainerState {
             running: state.running.unwrap_or(false),
             exit_code: state.exit_code,
@@ -366,6 +376,7 @@ impl Runtime for DockerRuntime {
                 _ => None,
             }),
             ip,
+            published_port,
             error: state.error.filter(|e| !e.is_empty()),
         }))
     }

@@ -23,4 +23,5 @@ pub fn crds_yaml() -> anyhow::Result<String> {
 }
 pub mod crypto;
 pub mod ingest;
+pub mod proxy;
 pub mod webhook;

@@ -159,6 +159,16 @@ struct RunArgs {
     /// Key file of the sealed secrets [default: <state-dir>/secret.key].
     #[arg(long, env = "TINY_FORGE_SECRET_KEY_FILE")]
     secret_key_file: Option<PathBuf>,
+    /// Nginx Proxy Manager admin URL (e.g. http://npm:81): route Stages' domains through it.
+    #[arg(long, env = "TINY_FORGE_NPM_URL")]
+    npm_url: Option<String>,
+    /// NPM account email.
+    #[arg(long, env = "TINY_FORGE_NPM_EMAIL", requires = "npm_url")]
+    npm_email: Option<String>,
+    /// File holding the NPM password [default: env TINY_FORGE_NPM_PASSWORD, else the sealed
+    /// secret set with `tiny-forge secret set npm password -n tiny-forge`].
+    #[arg(long, requires = "npm_url")]
+    npm_password_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TINY_FORGE_LOG_FORMAT")]
     log_format: LogFormat,
@@ -312,6 +322,27 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }),
         auto_create: !args.no_auto_create,
         secret_key_file: args.secret_key_file,
+        npm: match args.npm_url {
+            None => None,
+            Some(url) => Some(tiny_forge::proxy::npm::NpmConfig {
+                url,
+                email: args
+                    .npm_email
+                    .ok_or_else(|| anyhow::anyhow!("--npm-url needs --npm-email"))?,
+                password: match (
+                    &args.npm_password_file,
+                    std::env::var("TINY_FORGE_NPM_PASSWORD"),
+                ) {
+                    (Some(f), _) => std::fs::read_to_string(f)
+                        .map_err(|e| anyhow::anyhow!("--npm-password-file {}: {e}", f.display()))?
+                        .trim_end_matches('\n')
+                        .to_string(),
+                    (None, Ok(p)) => p,
+                    (None, Err(_)) => String::new(),
+                },
+                timeout: std::time::Duration::from_secs(30),
+            }),
+        },
     };
     tokio::runtime::Runtime::new()?.block_on(async {
         let shutdown = shutdown_signal()?;

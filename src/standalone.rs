@@ -27,6 +27,8 @@ use crate::engine::{
     StageKey, StatusSink,
 };
 use crate::probe::NetProber;
+use crate::proxy::Proxy as _;
+use crate::proxy::npm::{Npm, NpmConfig};
 use crate::store::{Kind, Manifests, StateDb, StoreSecrets, load_dir};
 use crate::webhook::{self, metrics::Metrics, recorder, server};
 
@@ -50,6 +52,9 @@ pub struct Options {
     pub auto_create: bool,
     /// Key of the secrets sealed in the store [default: `<state-dir>/secret.key`].
     pub secret_key_file: Option<PathBuf>,
+    /// Nginx Proxy Manager, when Stages' domains are to be routed. An empty password is read
+    /// from the store: the sealed secret `tiny-forge/npm/password`.
+    pub npm: Option<NpmConfig>,
 }
 
 impl Options {
@@ -66,6 +71,7 @@ impl Options {
             webhook: None,
             auto_create: true,
             secret_key_file: None,
+            npm: None,
         }
     }
 
@@ -76,7 +82,7 @@ impl Options {
     }
 }
 
-type Engine = Reconciler<DockerRuntime, NetProber, DbSink, StoreSecrets>;
+type Engine = Reconciler<DockerRuntime, NetProber, DbSink, StoreSecrets, Option<Npm>>;
 
 /// Saves intermediate status to the embedded store.
 #[derive(Clone)]
@@ -163,7 +169,25 @@ pub async fn run(
             Some(server)
         }
     };
-    let result = control(opts, db, secrets, &mut wake_rx, shutdown).await;
+    let npm = match opts.npm.clone() {
+        Some(mut config) => {
+            if config.password.is_empty() {
+                config.password = secrets
+                    .get(
+                        NPM_SECRET.0,
+                        &crate::api::SecretKeyRef {
+                            name: NPM_SECRET.1.into(),
+                            key: NPM_SECRET.2.into(),
+                        },
+                    )
+                    .map_err(|e| anyhow::anyhow!("Nginx Proxy Manager password: {e}"))?;
+            }
+            tracing::info!(url = %config.url, "routing domains through Nginx Proxy Manager");
+            Some(Npm::new(config)?)
+        }
+        None => None,
+    };
+    let result = control(opts, db, secrets, npm, &mut wake_rx, shutdown).await;
     let _ = stop_tx.send(true);
     if let Some(server) = listener {
         server.join().await;
@@ -171,10 +195,14 @@ pub async fn run(
     result
 }
 
+/// Where `tiny-forge secret set npm password -n tiny-forge` puts the NPM password.
+pub const NPM_SECRET: (&str, &str, &str) = ("tiny-forge", "npm", "password");
+
 async fn control(
     opts: Options,
     db: Arc<StateDb>,
     secrets: StoreSecrets,
+    proxy: Option<Npm>,
     wake_rx: &mut mpsc::UnboundedReceiver<()>,
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> anyhow::Result<()> {
@@ -196,6 +224,7 @@ async fn control(
     tracing::info!(endpoint = runtime.endpoint(), "connected to Docker");
 
     let engine = Arc::new(Reconciler {
+        proxy,
         runtime,
         prober: NetProber::new(),
         sink: DbSink(db.clone()),
@@ -210,6 +239,7 @@ async fn control(
         slots: HashMap::new(),
         tasks: JoinSet::new(),
         last_errors: None,
+        last_proxy_gc: None,
     }
     .run(wake_rx, shutdown)
     .await
@@ -222,6 +252,7 @@ struct Controller {
     slots: HashMap<(String, String), Slot>,
     tasks: JoinSet<((String, String), Reconciled)>,
     last_errors: Option<Vec<String>>,
+    last_proxy_gc: Option<Instant>,
 }
 
 impl Controller {
@@ -403,6 +434,29 @@ impl Controller {
                         tracing::warn!(container = %c.name, error = %e, "cannot remove orphan");
                     }
                 }
+            }
+        }
+
+        if manifests.errors.is_empty()
+            && self
+                .last_proxy_gc
+                .is_none_or(|t| t.elapsed() >= self.opts.resync)
+        {
+            self.last_proxy_gc = Some(Instant::now());
+            match self.engine.proxy.owned(&self.opts.instance).await {
+                Ok(owners) => {
+                    for owner in owners {
+                        let key = (owner.namespace.clone(), owner.stage.clone());
+                        if !known.contains(&key) && !self.slots.get(&key).is_some_and(|s| s.running)
+                        {
+                            tracing::info!(stage = %owner, "removing the proxy host of a removed Stage");
+                            if let Err(e) = self.engine.proxy.remove(&owner).await {
+                                tracing::warn!(stage = %owner, error = %e, "cannot remove proxy host");
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot list proxy hosts"),
             }
         }
 

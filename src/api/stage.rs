@@ -4,6 +4,75 @@ use serde::{Deserialize, Serialize};
 
 use super::{ContainerSettings, HealthCheck, StageStatus};
 
+/// How the proxy reaches the Stage's container.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Upstream {
+    /// The container's address on its Docker network (NPM on the same network or host).
+    #[default]
+    ContainerIp,
+    /// A host port Docker picks for each container, reached at `upstreamHost`: every
+    /// container has its own port, so the switch needs no port handover.
+    HostPort,
+}
+
+/// Proxy host settings of a Stage (Nginx Proxy Manager). Unset booleans are false.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxySettings {
+    /// Route `domains` through the proxy (default: true when the Stage has domains).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// How the proxy reaches the container (default `containerIp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Upstream>,
+    /// Address the proxy reaches the Docker host at, for `upstream: hostPort` (default
+    /// `127.0.0.1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_host: Option<String>,
+    /// `http` (default) or `https` towards the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_scheme: Option<String>,
+    /// NPM certificate id for TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_id: Option<i64>,
+    /// Redirect HTTP to HTTPS (needs a certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_forced: Option<bool>,
+    /// Send HSTS (needs `sslForced`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts_enabled: Option<bool>,
+    /// HSTS for subdomains too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts_subdomains: Option<bool>,
+    /// Serve HTTP/2 (needs a certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_support: Option<bool>,
+    /// Pass WebSocket upgrades.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_websocket_upgrade: Option<bool>,
+    /// NPM's common-exploit blocking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_exploits: Option<bool>,
+    /// NPM's asset caching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caching_enabled: Option<bool>,
+    /// NPM access list id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_list_id: Option<i64>,
+    /// Extra nginx configuration for the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advanced_config: Option<String>,
+    /// Seconds the old container keeps running after the proxy switched, for requests in
+    /// flight (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_seconds: Option<u32>,
+    /// Take over a proxy host for these domains that tiny-forge did not create (default: no,
+    /// the Stage reports `DomainInUse` and touches nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt: Option<bool>,
+}
+
 /// An environment of a Project (dev, staging, prod): which tags it follows and where it runs.
 // kube's structured `printcolumn(..)` repeats `type_ = ..`, which clippy mistakes for a
 // duplicated attribute.
@@ -69,6 +138,9 @@ pub struct StageSpec {
     /// Overrides of the Project's health check for this Stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// How the proxy (Nginx Proxy Manager) routes `domains` to this Stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySettings>,
     /// Docker host this Stage runs on, by the name given to `--docker-host NAME=URL`
     /// (default `default`, the engine `DOCKER_HOST` points at).
     #[serde(default, skip_serializing_if = "Option::is_none")]

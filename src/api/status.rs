@@ -164,10 +164,25 @@ pub struct StageStatus {
     /// The last tag that failed; not retried until the spec or its digest changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<FailedDeploy>,
+    /// The proxy host routing `spec.domains` here, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyRoute>,
     /// Standard conditions, `Ready` first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The latest deploys, newest first (at most 10).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<DeployRecord>,
+}
+
+/// Where the proxy routes a Stage's domains.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyRoute {
+    /// NPM proxy host id.
+    pub host_id: i64,
+    /// Domains routed.
+    pub domains: Vec<String>,
+    /// `scheme://host:port` the proxy forwards to.
+    pub target: String,
 }

@@ -13,9 +13,13 @@ use super::health::{self, Check, Prober, Reach};
 use super::runtime::{ContainerInfo, ContainerSpec, ImageInfo, Pull, Runtime, RuntimeError};
 use super::spec::{Effective, EnvValueSource, StageKey, describe_errors};
 use crate::api::{
-    DeployRecord, Deployed, FailedDeploy, Outcome, Phase, ProjectSpec, SeenTag, StageSpec,
-    StageStatus,
+    DeployRecord, Deployed, FailedDeploy, Outcome, Phase, ProjectSpec, ProxyRoute, SeenTag,
+    StageSpec, StageStatus, Upstream,
 };
+use crate::proxy::{NoProxy, Owner, Proxy, ProxyError, Route};
+
+/// Condition type of the proxy route.
+pub const PROXY_READY: &str = "ProxyReady";
 
 /// Deploys kept in `status.history`.
 pub const HISTORY_LIMIT: usize = 10;
@@ -63,11 +67,13 @@ pub struct Reconciled {
 }
 
 /// Drives one Docker host. Cheap to share behind an `Arc`.
-pub struct Reconciler<R, P, S, X> {
+pub struct Reconciler<R, P, S, X, N = NoProxy> {
     pub runtime: R,
     pub prober: P,
     pub sink: S,
     pub secrets: X,
+    /// The proxy in front of the containers (`NoProxy` when none is configured).
+    pub proxy: N,
     /// Name Stages use in `spec.dockerHost` for this runtime.
     pub host_name: String,
     /// This controller's ownership label value (`tinyforge.dev/instance`).
@@ -91,7 +97,7 @@ impl From<RuntimeError> for StepError {
     }
 }
 
-impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
+impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P, S, X, N> {
     /// Converges one Stage. `observed` are the containers labelled with this Stage.
     #[tracing::instrument(skip_all, fields(stage = %input.key))]
     pub async fn reconcile(
@@ -208,6 +214,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
             // Steady state (also after a rollback back to what serves, or a Docker outage):
             // only leftovers of an interrupted deploy may need retiring.
             self.retire(&others, eff).await?;
+            let proxied = self.sync_proxy(input, eff, status, &c.id, spec.port).await;
             status.phase = Some(Phase::Healthy);
             status.last_failure = None;
             let cur = status
@@ -217,7 +224,12 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
                 .unwrap_or_default();
             let message = format!("{cur} is serving");
             report(status, true, "Healthy", message, generation);
-            return Ok(Requeue::Resync);
+            // The container side converged; the proxy catches up with backoff.
+            return Ok(if proxied.is_ok() {
+                Requeue::Resync
+            } else {
+                Requeue::Retry
+            });
         }
         self.deploy(input, eff, status, tag, image, spec, target, &others)
             .await
@@ -258,7 +270,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
             .find(|c| is_current(&c.id))
             .or_else(|| others.iter().max_by_key(|c| (c.running, c.created)))
             .copied();
-        let handover = spec.host_port.is_some() && others.iter().any(|c| c.running);
+        let handover = spec.host_port.is_some_and(|p| p != 0) && others.iter().any(|c| c.running);
         let handover_started = Instant::now();
         if handover {
             // A fixed host port can be bound by one container only: the old one hands it over.
@@ -295,6 +307,32 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
                 .await
                 .map_err(|e| ("HealthCheckFailed", "failed its health check", e)),
             },
+        };
+
+        // Healthy: the proxy switches to the new container before anything old is retired.
+        let mut proxy_pending = false;
+        let verdict = match verdict {
+            Ok(took) => match self.sync_proxy(input, eff, status, &id, spec.port).await {
+                Ok(changed) => {
+                    if changed && !drift_restart {
+                        // Requests still in flight to the old container finish meanwhile.
+                        tokio::time::sleep(eff.proxy.as_ref().map(|p| p.drain).unwrap_or_default())
+                            .await;
+                    }
+                    Ok(took)
+                }
+                Err(e) if e.route_at_fault() && !drift_restart => Err((
+                    "ProxySwitchFailed",
+                    "could not take over the proxy route",
+                    e.to_string(),
+                )),
+                // The proxy is away or the domain taken: the container side still converges.
+                Err(_) => {
+                    proxy_pending = true;
+                    Ok(took)
+                }
+            },
+            failed => failed,
         };
 
         match verdict {
@@ -339,7 +377,11 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
                 status.phase = Some(Phase::Healthy);
                 let message = format!("{tag} is serving ({note})");
                 report(status, true, "Healthy", message, generation);
-                Ok(Requeue::Resync)
+                Ok(if proxy_pending {
+                    Requeue::Retry
+                } else {
+                    Requeue::Resync
+                })
             }
             Err((_, _, reason)) if drift_restart => {
                 // Nothing better to go back to: leave it to Docker's restart policy, say so.
@@ -354,6 +396,14 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
                 self.runtime.stop(&id, 0).await?;
                 self.runtime.remove(&id).await?;
                 let restored = self.restore(fallback, handover).await;
+                if failure == "ProxySwitchFailed"
+                    && let Some(old) = restored
+                    && let Err(e) = self
+                        .sync_proxy(input, eff, status, &old.id, spec.port)
+                        .await
+                {
+                    tracing::error!(error = %e, "could not point the proxy back at the previous container");
+                }
                 let (phase, outcome, cond_reason, message) = match (&restored, &status.current) {
                     (Some(_), Some(cur)) => (
                         Phase::RolledBack,
@@ -398,6 +448,97 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets> Reconciler<R, P, S, X> {
             return None;
         }
         Some(c)
+    }
+
+    /// Points the Stage's proxy host at `container` — or removes the host when the Stage has no
+    /// route any more — and records it in `status.proxy` and the `ProxyReady` condition. Returns
+    /// whether anything was written.
+    async fn sync_proxy(
+        &self,
+        input: &StageInput<'_>,
+        eff: &Effective,
+        status: &mut StageStatus,
+        container: &str,
+        port: Option<u16>,
+    ) -> Result<bool, ProxyError> {
+        let generation = Some(input.generation);
+        let owner = Owner {
+            instance: self.instance.clone(),
+            namespace: input.key.namespace.clone(),
+            stage: input.key.stage.clone(),
+        };
+        let Some(plan) = &eff.proxy else {
+            if status.proxy.is_some() {
+                self.proxy.remove(&owner).await?;
+                status.proxy = None;
+            }
+            status.conditions.retain(|c| c.type_ != PROXY_READY);
+            return Ok(false);
+        };
+        let fail = |status: &mut StageStatus, e: ProxyError| {
+            tracing::warn!(stage = %owner, reason = e.reason(), error = %e, "proxy not converged");
+            conditions::set(
+                &mut status.conditions,
+                PROXY_READY,
+                false,
+                e.reason(),
+                e.to_string(),
+                generation,
+            );
+            Err(e)
+        };
+        let state = match self.runtime.inspect(container).await {
+            Ok(Some(state)) => state,
+            Ok(None) => return fail(status, ProxyError::Other("the container is gone".into())),
+            Err(e) => return fail(status, ProxyError::Other(e.to_string())),
+        };
+        let (host, port) = match plan.upstream {
+            Upstream::ContainerIp => (state.ip.map(|ip| ip.to_string()), port),
+            Upstream::HostPort => (Some(plan.upstream_host.clone()), state.published_port),
+        };
+        let (Some(forward_host), Some(forward_port)) = (host, port) else {
+            let e = ProxyError::Rejected(format!(
+                "the container has no {} to route to",
+                match plan.upstream {
+                    Upstream::ContainerIp => "address and port",
+                    Upstream::HostPort => "published port",
+                }
+            ));
+            return fail(status, e);
+        };
+        let route = Route {
+            owner: owner.clone(),
+            project: input.key.project.clone(),
+            generation: input.generation,
+            domains: plan.domains.clone(),
+            forward_scheme: plan.scheme.clone(),
+            forward_host,
+            forward_port,
+            settings: plan.settings.clone(),
+        };
+        match self.proxy.ensure(&route).await {
+            Ok(ensured) => {
+                if ensured.changed {
+                    tracing::info!(stage = %owner, target = %route.target(), domains = ?route.domains, "proxy routed");
+                }
+                status.proxy = Some(ProxyRoute {
+                    host_id: ensured.host_id,
+                    domains: route.domains.clone(),
+                    target: route.target(),
+                });
+                let message = format!("{} → {}", route.domains.join(", "), route.target());
+                conditions::set(
+                    &mut status.conditions,
+                    PROXY_READY,
+                    true,
+                    "Routed",
+                    message,
+                    generation,
+                );
+                Ok(ensured.changed)
+            }
+            Err(e) => fail(status, e),
+        }
     }
 
     /// Held after a failure: keep what serves up, and nothing else.

@@ -59,6 +59,8 @@ pub struct ContainerState {
     /// Docker's own HEALTHCHECK verdict: `starting`, `healthy`, `unhealthy`; None without one.
     pub health: Option<String>,
     pub ip: Option<IpAddr>,
+    /// Host port the container port is published on, if it is.
+    pub published_port: Option<u16>,
     pub error: Option<String>,
 }
 

@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 use super::runtime::{ContainerSpec, ImageInfo, Pull};
 use super::tags::{self, CompiledPolicy};
 use crate::api::{
-    ContainerSettings, EnvVar, HealthCheck, HealthCheckType, ProjectSpec, PullPolicy,
-    RestartPolicy, SecretKeyRef, StageSpec, labels,
+    ContainerSettings, EnvVar, HealthCheck, HealthCheckType, ProjectSpec, ProxySettings,
+    PullPolicy, RestartPolicy, SecretKeyRef, StageSpec, Upstream, labels,
 };
 
 /// A problem with a spec, located by field path (`spec.container.port`).
@@ -74,8 +74,11 @@ pub struct Effective {
     pub settings: ContainerSettings,
     pub health: HealthSettings,
     pub policy: CompiledPolicy,
+    /// A fixed host port; `Some(0)`: a port Docker picks (proxy `upstream: hostPort`).
     pub host_port: Option<u16>,
     pub host_ip: Option<String>,
+    /// Routing through the proxy, when the Stage has domains and does not opt out.
+    pub proxy: Option<ProxyPlan>,
     memory_bytes: Option<i64>,
     nano_cpus: Option<i64>,
 }
@@ -133,6 +136,7 @@ impl Effective {
         if stage.host_port == Some(0) {
             errors.push(FieldError::new("spec.hostPort", "must be 1-65535"));
         }
+        let proxy = proxy_plan(stage, &mut errors);
         let policy = match CompiledPolicy::compile(stage.tag_policy.as_ref()) {
             Ok(p) => Some(p),
             Err(errs) => {
@@ -149,7 +153,13 @@ impl Effective {
                 settings,
                 health,
                 policy,
-                host_port: stage.host_port,
+                host_port: match &proxy {
+                    Some(p) if stage.host_port.is_none() && p.upstream == Upstream::HostPort => {
+                        Some(0)
+                    }
+                    _ => stage.host_port,
+                },
+                proxy,
                 host_ip: stage.host_ip.clone(),
                 memory_bytes,
                 nano_cpus,
@@ -252,6 +262,57 @@ impl Effective {
         ]);
         spec
     }
+}
+
+/// How the proxy routes a Stage's domains.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyPlan {
+    /// Lowercase, sorted, unique.
+    pub domains: Vec<String>,
+    pub upstream: Upstream,
+    pub upstream_host: String,
+    pub scheme: String,
+    pub drain: Duration,
+    pub settings: ProxySettings,
+}
+
+fn proxy_plan(stage: &StageSpec, errors: &mut Vec<FieldError>) -> Option<ProxyPlan> {
+    let settings = stage.proxy.clone().unwrap_or_default();
+    for (i, d) in stage.domains.iter().enumerate() {
+        if !crate::proxy::valid_domain(d.trim()) {
+            errors.push(FieldError::new(
+                format!("spec.domains[{i}]"),
+                format!("{d:?} is not a valid domain name"),
+            ));
+        }
+    }
+    if stage.domains.len() > 100 {
+        errors.push(FieldError::new("spec.domains", "at most 100 domains"));
+    }
+    let scheme = settings
+        .forward_scheme
+        .clone()
+        .unwrap_or_else(|| "http".into());
+    if scheme != "http" && scheme != "https" {
+        errors.push(FieldError::new(
+            "spec.proxy.forwardScheme",
+            "must be http or https",
+        ));
+    }
+    if settings.enabled == Some(false) || stage.domains.is_empty() {
+        return None;
+    }
+    Some(ProxyPlan {
+        domains: crate::proxy::normalise_domains(&stage.domains),
+        upstream: settings.upstream.unwrap_or_default(),
+        upstream_host: settings
+            .upstream_host
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1".into()),
+        scheme,
+        drain: Duration::from_secs(u64::from(settings.drain_seconds.unwrap_or(2))),
+        settings,
+    })
 }
 
 /// Where a secret environment value comes from.

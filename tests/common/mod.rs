@@ -123,6 +123,7 @@ pub fn reconciler<R: Runtime>(runtime: R) -> TestReconciler<R> {
         prober: NetProber::new(),
         sink: MemSink::default(),
         secrets: NoSecrets,
+        proxy: tiny_forge::proxy::NoProxy,
         host_name: "default".into(),
         instance: "test".into(),
     }
