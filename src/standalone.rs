@@ -239,7 +239,7 @@ async fn control(
         slots: HashMap::new(),
         tasks: JoinSet::new(),
         last_errors: None,
-        last_proxy_gc: None,
+        last_gc: None,
     }
     .run(wake_rx, shutdown)
     .await
@@ -252,7 +252,7 @@ struct Controller {
     slots: HashMap<(String, String), Slot>,
     tasks: JoinSet<((String, String), Reconciled)>,
     last_errors: Option<Vec<String>>,
-    last_proxy_gc: Option<Instant>,
+    last_gc: Option<Instant>,
 }
 
 impl Controller {
@@ -399,9 +399,13 @@ impl Controller {
             .map(|r| (r.namespace.clone(), r.name.clone()))
             .collect();
         self.slots.retain(|k, s| s.running || known.contains(k));
-        if due.is_empty() {
+        // Garbage collection runs with any pass that lists containers, and at least every
+        // resync: also when no Stage is left to be due.
+        let gc_due = self.last_gc.is_none_or(|t| t.elapsed() >= self.opts.resync);
+        if due.is_empty() && !gc_due {
             return;
         }
+        self.last_gc = Some(Instant::now());
 
         let listed_at = Instant::now();
         let instance = [(labels::INSTANCE, self.opts.instance.as_str())];
@@ -437,12 +441,7 @@ impl Controller {
             }
         }
 
-        if manifests.errors.is_empty()
-            && self
-                .last_proxy_gc
-                .is_none_or(|t| t.elapsed() >= self.opts.resync)
-        {
-            self.last_proxy_gc = Some(Instant::now());
+        if manifests.errors.is_empty() && gc_due {
             match self.engine.proxy.owned(&self.opts.instance).await {
                 Ok(owners) => {
                     for owner in owners {

@@ -75,10 +75,14 @@ impl ProxyError {
         }
     }
 
-    /// Whether the route itself is at fault (a switch to it must be undone), as opposed to
-    /// the proxy being unavailable or the domain taken.
+    /// Whether a switch to this route must be undone: anything but the proxy being away or the
+    /// domain taken (then nothing changed and the containers may converge without it). A proxy
+    /// that keeps failing its writes may be serving the old target still: keep the old container.
     pub fn route_at_fault(&self) -> bool {
-        matches!(self, ProxyError::Rejected(_) | ProxyError::NginxOffline(_))
+        !matches!(
+            self,
+            ProxyError::Unreachable(_) | ProxyError::Auth(_) | ProxyError::DomainInUse { .. }
+        )
     }
 }
 

@@ -238,6 +238,7 @@ impl Proxy for Npm {
     async fn ensure(&self, route: &Route) -> Result<Ensured, ProxyError> {
         let desired = desired_body(route);
         let mut last_uncertain = String::new();
+        let mut uncertain = false;
         // A write that answered 5xx may have happened: re-list and compare, a few times.
         for _ in 0..3 {
             let hosts = self.hosts().await?;
@@ -266,6 +267,13 @@ impl Proxy for Npm {
                     let id = host["id"].as_i64().unwrap_or_default();
                     let changes = diff(host, &desired);
                     let enabled = truthy(&host["enabled"]) != Some(false);
+                    let mut changes = changes;
+                    if uncertain && changes.as_object().is_some_and(|c| c.is_empty()) {
+                        // The last write reached the database but NPM answered 5xx: its nginx
+                        // may not have been reloaded. Writing `meta` again regenerates the host's
+                        // config and reloads, and must answer 2xx this time.
+                        changes = json!({"meta": desired["meta"]});
+                    }
                     if changes.as_object().is_some_and(|c| c.is_empty()) && enabled {
                         self.verify_online(id).await?;
                         return Ok(Ensured {
@@ -316,6 +324,7 @@ impl Proxy for Npm {
                 WriteOutcome::Uncertain(message) => {
                     tracing::warn!(stage = %route.owner, %message, "NPM write answered an error; re-listing");
                     last_uncertain = message;
+                    uncertain = true;
                 }
             }
         }
