@@ -19,7 +19,8 @@
 //! 9) are measured. The table is printed and written between the `<!-- handover:start -->` /
 //! `<!-- handover:end -->` markers of `docs/BENCHMARKS.md`.
 //!
-//! Needs a Docker engine at `DOCKER_HOST` with the demo images: `make bench`.
+//! Needs a Docker engine at `DOCKER_HOST` with the demo images: `make bench`. With
+//! `HANDOVER_TRACE=1` each roll's requests are printed too, as runs of equal answers by send time.
 
 mod common;
 
@@ -41,7 +42,7 @@ use tiny_forge::engine::{Pull, Runtime, StageInput, StageKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 use common::{
@@ -60,8 +61,8 @@ const STOP_TIMEOUT: u32 = 2;
 const CLIENT_EVERY: Duration = Duration::from_millis(2);
 /// One request (connect, send, read the answer) gives up after this long.
 const CLIENT_TIMEOUT: Duration = Duration::from_millis(100);
-/// After the first answer of the new version the client goes on until this many in a row.
-const CLIENT_TAIL: usize = 20;
+/// The client goes on sending this long after the first answer of the new version.
+const CLIENT_TAIL: Duration = Duration::from_millis(50);
 /// Give up on a roll whose new version never answers.
 const ROLL_DEADLINE: Duration = Duration::from_secs(60);
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
@@ -86,6 +87,11 @@ async fn main() {
             .unwrap_or_else(|e| panic!("{e}; build the demo images: scripts/demo-images.sh"));
     }
     let machine = Machine::describe(&docker).await;
+    // Other work on the machine shows in the spread: say how busy it was.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into());
     remove_leftovers(&docker, BENCH_LABEL_VALUE).await;
     let engine = common::engine(runtime);
     let (raw_port, tf_port) = free_ports();
@@ -171,20 +177,28 @@ async fn main() {
         };
         let order = if i % 2 == 0 { "raw" } else { "tf" };
         eprintln!(
-            "  {label:>7} ({order:>3} first) {from} → {to}: raw gap {:6.1} ms ({} failed; stop \
-             {:5.1}, create {:5.1}, start {:6.1}, answer +{:5.1})   tiny-forge gap {:6.1} ms ({} \
-             failed; reported {:.1} s; reconcile {:6.1} ms)",
+            "  {label:>7} ({order:>3} first) {from} → {to}: raw gap {:6.1} ms (failed {:?}; \
+             stop {:5.1}, create {:5.1}, start {:6.1}, answer {:+6.1})   tiny-forge gap {:6.1} ms \
+             (failed {:?}; reported {:.1} s; reconcile {:6.1} ms)",
             ms(r.gap.gap),
-            r.gap.failed(),
+            r.gap.failed.counts(),
             ms(r.stop),
             ms(r.create),
             ms(r.start),
-            ms(r.to_answer),
+            r.to_answer,
             ms(t.gap.gap),
-            t.gap.failed(),
+            t.gap.failed.counts(),
             t.reported,
             ms(t.reconcile),
         );
+        for (kind, gap) in [("raw", &r.gap), ("tiny-forge", &t.gap)] {
+            if gap.stale > 0 {
+                eprintln!(
+                    "          {kind}: {} answers of {from} after the first of {to}",
+                    gap.stale
+                );
+            }
+        }
         if i > 0 {
             raw.push(r);
             tiny.push(t);
@@ -197,7 +211,7 @@ async fn main() {
     let report = Report::new(&raw, &tiny);
     let table = report.table();
     println!("\n{table}");
-    let section = report.section(runs, &machine, &table);
+    let section = report.section(runs, &machine, &load, &table);
     let path = common::doc_path();
     common::write_section(&path, START, END, &section);
     eprintln!("wrote {}", path.display());
@@ -255,7 +269,8 @@ enum Answer {
 }
 
 struct Attempt {
-    /// When the answer (or the failure) came, since the client's origin.
+    /// When the request was sent, and when its answer (or failure) came, since the origin.
+    start: Duration,
     end: Duration,
     answer: Answer,
 }
@@ -315,7 +330,9 @@ async fn wait_for(port: u16, version: &str) {
     }
 }
 
-/// The client loop of one roll, on its own task.
+/// The client of one roll, on its own task: a new request every `CLIENT_EVERY` whether or not
+/// the previous one has its answer yet, so a request that hangs until its timeout does not
+/// delay the next ones.
 struct Client {
     origin: Instant,
     ready: Option<oneshot::Receiver<()>>,
@@ -324,8 +341,7 @@ struct Client {
 }
 
 impl Client {
-    /// Starts sending `GET /` to `127.0.0.1:port` every `CLIENT_EVERY`; the roll goes from
-    /// version `from` to `to`.
+    /// Starts sending `GET /` to `127.0.0.1:port`; the roll goes from version `from` to `to`.
     fn spawn(port: u16, from: &str, to: &str) -> Client {
         let (ready_tx, ready_rx) = oneshot::channel();
         let (new_tx, new_rx) = oneshot::channel();
@@ -334,36 +350,51 @@ impl Client {
         let (from, to) = (from.to_string(), to.to_string());
         let task = tokio::spawn(async move {
             let (mut ready_tx, mut new_tx) = (Some(ready_tx), Some(new_tx));
-            let mut attempts = Vec::with_capacity(2048);
-            let mut new_in_a_row = 0;
+            let mut in_flight = JoinSet::new();
+            let mut attempts = Vec::with_capacity(1024);
+            let mut next = origin;
+            // Sending stops CLIENT_TAIL after the first answer of the new version (or at the
+            // deadline); what is in flight then is still collected.
+            let mut stop_at = origin + ROLL_DEADLINE;
             loop {
-                let sent = Instant::now();
-                let answer = get_root(addr).await;
-                let end = Instant::now();
-                match &answer {
-                    Answer::Version(v) if *v == from => {
-                        if let Some(tx) = ready_tx.take() {
-                            let _ = tx.send(());
+                tokio::select! {
+                    biased;
+                    Some(done) = in_flight.join_next() => {
+                        let attempt: Attempt = done.expect("a client request task");
+                        match &attempt.answer {
+                            Answer::Version(v) if *v == from => {
+                                if let Some(tx) = ready_tx.take() {
+                                    let _ = tx.send(());
+                                }
+                            }
+                            Answer::Version(v) if *v == to => {
+                                if let Some(tx) = new_tx.take() {
+                                    let end = origin + attempt.end;
+                                    let _ = tx.send(end);
+                                    stop_at = stop_at.min(end + CLIENT_TAIL);
+                                }
+                            }
+                            _ => {}
                         }
-                        new_in_a_row = 0;
+                        attempts.push(attempt);
                     }
-                    Answer::Version(v) if *v == to => {
-                        if let Some(tx) = new_tx.take() {
-                            let _ = tx.send(end);
-                        }
-                        new_in_a_row += 1;
+                    () = sleep_until(next), if next < stop_at => {
+                        in_flight.spawn(async move {
+                            let start = Instant::now();
+                            let answer = get_root(addr).await;
+                            Attempt {
+                                start: start - origin,
+                                end: Instant::now() - origin,
+                                answer,
+                            }
+                        });
+                        next = (next + CLIENT_EVERY).max(Instant::now());
                     }
-                    _ => new_in_a_row = 0,
+                    else => break,
                 }
-                attempts.push(Attempt {
-                    end: end - origin,
-                    answer,
-                });
-                if new_in_a_row >= CLIENT_TAIL || sent - origin > ROLL_DEADLINE {
-                    return attempts;
-                }
-                sleep_until(sent + CLIENT_EVERY).await;
             }
+            attempts.sort_by_key(|a| a.start);
+            attempts
         });
         Client {
             origin,
@@ -394,51 +425,129 @@ impl Client {
             .unwrap_or_else(|| panic!("127.0.0.1:{port}: the new version never answered"))
     }
 
-    /// Every attempt, once the new version has answered `CLIENT_TAIL` times in a row.
+    /// Every request, in the order they were sent, once the client has stopped.
     async fn finish(self) -> Vec<Attempt> {
         self.task.await.expect("the client task")
     }
 }
 
-/// The gap one roll caused, as the client saw it.
+/// The gap one roll caused, as the client saw it, and its failed requests by kind.
 struct Gap {
     /// Last answer before the first failed request → first answer of the new version.
     gap: Duration,
+    /// Failed requests, by kind and in the order they come in a handover.
+    failed: Failures,
+    /// Answers of the old version after the first answer of the new one (should be none).
+    stale: usize,
+}
+
+/// Failed requests of one roll. The client sends one every `CLIENT_EVERY`, so a count times
+/// `CLIENT_EVERY` is roughly how long that phase lasted.
+#[derive(Clone, Copy, Default)]
+struct Failures {
+    /// Accepted and closed without an answer before the port was released: the old app has
+    /// exited, its docker-proxy still listens.
+    old_dropped: usize,
+    /// Connection refused: no docker-proxy on the port.
     refused: usize,
-    dropped: usize,
+    /// No answer within `CLIENT_TIMEOUT`: accepted by the new docker-proxy, which cannot reach
+    /// the container yet.
     timeouts: usize,
+    /// Accepted and closed without an answer after that: the new app does not listen yet.
+    new_dropped: usize,
     other: usize,
 }
 
-impl Gap {
-    fn of(attempts: &[Attempt], port: u16, to: &str) -> Gap {
-        let is_new = |a: &Attempt| matches!(&a.answer, Answer::Version(v) if v == to);
-        let answered = |a: &Attempt| matches!(a.answer, Answer::Version(_));
-        let first_new = attempts
-            .iter()
-            .position(is_new)
-            .unwrap_or_else(|| panic!("127.0.0.1:{port}: {to} never answered"));
-        let first_failure = attempts[..first_new]
-            .iter()
-            .position(|a| !answered(a))
-            .unwrap_or(first_new);
-        let last_answer = attempts[..first_failure]
-            .iter()
-            .rev()
-            .find(|a| answered(a))
-            .unwrap_or_else(|| panic!("127.0.0.1:{port}: no answer before the handover"));
-        let count = |kind: Answer| attempts.iter().filter(|a| a.answer == kind).count();
-        Gap {
-            gap: attempts[first_new].end - last_answer.end,
-            refused: count(Answer::Refused),
-            dropped: count(Answer::Dropped),
-            timeouts: count(Answer::Timeout),
-            other: count(Answer::Other),
-        }
+impl Failures {
+    const KINDS: [&str; 5] = [
+        "closed without an answer, old app gone (its docker-proxy still listens)",
+        "connection refused (no docker-proxy on the port)",
+        "timed out (the new docker-proxy listens, the container is not reachable yet)",
+        "closed without an answer, new app not listening yet",
+        "other",
+    ];
+
+    fn counts(&self) -> [usize; 5] {
+        [
+            self.old_dropped,
+            self.refused,
+            self.timeouts,
+            self.new_dropped,
+            self.other,
+        ]
     }
 
-    fn failed(&self) -> usize {
-        self.refused + self.dropped + self.timeouts + self.other
+    fn total(&self) -> usize {
+        self.counts().iter().sum()
+    }
+}
+
+impl Gap {
+    /// `attempts` in the order they were sent.
+    fn of(attempts: &[Attempt], port: u16, to: &str) -> Gap {
+        let is_new = |a: &&Attempt| matches!(&a.answer, Answer::Version(v) if v == to);
+        let answered = |a: &&Attempt| matches!(a.answer, Answer::Version(_));
+        let first_new = attempts
+            .iter()
+            .filter(is_new)
+            .map(|a| a.end)
+            .min()
+            .unwrap_or_else(|| panic!("127.0.0.1:{port}: {to} never answered"));
+        // The last answer among the requests sent before the first one that failed.
+        let first_failure = attempts
+            .iter()
+            .find(|a| !answered(a))
+            .map_or(Duration::MAX, |a| a.start);
+        let last_answer = attempts
+            .iter()
+            .filter(|a| answered(a) && !is_new(a) && a.start < first_failure && a.end < first_new)
+            .map(|a| a.end)
+            .max()
+            .unwrap_or_else(|| panic!("127.0.0.1:{port}: no answer before the handover"));
+        if std::env::var_os("HANDOVER_TRACE").is_some() {
+            // Runs of equal answers, by send time: `start ms:answer ×count`.
+            let mut line = String::new();
+            let mut runs: Vec<(Duration, &Answer, usize)> = Vec::new();
+            for a in attempts {
+                match runs.last_mut() {
+                    Some((_, answer, n)) if **answer == a.answer => *n += 1,
+                    _ => runs.push((a.start, &a.answer, 1)),
+                }
+            }
+            for (start, answer, n) in runs {
+                line.push_str(&format!(" {:.0}:{answer:?}×{n}", ms(start)));
+            }
+            eprintln!(
+                "    trace (last answer {:.1}, first new {:.1}):{line}",
+                ms(last_answer),
+                ms(first_new)
+            );
+        }
+        // Dropped before the port was released is the old side, after it the new side.
+        let released = attempts
+            .iter()
+            .find(|a| matches!(a.answer, Answer::Refused | Answer::Timeout))
+            .map_or(Duration::MAX, |a| a.start);
+        let mut failed = Failures::default();
+        for a in attempts {
+            match a.answer {
+                Answer::Version(_) => {}
+                Answer::Dropped if a.start < released => failed.old_dropped += 1,
+                Answer::Dropped => failed.new_dropped += 1,
+                Answer::Refused => failed.refused += 1,
+                Answer::Timeout => failed.timeouts += 1,
+                Answer::Other => failed.other += 1,
+            }
+        }
+        let stale = attempts
+            .iter()
+            .filter(|a| a.end > first_new && answered(a) && !is_new(a))
+            .count();
+        Gap {
+            gap: first_new.saturating_sub(last_answer),
+            failed,
+            stale,
+        }
     }
 }
 
@@ -447,11 +556,13 @@ impl Gap {
 
 struct RawRoll {
     gap: Gap,
-    /// The `stop` call, create, start, and start returned → the client's first new answer.
+    /// The `stop` call, create, start.
     stop: Duration,
     create: Duration,
     start: Duration,
-    to_answer: Duration,
+    /// The start call's return → the client's first answer of the new version, ms; negative
+    /// when the app answered before the call returned.
+    to_answer: f64,
     /// `stop` issued → the client's first answer of the new version.
     driver: Duration,
     /// The new container, the next roll's A.
@@ -531,7 +642,8 @@ async fn raw_roll(
         stop: stopped - issued,
         create: created - stopped,
         start: started - created,
-        to_answer: answered.saturating_duration_since(started),
+        to_answer: ms(answered.saturating_duration_since(started))
+            - ms(started.saturating_duration_since(answered)),
         driver: answered - issued,
         id,
     }
@@ -641,27 +753,25 @@ struct Report {
     reported: Vec<f64>,
     /// raw: `stop` issued → first new answer, ms.
     raw_driver: Vec<f64>,
-    raw_failed: Vec<f64>,
-    tf_failed: Vec<f64>,
+    raw_failed: Vec<Failures>,
+    tf_failed: Vec<Failures>,
     raw_stop: Vec<f64>,
     raw_create: Vec<f64>,
     raw_start: Vec<f64>,
     raw_to_answer: Vec<f64>,
     reconcile: Vec<f64>,
-    /// Failed requests by kind over all measured rolls: refused, dropped, timed out, other.
-    raw_kinds: [usize; 4],
-    tf_kinds: [usize; 4],
+    /// Old-version answers after the first new one, over all measured rolls (raw, tiny-forge).
+    stale: (usize, usize),
 }
 
-fn kinds<'g>(gaps: impl Iterator<Item = &'g Gap>) -> [usize; 4] {
-    gaps.fold([0; 4], |k, g| {
-        [
-            k[0] + g.refused,
-            k[1] + g.dropped,
-            k[2] + g.timeouts,
-            k[3] + g.other,
-        ]
-    })
+/// Per-roll totals, as f64 for the statistics.
+fn totals(failed: &[Failures]) -> Vec<f64> {
+    failed.iter().map(|f| f.total() as f64).collect()
+}
+
+/// Per-roll counts of the failure kind `k` (an index into `Failures::KINDS`).
+fn kind(failed: &[Failures], k: usize) -> Vec<f64> {
+    failed.iter().map(|f| f.counts()[k] as f64).collect()
 }
 
 impl Report {
@@ -674,15 +784,17 @@ impl Report {
             tf: tf_ms,
             reported: tf.iter().map(|t| t.reported * 1000.0).collect(),
             raw_driver: raw.iter().map(|r| ms(r.driver)).collect(),
-            raw_failed: raw.iter().map(|r| r.gap.failed() as f64).collect(),
-            tf_failed: tf.iter().map(|t| t.gap.failed() as f64).collect(),
+            raw_failed: raw.iter().map(|r| r.gap.failed).collect(),
+            tf_failed: tf.iter().map(|t| t.gap.failed).collect(),
             raw_stop: raw.iter().map(|r| ms(r.stop)).collect(),
             raw_create: raw.iter().map(|r| ms(r.create)).collect(),
             raw_start: raw.iter().map(|r| ms(r.start)).collect(),
-            raw_to_answer: raw.iter().map(|r| ms(r.to_answer)).collect(),
+            raw_to_answer: raw.iter().map(|r| r.to_answer).collect(),
             reconcile: tf.iter().map(|t| ms(t.reconcile)).collect(),
-            raw_kinds: kinds(raw.iter().map(|r| &r.gap)),
-            tf_kinds: kinds(tf.iter().map(|t| &t.gap)),
+            stale: (
+                raw.iter().map(|r| r.gap.stale).sum(),
+                tf.iter().map(|t| t.gap.stale).sum(),
+            ),
         }
     }
 
@@ -697,18 +809,10 @@ impl Report {
                 max(v)
             ));
         };
-        let count_row = |t: &mut String, what: &str, v: &[f64]| {
-            t.push_str(&format!(
-                "| {what} | {} | {} | {} |\n",
-                median(v),
-                p90(v),
-                max(v)
-            ));
-        };
         let mut t = String::new();
         t.push_str(
-            "| host-port handover, as the client sees it: last answer → first answer of the new \
-             version | median | p90 | max |\n",
+            "| host-port handover gap, as the client sees it (last answer → first answer of the \
+             new version) | median | p90 | max |\n",
         );
         t.push_str("|---|---:|---:|---:|\n");
         row(
@@ -730,12 +834,17 @@ impl Report {
             "| per-pair (tiny-forge − raw), min … max | {lo:+.1} … {hi:+.1} ms | | |\n"
         ));
         t.push_str(&format!(
+            "| pairs where tiny-forge's gap was longer | {} of {} | | |\n",
+            self.diff.iter().filter(|&&d| d > 0.0).count(),
+            self.diff.len()
+        ));
+        t.push_str(&format!(
             "| ratio of medians (tiny-forge / raw) | {:.2}× | | |\n",
             tf / raw
         ));
         row(
             &mut t,
-            "tiny-forge's own gap, stop → healthy (`status.history[0]`, 0.1 s steps)",
+            "tiny-forge's own gap, its `stop` → healthy (`status.history[0]`, 0.1 s steps)",
             &self.reported,
         );
         row(
@@ -743,43 +852,52 @@ impl Report {
             "raw: `stop` issued → first answer of the new version",
             &self.raw_driver,
         );
-        count_row(&mut t, "failed requests per roll, raw", &self.raw_failed);
-        count_row(
-            &mut t,
-            "failed requests per roll, tiny-forge",
-            &self.tf_failed,
-        );
-        t.push('\n');
-        let (r, f) = (self.raw_kinds, self.tf_kinds);
+        for (who, failed) in [("raw", &self.raw_failed), ("tiny-forge", &self.tf_failed)] {
+            let v = totals(failed);
+            t.push_str(&format!(
+                "| failed requests per roll, {who} | {} | {} | {} |\n",
+                median(&v),
+                p90(&v),
+                max(&v)
+            ));
+        }
         t.push_str(&format!(
-            "Failed requests by kind, all measured rolls (raw / tiny-forge): connection refused \
-             {} / {}, accepted then closed without an answer {} / {}, timed out ({} ms) {} / {}, \
-             other {} / {}.\n",
-            r[0],
-            f[0],
-            r[1],
-            f[1],
-            CLIENT_TIMEOUT.as_millis(),
-            r[2],
-            f[2],
-            r[3],
-            f[3],
+            "\n| failed requests per roll by kind, median (one request every {} ms: count × {} \
+             ms ≈ how long it lasted) | raw | tiny-forge |\n|---|---:|---:|\n",
+            CLIENT_EVERY.as_millis(),
+            CLIENT_EVERY.as_millis()
         ));
+        for (k, what) in Failures::KINDS.iter().enumerate() {
+            t.push_str(&format!(
+                "| {what} | {} | {} |\n",
+                median(&kind(&self.raw_failed, k)),
+                median(&kind(&self.tf_failed, k)),
+            ));
+        }
+        t.push('\n');
         t.push_str(&format!(
             "Where the raw floor's time goes (medians): `stop` {:.1} ms, create {:.1} ms, start \
-             {:.1} ms, start returned → first answer {:.1} ms. tiny-forge's `reconcile` call \
-             took a median of {:.1} ms (it returns after its health check passed and the old \
-             container was removed).\n",
+             {:.1} ms, start returned → first answer {:+.1} ms (negative: the app answered \
+             before the start call returned). tiny-forge's `reconcile` call took a median of \
+             {:.1} ms: it returns once its health check has passed and the old container is \
+             removed.",
             median(&self.raw_stop),
             median(&self.raw_create),
             median(&self.raw_start),
             median(&self.raw_to_answer),
             median(&self.reconcile),
         ));
+        t.push_str(&match self.stale {
+            (0, 0) => " No old-version answer came after the first new one.\n".to_string(),
+            (r, f) => format!(
+                " Old-version answers after the first new one, all rolls: raw {r}, tiny-forge \
+                 {f}.\n"
+            ),
+        });
         t
     }
 
-    fn section(&self, runs: usize, machine: &Machine, table: &str) -> String {
+    fn section(&self, runs: usize, machine: &Machine, load: &str, table: &str) -> String {
         let date = tiny_forge::engine::conditions::now();
         let (raw, tf) = (median(&self.raw), median(&self.tf));
         let diff = median(&self.diff);
@@ -791,12 +909,13 @@ impl Report {
             median(&self.raw_to_answer),
         );
         let reported = median(&self.reported);
+        let driver = median(&self.raw_driver);
         let mut s = String::new();
         s.push_str("## Host-port handover gap over the raw Docker floor\n\n");
         s.push_str(&format!(
-            "Measured {date} on {} ({} CPUs, {} RAM), Docker Engine {} ({} storage driver); \
-             {runs} interleaved pairs of one raw and one tiny-forge roll after 1 discarded \
-             warm-up pair.\n\n",
+            "Measured {date} on {} ({} CPUs, {} RAM; 1-minute load average {load} at the \
+             start), Docker Engine {} ({} storage driver); {runs} interleaved pairs of one raw \
+             and one tiny-forge roll after 1 discarded warm-up pair.\n\n",
             machine.cpu, machine.nproc, machine.memory, machine.docker, machine.storage
         ));
         s.push_str(
@@ -834,62 +953,101 @@ impl Report {
         });
         s.push_str(table);
         s.push_str("\n### What the gap is\n\n");
+        // How long each phase lasted, from the per-roll median counts of its failed requests.
+        let phase = |k: usize| {
+            let raw = median(&kind(&self.raw_failed, k)) * CLIENT_EVERY.as_secs_f64() * 1000.0;
+            let tf = median(&kind(&self.tf_failed, k)) * CLIENT_EVERY.as_secs_f64() * 1000.0;
+            format!("≈{raw:.0} ms raw, ≈{tf:.0} ms tiny-forge")
+        };
         s.push_str(&format!(
-            "* **The old app stops** ({stop:.0} ms, the `stop` call). Docker sends SIGTERM; the \
-             demo app exits at once, so the {STOP_TIMEOUT} s stop timeout is never reached. An \
-             app that drains requests first, or ignores SIGTERM, adds up to the stop timeout to \
-             every gap, with tiny-forge and without.\n"
+            "The kinds of failed request mark the phases of a handover, in this order; a \
+             request goes out every {} ms, so a count times {} ms is about how long its phase \
+             lasted.\n\n",
+            CLIENT_EVERY.as_millis(),
+            CLIENT_EVERY.as_millis()
         ));
         s.push_str(&format!(
-            "* **The new container is created and started** (create {create:.0} ms, start \
-             {start:.0} ms). The start call is most of the floor: runc, the network namespace \
-             and the port binding. Host connections to `127.0.0.1:<port>` go through \
-             docker-proxy, Docker's userland proxy, which Docker runs per published port: while \
-             no proxy listens the client's connection is refused; once it listens but the app \
-             does not, the proxy accepts and closes the connection without an answer.\n"
+            "1. **SIGTERM stop of the old app.** Docker sends SIGTERM; the demo app handles it \
+             and exits at once, far inside the {STOP_TIMEOUT} s stop timeout, yet the `stop` \
+             call takes {stop:.0} ms (the daemon waits for the exit and tears the container's \
+             network down). Meanwhile docker-proxy, Docker's userland proxy that serves host \
+             connections to a published `127.0.0.1` port, still accepts connections and closes \
+             them unanswered ({}). An app that drains its requests first, or ignores SIGTERM, \
+             adds up to the stop timeout here, with tiny-forge and without.\n",
+            phase(0)
         ));
         s.push_str(&format!(
-            "* **The new app starts listening** ({to_answer:.0} ms from the start call's return \
-             to the first answer; the demo app is a static binary in a `FROM scratch` image).\n"
+            "2. **Port released; create and start of the new container.** Connections are \
+             refused ({}): the end of the `stop`, the create ({create:.0} ms) and the start call \
+             until the new container's docker-proxy binds the port.\n",
+            phase(1)
         ));
         s.push_str(&format!(
-            "* **tiny-forge's part.** Between its `stop` and its `start` tiny-forge makes only \
-             the create call: the image inspect, the spec hash and the observation come before \
-             the stop. The new container serves through docker-proxy as soon as the app \
-             listens, whatever the health check does, so tiny-forge's probe cadence (every \
-             100 ms in the start period, `FAST_PROBE` in `src/engine/health.rs`) does not \
-             lengthen the gap clients see. It shows in the gap tiny-forge reports (median \
-             {reported:.0} ms, in 0.1 s steps), which runs from its `stop` call to a passing \
-             health check: that is when tiny-forge knows the handover worked, not when the \
-             first client got through.\n"
+            "3. **docker-proxy binds before the container is reachable.** Docker publishes the \
+             port early in the start call ({start:.0} ms in all): the client's connect to the \
+             new docker-proxy succeeds, but the request then hangs, as the proxy's own \
+             connection to the container gets no answer until the container's network is up; \
+             requests time out ({}). This is the longest phase.\n",
+            phase(2)
         ));
-        let verdict = if diff.abs() < 0.1 * raw {
-            format!(
-                "the gap clients see is the raw floor's: medians {tf:.0} ms (tiny-forge) and \
-                 {raw:.0} ms (raw), a median per-pair difference of {diff:+.1} ms, within the \
-                 noise (per-pair differences range from {diff_min:+.1} to {diff_max:+.1} ms)."
-            )
-        } else if diff > 0.0 {
+        s.push_str(&format!(
+            "4. **The app's start.** The container is reachable but the app does not listen \
+             yet: docker-proxy closes connections unanswered ({}). The first answer of the new \
+             version came {to_answer:+.1} ms from the start call's return (raw median; negative \
+             is before it): the start call covers the app's start as well (the demo app is a \
+             static binary in a `FROM scratch` image).\n",
+            phase(3)
+        ));
+        s.push_str(&format!(
+            "5. **tiny-forge's part.** Between its `stop` and its `start` tiny-forge makes only \
+             the create call: the image inspect, the container name and spec hash and the \
+             observation all come before the stop. The new container serves through \
+             docker-proxy as soon as the app listens, whatever the health check does, so \
+             tiny-forge's probe cadence (every 100 ms during the start period, `FAST_PROBE` in \
+             `src/engine/health.rs`) does not lengthen the gap clients see. It shows in the gap \
+             tiny-forge reports (median {reported:.0} ms, rounded to 0.1 s), which runs from \
+             its `stop` call to a passing health check: when tiny-forge knows the handover \
+             worked, not when the first client got through. As the start call returns about \
+             when the app answers, the first probe after it can pass at once, and the reported \
+             gap stays close to what clients see (raw: {driver:.0} ms from `stop` to the first \
+             answer).\n"
+        ));
+        let (raw_min, raw_max) = min_max(&self.raw);
+        let longer = self.diff.iter().filter(|&&d| d > 0.0).count();
+        let pairs = self.diff.len();
+        let verdict = if diff > 0.1 * raw {
             format!(
                 "tiny-forge's gap is longer than the raw floor's: medians {tf:.0} ms and \
                  {raw:.0} ms, a median per-pair difference of {diff:+.1} ms (per-pair from \
-                 {diff_min:+.1} to {diff_max:+.1} ms)."
+                 {diff_min:+.1} to {diff_max:+.1} ms, longer in {longer} of {pairs} pairs)."
+            )
+        } else if diff >= 0.0 {
+            format!(
+                "the gap clients see is the raw floor's: medians {tf:.0} ms (tiny-forge) and \
+                 {raw:.0} ms (raw), a median per-pair difference of {diff:+.1} ms, within the \
+                 run-to-run noise (per-pair from {diff_min:+.1} to {diff_max:+.1} ms; the raw \
+                 floor alone from {raw_min:.0} to {raw_max:.0} ms)."
             )
         } else {
             format!(
-                "tiny-forge's gap was shorter than the raw floor's in this run: medians {tf:.0} \
-                 ms and {raw:.0} ms, a median per-pair difference of {diff:+.1} ms (per-pair \
-                 from {diff_min:+.1} to {diff_max:+.1} ms): noise, as both do the same Docker \
-                 calls in the gap."
+                "the gap clients see is the raw floor's. tiny-forge's came out shorter in this \
+                 run (medians {tf:.0} ms and {raw:.0} ms, a median per-pair difference of \
+                 {diff:+.1} ms, longer in only {longer} of {pairs} pairs), but it makes the same \
+                 Docker calls inside the gap as the raw floor, so this is no saving of \
+                 tiny-forge's: it is the noise of Docker's stop and start (per-pair from \
+                 {diff_min:+.1} to {diff_max:+.1} ms; the raw floor alone from {raw_min:.0} to \
+                 {raw_max:.0} ms), or a difference between the two set-ups that this bench does \
+                 not isolate."
             )
         };
         s.push_str(&format!(
-            "\nSo {verdict} Nearly all of the gap is Docker and the app: stopping the old \
-             container, starting the new one, the app coming up. Avoiding it takes no fixed \
-             host port (domains through the proxy: the new container is healthy before the old \
-             one stops) or an app that starts faster; tiny-forge cannot shorten it. Single \
-             machine, shared engine: rerun (or raise `BENCH_RUNS`) before reading meaning into \
-             a few milliseconds.\n"
+            "\nSo {verdict} The gap is Docker's and the app's: stopping the old container, \
+             starting the new one, the app coming up; tiny-forge adds no Docker call to it and \
+             cannot make it shorter. What avoids it is not publishing a fixed host port (a Stage \
+             reached through the proxy by its domains gets a new container that is healthy \
+             before the old one stops), or an app that stops and starts faster. Single machine, \
+             shared engine: rerun (or raise `BENCH_RUNS`) before reading meaning into a few \
+             milliseconds.\n"
         ));
         s
     }

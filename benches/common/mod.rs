@@ -40,13 +40,15 @@ impl Secrets for NoSecrets {
 
 pub type Engine = Reconciler<DockerRuntime, NetProber, NoSink, NoSecrets>;
 
-/// The Reconciler the benches drive: the real runtime and prober, status kept by the caller.
+/// The Reconciler the benches drive: the real runtime and prober, no proxy, status kept by the
+/// caller.
 pub fn engine(runtime: DockerRuntime) -> Engine {
     Reconciler {
         runtime,
         prober: NetProber::new(),
         sink: NoSink,
         secrets: NoSecrets,
+        proxy: tiny_forge::proxy::NoProxy,
         host_name: "default".into(),
         instance: "bench".into(),
     }
@@ -228,4 +230,61 @@ pub fn write_section(path: &Path, start: &str, end: &str, section: &str) {
         std::fs::create_dir_all(dir).expect("create docs/");
     }
     std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Nearest-rank percentile `q` (0 < q ≤ 1) of unsorted values; NaN for none.
+#[allow(dead_code)] // not every bench uses it
+pub fn percentile_nearest_rank(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = (q * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+/// The host without asking Docker: "CPU model (N CPUs, M GiB RAM)".
+#[allow(dead_code)] // not every bench uses it
+pub fn host_summary() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or("unknown".to_string(), |kb| {
+            format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0)
+        });
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu} ({nproc} CPUs, {memory} RAM)")
+}
+
+/// The filesystem holding `path` (longest mount point of `/proc/self/mounts` that contains it):
+/// "ext4 on /dev/vda (mounted at /, rw,relatime)"; "unknown" when it cannot be told.
+#[allow(dead_code)] // not every bench uses it
+pub fn filesystem_of(path: &Path) -> String {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4).then(|| (f[0], f[1].replace("\\040", " "), f[2], f[3]))
+        })
+        .filter(|(_, at, _, _)| path.starts_with(at))
+        .max_by_key(|(_, at, _, _)| at.len())
+        .map_or("unknown".to_string(), |(dev, at, fs, opts)| {
+            format!("{fs} on {dev} (mounted at {at}, {opts})")
+        })
 }
