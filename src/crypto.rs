@@ -39,15 +39,26 @@ impl SecretBox {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Written whole to a temporary file, then linked into place: a crash never
+                // leaves a short key, and of two processes racing, both end with the same key.
                 let key = Key::<Aes256Gcm>::generate();
+                let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
                 let mut options = std::fs::OpenOptions::new();
-                options.write(true).create_new(true);
+                options.write(true).create(true).truncate(true);
                 #[cfg(unix)]
                 std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                let mut file = options.open(path).map_err(|e| err(e.to_string()))?;
+                let mut file = options.open(&tmp).map_err(|e| err(e.to_string()))?;
                 file.write_all(&key).map_err(|e| err(e.to_string()))?;
                 file.sync_all().map_err(|e| err(e.to_string()))?;
-                key.to_vec()
+                let linked = std::fs::hard_link(&tmp, path);
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => key.to_vec(),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        std::fs::read(path).map_err(|e| err(e.to_string()))?
+                    }
+                    Err(e) => return Err(err(e.to_string())),
+                }
             }
             Err(e) => return Err(err(e.to_string())),
         };

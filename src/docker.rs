@@ -39,6 +39,8 @@ pub struct DockerRuntime {
 
 /// Requests to Docker that take longer than this are answered as unreachable (pulls excepted).
 const REQUEST_TIMEOUT: u64 = 60;
+/// A whole pull, progress included.
+const PULL_DEADLINE: Duration = Duration::from_secs(600);
 
 impl DockerRuntime {
     /// Connects to `host` (`unix:///…`, `tcp://…`), else `DOCKER_HOST`, else the local socket,
@@ -142,10 +144,18 @@ impl DockerRuntime {
             .from_image(repo)
             .tag(tag)
             .build();
-        self.docker
+        // The client timeout ends with the first progress line; a stalled pull would hold its
+        // Stage forever without an overall deadline.
+        let pull = self
+            .docker
             .create_image(Some(options), None, None)
-            .try_for_each(|_| async { Ok(()) })
+            .try_for_each(|_| async { Ok(()) });
+        tokio::time::timeout(PULL_DEADLINE, pull)
             .await
+            .map_err(|_| RuntimeError::Image {
+                image: reference.to_string(),
+                message: format!("pull did not finish within {}s", PULL_DEADLINE.as_secs()),
+            })?
             .map_err(|e| match self.classify(e) {
                 e @ RuntimeError::Unreachable { .. } => e,
                 e => RuntimeError::Image {

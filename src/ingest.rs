@@ -8,7 +8,6 @@ use crate::api::{API_VERSION, ProjectSpec, SeenTag, StageSpec};
 use crate::docker::{repository_of, split_reference};
 use crate::engine::conditions::now;
 use crate::engine::tags::{CompiledPolicy, is_valid_tag};
-use crate::store::manifests::DEFAULT_NAMESPACE;
 use crate::store::{Kind, StoreError, Tx};
 use crate::webhook::{GitEvent, ImagePush};
 
@@ -136,7 +135,7 @@ pub fn git_tag(project: &ProjectSpec, event: &GitEvent) -> Result<String, String
     let template = settings.tag_template.as_deref().unwrap_or("sha-{sha7}");
     let safe = |s: &str| s.replace(['/', '+', '@', ' '], "-");
     let mut tag = template
-        .replace("{sha7}", &event.sha[..event.sha.len().min(7)])
+        .replace("{sha7}", event.sha.get(..7).unwrap_or(&event.sha))
         .replace("{sha}", &event.sha)
         .replace(
             "{branch}",
@@ -252,10 +251,14 @@ pub fn auto_create(
     } else {
         base
     };
+    // Each auto-created Project gets a namespace of its own (named after it), so its `dev`
+    // Stage can never take the place of a Stage someone else wrote.
+    let stages = tx.list(Kind::Stage)?;
+    let dir = manifests.join("auto-created");
     let taken = |n: &str| {
-        existing
-            .iter()
-            .any(|p| p.namespace == DEFAULT_NAMESPACE && p.name == n)
+        existing.iter().any(|p| p.namespace == n)
+            || stages.iter().any(|s| s.namespace == n)
+            || dir.join(format!("{n}.yaml")).exists()
     };
     let name = (1..)
         .map(|i| {
@@ -276,34 +279,27 @@ pub fn auto_create(
         auto_deploy: true,
         ..Default::default()
     };
-    let dir = manifests.join("auto-created");
     let file: PathBuf = dir.join(format!("{name}.yaml"));
     let yaml = format!(
         "# Created by tiny-forge for the first push of {repository}: edit or delete freely.\n{}---\n{}",
         serde_saphyr::to_string(&serde_json::json!({
             "apiVersion": API_VERSION, "kind": "Project",
-            "metadata": {"name": name, "namespace": DEFAULT_NAMESPACE},
+            "metadata": {"name": name, "namespace": name},
             "spec": spec,
         }))?,
         serde_saphyr::to_string(&serde_json::json!({
             "apiVersion": API_VERSION, "kind": "Stage",
-            "metadata": {"name": "dev", "namespace": DEFAULT_NAMESPACE},
+            "metadata": {"name": "dev", "namespace": name},
             "spec": stage,
         }))?,
     );
     std::fs::create_dir_all(&dir).map_err(|e| AutoCreateError::Write(file.clone(), e))?;
     std::fs::write(&file, yaml).map_err(|e| AutoCreateError::Write(file.clone(), e))?;
     let source = file.display().to_string();
-    tx.upsert(
-        Kind::Project,
-        DEFAULT_NAMESPACE,
-        &name,
-        &spec,
-        Some(&source),
-    )?;
-    tx.upsert(Kind::Stage, DEFAULT_NAMESPACE, "dev", &stage, Some(&source))?;
+    tx.upsert(Kind::Project, &name, &name, &spec, Some(&source))?;
+    tx.upsert(Kind::Stage, &name, "dev", &stage, Some(&source))?;
     Ok(ProjectRef {
-        namespace: DEFAULT_NAMESPACE.to_string(),
+        namespace: name.clone(),
         name,
         spec,
     })
@@ -475,6 +471,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = StateDb::open(&dir.path().join("state")).unwrap();
         let manifests = dir.path().join("m");
+        // A user's own `default/dev` Stage must survive any number of auto-creations.
+        db.upsert(
+            Kind::Stage,
+            "default",
+            "dev",
+            &serde_json::json!({"projectRef": "web"}),
+            None,
+        )
+        .unwrap();
         let created = db
             .batch(|tx| {
                 let p = auto_create(tx, &manifests, &[], "127.0.0.1:5000/Team/My_App").map_err(
@@ -502,7 +507,30 @@ mod tests {
         );
         assert!(m.stages[0].resource.spec.auto_deploy);
         assert_eq!(
-            db.stage_status("default", "dev")
+            m.stages[0].resource.metadata.namespace.as_deref(),
+            Some("my-app")
+        );
+        let users_dev = db.list(Kind::Stage).unwrap();
+        let users_dev = users_dev.iter().find(|s| s.namespace == "default").unwrap();
+        assert_eq!(users_dev.spec["projectRef"], "web", "untouched");
+        assert_eq!(users_dev.generation, 1);
+        // A second unknown image gets its own namespace too.
+        let second = db
+            .batch(|tx| {
+                let all = projects(tx)?;
+                Ok(
+                    auto_create(tx, &manifests, &all, "127.0.0.1:5000/team/my-app")
+                        .map_err(|e| e.to_string()),
+                )
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (second.namespace.as_str(), second.name.as_str()),
+            ("my-app-2", "my-app-2")
+        );
+        assert_eq!(
+            db.stage_status("my-app", "dev")
                 .unwrap()
                 .latest
                 .unwrap()

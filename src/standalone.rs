@@ -238,6 +238,7 @@ async fn control(
         engine,
         slots: HashMap::new(),
         tasks: JoinSet::new(),
+        task_keys: HashMap::new(),
         last_errors: None,
         last_gc: None,
     }
@@ -245,12 +246,16 @@ async fn control(
     .await
 }
 
+/// A finished reconcile: the Stage (namespace, name) and its outcome.
+type Done = ((String, String), Reconciled);
+
 struct Controller {
     opts: Options,
     db: Arc<StateDb>,
     engine: Arc<Engine>,
     slots: HashMap<(String, String), Slot>,
-    tasks: JoinSet<((String, String), Reconciled)>,
+    tasks: JoinSet<Done>,
+    task_keys: HashMap<tokio::task::Id, (String, String)>,
     last_errors: Option<Vec<String>>,
     last_gc: Option<Instant>,
 }
@@ -281,15 +286,15 @@ impl Controller {
                     // Editors write in several steps: let them finish, then read once.
                     sleep(Duration::from_millis(200)).await;
                     while wake.try_recv().is_ok() {}
-                    manifests = self.reload()?;
+                    manifests = self.reload_or_keep(manifests);
                     last_reload = Instant::now();
                 }
-                Some(done) = self.tasks.join_next() => self.finish(done),
+                Some(done) = self.tasks.join_next_with_id() => self.finish(done),
                 _ = sleep_until(next) => {
                     // The watcher may miss events (network filesystems): re-read at each resync.
                     let version = self.db.data_version().unwrap_or_default();
                     if last_reload.elapsed() >= self.opts.resync || version != last_version {
-                        manifests = self.reload()?;
+                        manifests = self.reload_or_keep(manifests);
                         last_reload = Instant::now();
                         last_version = version;
                     }
@@ -302,7 +307,7 @@ impl Controller {
         );
         // Every step is safe to interrupt; waiting merely avoids leaving work for the next start.
         let drain = async {
-            while let Some(done) = self.tasks.join_next().await {
+            while let Some(done) = self.tasks.join_next_with_id().await {
                 self.finish(done)
             }
         };
@@ -319,11 +324,33 @@ impl Controller {
         sync_manifests(&self.opts.manifests, &self.db, &mut self.last_errors)
     }
 
-    fn finish(&mut self, done: Result<((String, String), Reconciled), tokio::task::JoinError>) {
-        let ((ns, name), reconciled) = match done {
-            Ok(done) => done,
+    /// A directory briefly unreadable (a checkout replacing it, a network filesystem hiccup) or
+    /// a busy store is no reason to stop: keep what was read last and try again later.
+    fn reload_or_keep(&mut self, previous: Manifests) -> Manifests {
+        match self.reload() {
+            Ok(m) => m,
             Err(e) => {
-                tracing::error!(error = %e, "reconcile task failed");
+                tracing::error!(error = %format!("{e:#}"), "cannot read the manifests; keeping the last ones");
+                previous
+            }
+        }
+    }
+
+    fn finish(&mut self, done: Result<(tokio::task::Id, Done), tokio::task::JoinError>) {
+        let ((ns, name), reconciled) = match done {
+            Ok((id, done)) => {
+                self.task_keys.remove(&id);
+                done
+            }
+            Err(e) => {
+                // A panic in a reconcile must not disable its Stage: free the slot, back off.
+                let key = self.task_keys.remove(&e.id());
+                tracing::error!(error = %e, stage = ?key, "reconcile task failed");
+                if let Some(slot) = key.and_then(|k| self.slots.get_mut(&k)) {
+                    slot.running = false;
+                    slot.backoff = Duration::from_secs(30);
+                    slot.next_due = Some(Instant::now() + slot.backoff);
+                }
                 return;
             }
         };
@@ -473,7 +500,8 @@ impl Controller {
             let observed = by_stage.remove(&key).unwrap_or_default();
             let engine = self.engine.clone();
             let db = self.db.clone();
-            self.tasks.spawn(async move {
+            let task_key = key.clone();
+            let handle = self.tasks.spawn(async move {
                 let status = db.stage_status(&ns, &name).unwrap_or_default();
                 let stage_key = StageKey {
                     namespace: ns.clone(),
@@ -489,6 +517,7 @@ impl Controller {
                 let reconciled = engine.reconcile(&input, &observed, status).await;
                 (key, reconciled)
             });
+            self.task_keys.insert(handle.id(), task_key);
         }
     }
 

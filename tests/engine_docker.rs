@@ -106,6 +106,15 @@ async fn rolls_forward_then_rolls_back_a_broken_tag_without_touching_the_serving
         "held failure retried: {steps:?}"
     );
 
+    // While the failure is held, drift of what serves is still repaired: deleted → recreated.
+    r.runtime.remove(&v2.id).await.unwrap();
+    f.reconcile(&r).await;
+    let now = f.containers(&r.runtime).await;
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_eq!(now[0].label(labels::TAG), Some("1.1.0"));
+    assert!(now[0].running);
+    r.runtime.take();
+
     // Pinning what serves ends the episode at once: no new container.
     f.edit(|s| s.pinned_tag = Some("1.1.0".into()));
     let out = f.reconcile(&r).await;

@@ -259,15 +259,43 @@ spec: {{projectRef: demo, pinnedTag: \"1.0.0\", domains: [taken.test]}}
     assert_eq!(double.host(foreign).unwrap()["forward_host"], "192.0.2.1");
     assert!(conditions::ready(&other.conditions).unwrap().status == "True");
 
-    // NPM down: the container converges, ProxyReady says why, the route catches up later.
+    // NPM down during a deploy: the new container waits, healthy, beside the old one, which
+    // nginx still routes to and which keeps serving; the switch happens once NPM is back.
     double.set_down(true);
     manifests(&m, "1.0.0", "");
-    let down = wait_for(&db, "web", "reported the proxy unreachable", |s| {
-        s.current.as_ref().is_some_and(|c| c.tag == "1.0.0")
+    let down = wait_for(&db, "web", "waited for the proxy", |s| {
+        conditions::ready(&s.conditions).is_some_and(|c| c.reason == "ProxyPending")
             && proxy_ready(s).is_some_and(|(_, r)| r == "ProxyUnreachable")
     })
     .await;
-    assert_eq!(down.phase, Some(Phase::Healthy));
+    assert_eq!(down.phase, Some(Phase::Deploying));
+    assert_eq!(
+        down.current.as_ref().unwrap().tag,
+        "1.1.0",
+        "still what serves"
+    );
+    let both = rt
+        .list_managed(&[(labels::INSTANCE, NS), (labels::STAGE, "web")])
+        .await
+        .unwrap();
+    assert_eq!(both.len(), 2, "old and new both kept: {both:?}");
+    let through_nginx = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{port}/"))
+        .header("host", "demo.test")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        through_nginx.trim(),
+        "tiny-forge-demo 1.1.0",
+        "the old container still serves"
+    );
     double.set_down(false);
     let back = wait_for(&db, "web", "re-routed once NPM was back", serving("1.0.0")).await;
     assert_eq!(

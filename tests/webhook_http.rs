@@ -428,11 +428,12 @@ async fn unknown_images_create_a_project_with_a_dev_stage() {
     )
     .await;
     assert_eq!(status, 202, "{text}");
-    assert!(text.contains("default/fresh-app"), "{text}");
+    assert!(text.contains("fresh-app/fresh-app"), "{text}");
     let projects = l.db.list(Kind::Project).unwrap();
     let p = projects.iter().find(|p| p.name == "fresh-app").unwrap();
     assert_eq!(p.spec["image"], "127.0.0.1:5000/team/fresh-app");
-    assert_eq!(latest(&l.db, "dev").as_deref(), Some("0.1.0"));
+    let dev = l.db.stage_status("fresh-app", "dev").unwrap();
+    assert_eq!(dev.latest.map(|l| l.tag).as_deref(), Some("0.1.0"));
     let file = Path::new(p.source.as_deref().unwrap());
     assert!(file.exists(), "the manifest is written for the user to see");
 }

@@ -125,7 +125,8 @@ pub struct ContainerSettings {
     /// `Always` for the tag `latest`, else `IfNotPresent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<PullPolicy>,
-    /// Seconds Docker waits after SIGTERM before SIGKILL when the container is retired.
+    /// Seconds Docker waits after SIGTERM before SIGKILL when the container is retired
+    /// (default 10, at most 45).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout_seconds: Option<u32>,
 }

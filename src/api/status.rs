@@ -130,6 +130,10 @@ pub struct FailedDeploy {
     /// Spec generation it failed under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+    /// Hash of the Stage's and the Project's spec it failed under: an edit of either lifts the
+    /// hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<String>,
     /// CamelCase reason.
     pub reason: String,
     /// What went wrong.

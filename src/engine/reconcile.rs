@@ -175,12 +175,18 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             return Ok(Requeue::Resync);
         };
 
-        if let Some(failure) = held_failure(status, &tag, input.generation) {
-            let message = failure.message.clone();
-            self.keep_serving(status, observed).await?;
-            status.message = Some(message);
-            return Ok(Requeue::Resync);
-        }
+        // A held failure: converge on what serves (its container, its proxy route) and leave
+        // the failed tag alone.
+        let held = held_failure(status, &tag, &inputs_hash(input)).cloned();
+        let tag = match (&held, &status.current) {
+            (None, _) => tag,
+            (Some(_), Some(current)) => current.tag.clone(),
+            (Some(failure), None) => {
+                self.keep_serving(status, observed).await?;
+                status.message = Some(failure.message.clone());
+                return Ok(Requeue::Resync);
+            }
+        };
 
         // A steady Stage never contacts the registry: the image is looked up locally unless a
         // newer digest of the same tag was announced.
@@ -209,12 +215,19 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             && status
                 .current
                 .as_ref()
-                .is_some_and(|cur| cur.container_id.as_deref() == Some(c.id.as_str()))
+                .is_some_and(|cur| is_deployed(cur, c))
         {
-            // Steady state (also after a rollback back to what serves, or a Docker outage):
-            // only leftovers of an interrupted deploy may need retiring.
-            self.retire(&others, eff).await?;
+            // Steady state (also after a rollback back to what serves, or a Docker outage): the
+            // proxy must point here before leftovers of an interrupted deploy are retired — one
+            // of them may be what it still routes to.
             let proxied = self.sync_proxy(input, eff, status, &c.id, spec.port).await;
+            if proxied.is_ok() {
+                self.retire(&others, eff).await?;
+            }
+            if let Some(failure) = held {
+                status.message = Some(failure.message);
+                return Ok(Requeue::Resync);
+            }
             status.phase = Some(Phase::Healthy);
             status.last_failure = None;
             let cur = status
@@ -250,10 +263,10 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
         let generation = Some(input.generation);
         let started_at = now();
         let digest = image.digest().to_string();
-        let current_id = status.current.as_ref().and_then(|c| c.container_id.clone());
-        let is_current = |id: &str| current_id.as_deref() == Some(id);
+        let current = status.current.clone();
+        let is_current = |c: &ContainerInfo| current.as_ref().is_some_and(|d| is_deployed(d, c));
         // Restarting the serving container after drift is not a deploy: no history, no retiring.
-        let drift_restart = existing.is_some_and(|c| is_current(&c.id));
+        let drift_restart = existing.is_some_and(is_current);
         let message = if drift_restart {
             format!("restarting {tag}: its container was not running")
         } else {
@@ -267,7 +280,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
         // The rollback target: what status says serves, else the newest other container.
         let fallback = others
             .iter()
-            .find(|c| is_current(&c.id))
+            .find(|c| is_current(c))
             .or_else(|| others.iter().max_by_key(|c| (c.running, c.created)))
             .copied();
         let handover = spec.host_port.is_some_and(|p| p != 0) && others.iter().any(|c| c.running);
@@ -336,6 +349,21 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
         };
 
         match verdict {
+            Ok(_) if proxy_pending && !drift_restart && status.proxy.is_some() => {
+                // The proxy still routes to the old container and cannot be switched now:
+                // keep both running and try the switch again (the new one is adopted by name).
+                status.phase = Some(Phase::Deploying);
+                let why = status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == PROXY_READY)
+                    .map(|c| c.message.clone())
+                    .unwrap_or_default();
+                let message =
+                    format!("{tag} is healthy; waiting for the proxy to switch to it ({why})");
+                report(status, false, "ProxyPending", message, generation);
+                Ok(Requeue::Retry)
+            }
             Ok(took) => {
                 if !drift_restart {
                     self.retire(others, eff).await?;
@@ -422,6 +450,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                     tag: tag.clone(),
                     digest: Some(digest.clone()),
                     generation,
+                    inputs: Some(inputs_hash(input)),
                     reason: failure.into(),
                     message: message.clone(),
                 });
@@ -619,11 +648,7 @@ pub fn desired_tag(stage: &StageSpec, eff: &Effective, status: &StageStatus) -> 
 
 /// A failure is held (not retried) while the tag, the spec generation and the announced digest
 /// are what failed: retrying the same thing would fail the same way and flap the service.
-fn held_failure<'s>(
-    status: &'s StageStatus,
-    tag: &str,
-    generation: i64,
-) -> Option<&'s FailedDeploy> {
+fn held_failure<'s>(status: &'s StageStatus, tag: &str, inputs: &str) -> Option<&'s FailedDeploy> {
     let f = status.last_failure.as_ref()?;
     let announced = status
         .latest
@@ -634,7 +659,27 @@ fn held_failure<'s>(
         (Some(a), Some(d)) => a == d,
         _ => true,
     };
-    (f.tag == tag && f.generation == Some(generation) && same_digest).then_some(f)
+    (f.tag == tag && f.inputs.as_deref() == Some(inputs) && same_digest).then_some(f)
+}
+
+/// What a failure is held against: the Stage's spec and its Project's, so an edit of either
+/// lifts the hold.
+fn inputs_hash(input: &StageInput<'_>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(input.stage).unwrap_or_default());
+    h.update(serde_json::to_vec(&input.project).unwrap_or_default());
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `c` is the container `d` records (by id, or by its deterministic name when the id
+/// was not known, e.g. after adopting it on a create conflict).
+fn is_deployed(d: &Deployed, c: &ContainerInfo) -> bool {
+    d.container_id.as_deref() == Some(c.id.as_str())
+        || d.container_name.as_deref() == Some(c.name.as_str())
 }
 
 fn record(

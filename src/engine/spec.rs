@@ -482,11 +482,13 @@ fn validate_settings(
             ));
         }
     }
-    if s.stop_timeout_seconds.is_some_and(|t| t > 600) {
+    // Docker answers a stop only once the container is down: keep it inside the client's
+    // request timeout (60 s).
+    if s.stop_timeout_seconds.is_some_and(|t| t > 45) {
         errors.push(FieldError::new(
             field("stopTimeoutSeconds"),
-            "must be at most 600",
-        ));
+            "must be at most 45",
+        ))
     }
 }
 

@@ -268,6 +268,12 @@ impl Proxy for Npm {
                     let changes = diff(host, &desired);
                     let enabled = truthy(&host["enabled"]) != Some(false);
                     let mut changes = changes;
+                    // Omitted means "no certificate": detach one the host still has.
+                    if desired.get("certificate_id").is_none()
+                        && host["certificate_id"].as_i64().unwrap_or(0) > 0
+                    {
+                        changes["certificate_id"] = json!(0);
+                    }
                     if uncertain && changes.as_object().is_some_and(|c| c.is_empty()) {
                         // The last write reached the database but NPM answered 5xx: its nginx
                         // may not have been reloaded. Writing `meta` again regenerates the host's

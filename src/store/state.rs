@@ -337,6 +337,31 @@ impl Tx<'_> {
         })
     }
 
+    /// Runs `f` inside a savepoint: its writes are undone when it fails, the rest of the
+    /// transaction stands (one bad delivery never takes a batch down with it).
+    pub fn attempt<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.tx
+            .execute_batch("SAVEPOINT attempt")
+            .map_err(|e| self.sqlite(e))?;
+        match f(self) {
+            Ok(v) => {
+                self.tx
+                    .execute_batch("RELEASE attempt")
+                    .map_err(|e| self.sqlite(e))?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.tx
+                    .execute_batch("ROLLBACK TO attempt; RELEASE attempt")
+                    .map_err(|e| self.sqlite(e))?;
+                Err(e)
+            }
+        }
+    }
+
     /// See [`StateDb::upsert`]. Returns the generation.
     pub fn upsert<S: Serialize>(
         &self,

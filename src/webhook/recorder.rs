@@ -67,13 +67,12 @@ pub fn spawn(
                     if prune {
                         tx.prune_deliveries(DELIVERY_RETENTION_S)?;
                     }
-                    jobs.iter()
-                        .map(|job| process(tx, job, auto_create.as_deref()))
-                        .collect::<Result<Vec<Answer>, String>>()
-                        .map_err(|e| StoreError::Corrupt {
-                            path: PathBuf::new(),
-                            message: e,
-                        })
+                    // Each delivery in a savepoint of its own: a failing one is answered 503
+                    // (its sender retries), the others still commit.
+                    Ok(jobs
+                        .iter()
+                        .map(|job| tx.attempt(|tx| process(tx, job, auto_create.as_deref())))
+                        .collect::<Vec<Result<Answer, String>>>())
                 });
                 (jobs, result)
             })
@@ -89,12 +88,13 @@ pub fn spawn(
                 Ok(answers) => {
                     if answers
                         .iter()
+                        .flatten()
                         .any(|a| !a.verdicts.is_empty() || !a.created.is_empty())
                     {
                         let _ = wake.send(());
                     }
                     for (job, answer) in jobs.into_iter().zip(answers) {
-                        let _ = job.respond.send(Ok(answer));
+                        let _ = job.respond.send(answer);
                     }
                 }
                 Err(e) => {
@@ -163,16 +163,28 @@ fn process(
                         image.repository
                     ));
                 } else if let Some(dir) = auto_create {
-                    let created = ingest::auto_create(tx, dir, &projects, &image.repository)
-                        .map_err(|e| e.to_string())?;
-                    tracing::info!(project = %created.name, image = %image.repository, "created a Project for a new image");
-                    answer
-                        .created
-                        .push(format!("{}/{}", created.namespace, created.name));
-                    answer
-                        .verdicts
-                        .extend(ingest::record(tx, &[&created], &push)?);
-                    projects.push(created);
+                    // A Project that cannot be created (a read-only manifests directory) is a
+                    // reason, not a failure: the registry would retry a non-2xx forever and hold
+                    // every later event behind it.
+                    match ingest::auto_create(tx, dir, &projects, &image.repository) {
+                        Ok(created) => {
+                            tracing::info!(project = %created.name, image = %image.repository, "created a Project for a new image");
+                            answer
+                                .created
+                                .push(format!("{}/{}", created.namespace, created.name));
+                            answer
+                                .verdicts
+                                .extend(ingest::record(tx, &[&created], &push)?);
+                            projects.push(created);
+                        }
+                        Err(e) => {
+                            tracing::error!(image = %image.repository, error = %e, "could not create a Project for a new image");
+                            reasons.push(format!(
+                                "no Project uses {} and creating one failed: {e}",
+                                image.repository
+                            ));
+                        }
+                    }
                 } else {
                     reasons.push(format!("no Project uses {}", image.repository));
                 }

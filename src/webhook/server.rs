@@ -123,6 +123,20 @@ pub async fn start(
             projects: Arc::default(),
         }),
     });
+    // Forget idle sources now and then: the limiter's memory stays bounded by recent senders.
+    let sweeper = Arc::downgrade(&shared);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let Some(shared) = sweeper.upgrade() else {
+                break;
+            };
+            if let Some(limiter) = &shared.limiter {
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+            }
+        }
+    });
     let routes = routes(shared.clone());
     let service = warp::service(routes);
     let header_timeout = shared.config.header_timeout;
@@ -259,6 +273,21 @@ fn routes(
         .unify()
 }
 
+/// One rate-limit bucket per IPv4 address and per IPv6 /64 (one host's usual share), so a
+/// single machine cannot mint itself fresh buckets.
+fn rate_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
 /// The answer to an unknown route — and, byte for byte, to a wrong URL secret.
 fn not_found() -> warp::reply::Response {
     warp::reply::with_status(warp::reply(), StatusCode::NOT_FOUND).into_response()
@@ -316,7 +345,7 @@ async fn handle(
         retry_after: None,
     };
     if let Some(limiter) = &shared.limiter
-        && let Err(not_until) = limiter.check_key(&client)
+        && let Err(not_until) = limiter.check_key(&rate_key(client))
     {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),
