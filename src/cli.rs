@@ -78,10 +78,11 @@ pub fn push(state_dir: &Path, image: &str, digest: Option<String>) -> anyhow::Re
     }
     let db = open(state_dir)?;
     let verdicts = db.batch(|tx| {
-        let projects = crate::ingest::projects(tx)?;
+        let c = crate::ingest::Catalog::load(tx)?;
         crate::ingest::record(
             tx,
-            &crate::ingest::for_image(&projects, &push.repository),
+            &c.stages,
+            &crate::ingest::for_image(&c.projects, &push.repository),
             &push,
         )
     })?;

@@ -67,6 +67,44 @@ pub struct ProjectRef {
     pub spec: ProjectSpec,
 }
 
+/// A Stage as the matcher sees it: its Project and its compiled tag policy (None: invalid).
+#[derive(Clone, Debug)]
+pub struct StageRef {
+    pub namespace: String,
+    pub name: String,
+    pub project: String,
+    pub policy: Option<CompiledPolicy>,
+}
+
+/// Projects and Stages read once and reused for every push of a batch.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    pub projects: Vec<ProjectRef>,
+    pub stages: Vec<StageRef>,
+}
+
+impl Catalog {
+    pub fn load(tx: &Tx<'_>) -> Result<Catalog, StoreError> {
+        let stages = tx
+            .list(Kind::Stage)?
+            .into_iter()
+            .filter_map(|s| {
+                let spec = serde_json::from_value::<StageSpec>(s.spec).ok()?;
+                Some(StageRef {
+                    policy: CompiledPolicy::compile(spec.tag_policy.as_ref()).ok(),
+                    project: spec.project_ref,
+                    namespace: s.namespace,
+                    name: s.name,
+                })
+            })
+            .collect();
+        Ok(Catalog {
+            projects: projects(tx)?,
+            stages,
+        })
+    }
+}
+
 /// The Projects in the store.
 pub fn projects(tx: &Tx<'_>) -> Result<Vec<ProjectRef>, StoreError> {
     Ok(tx
@@ -169,6 +207,7 @@ pub struct Verdict {
 /// writes, e.g. the delivery id).
 pub fn record(
     tx: &Tx<'_>,
+    stages: &[StageRef],
     projects: &[&ProjectRef],
     push: &Push,
 ) -> Result<Vec<Verdict>, StoreError> {
@@ -180,24 +219,21 @@ pub fn record(
         seen_at: now(),
     };
     let mut verdicts = Vec::new();
-    for stage in tx.list(Kind::Stage)? {
-        let Ok(spec) = serde_json::from_value::<StageSpec>(stage.spec.clone()) else {
-            continue;
-        };
+    for stage in stages {
         if !projects
             .iter()
-            .any(|p| p.namespace == stage.namespace && p.name == spec.project_ref)
+            .any(|p| p.namespace == stage.namespace && p.name == stage.project)
         {
             continue;
         }
-        let ignored = match CompiledPolicy::compile(spec.tag_policy.as_ref()) {
-            Err(_) => Some("the Stage's tag policy is invalid".to_string()),
-            Ok(policy) if !policy.accepts(&push.tag) => Some(format!(
+        let ignored = match &stage.policy {
+            None => Some("the Stage's tag policy is invalid".to_string()),
+            Some(policy) if !policy.accepts(&push.tag) => Some(format!(
                 "tag not accepted by the policy ({})",
                 policy.describe()
             )),
-            Ok(policy) => {
-                let current = tx.stage_status(&stage.namespace, &stage.name)?.latest;
+            Some(policy) => {
+                let current = tx.latest(&stage.namespace, &stage.name)?;
                 if policy.is_better(&seen, current.as_ref()) {
                     tx.record_latest(&stage.namespace, &stage.name, &seen)?;
                     None
@@ -211,8 +247,8 @@ pub fn record(
             }
         };
         verdicts.push(Verdict {
-            namespace: stage.namespace,
-            stage: stage.name,
+            namespace: stage.namespace.clone(),
+            stage: stage.name.clone(),
             tag: push.tag.clone(),
             ignored,
         });
@@ -226,7 +262,7 @@ pub fn record(
 pub fn auto_create(
     tx: &Tx<'_>,
     manifests: &Path,
-    existing: &[ProjectRef],
+    catalog: &mut Catalog,
     repository: &str,
 ) -> Result<ProjectRef, AutoCreateError> {
     let base: String = repository_of(repository)
@@ -253,11 +289,10 @@ pub fn auto_create(
     };
     // Each auto-created Project gets a namespace of its own (named after it), so its `dev`
     // Stage can never take the place of a Stage someone else wrote.
-    let stages = tx.list(Kind::Stage)?;
     let dir = manifests.join("auto-created");
     let taken = |n: &str| {
-        existing.iter().any(|p| p.namespace == n)
-            || stages.iter().any(|s| s.namespace == n)
+        catalog.projects.iter().any(|p| p.namespace == n)
+            || catalog.stages.iter().any(|s| s.namespace == n)
             || dir.join(format!("{n}.yaml")).exists()
     };
     let name = (1..)
@@ -298,11 +333,19 @@ pub fn auto_create(
     let source = file.display().to_string();
     tx.upsert(Kind::Project, &name, &name, &spec, Some(&source))?;
     tx.upsert(Kind::Stage, &name, "dev", &stage, Some(&source))?;
-    Ok(ProjectRef {
+    let created = ProjectRef {
         namespace: name.clone(),
-        name,
+        name: name.clone(),
         spec,
-    })
+    };
+    catalog.projects.push(created.clone());
+    catalog.stages.push(StageRef {
+        namespace: name.clone(),
+        name: "dev".into(),
+        project: name,
+        policy: CompiledPolicy::compile(None).ok(),
+    });
+    Ok(created)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -336,8 +379,13 @@ mod tests {
     fn record_for(db: &StateDb, reference: &str) -> Vec<Verdict> {
         let push = Push::parse(reference, "cli").unwrap();
         db.batch(|tx| {
-            let all = projects(tx)?;
-            record(tx, &for_image(&all, &push.repository), &push)
+            let c = Catalog::load(tx)?;
+            record(
+                tx,
+                &c.stages,
+                &for_image(&c.projects, &push.repository),
+                &push,
+            )
         })
         .unwrap()
     }
@@ -482,7 +530,8 @@ mod tests {
         .unwrap();
         let created = db
             .batch(|tx| {
-                let p = auto_create(tx, &manifests, &[], "127.0.0.1:5000/Team/My_App").map_err(
+                let mut c = Catalog::load(tx)?;
+                let p = auto_create(tx, &manifests, &mut c, "127.0.0.1:5000/Team/My_App").map_err(
                     |e| match e {
                         AutoCreateError::Store(s) => s,
                         other => panic!("{other}"),
@@ -490,6 +539,7 @@ mod tests {
                 )?;
                 record(
                     tx,
+                    &c.stages,
                     &[&p],
                     &Push::parse("127.0.0.1:5000/Team/My_App:1.0", "registry").unwrap(),
                 )
@@ -517,9 +567,9 @@ mod tests {
         // A second unknown image gets its own namespace too.
         let second = db
             .batch(|tx| {
-                let all = projects(tx)?;
+                let mut c = Catalog::load(tx)?;
                 Ok(
-                    auto_create(tx, &manifests, &all, "127.0.0.1:5000/team/my-app")
+                    auto_create(tx, &manifests, &mut c, "127.0.0.1:5000/team/my-app")
                         .map_err(|e| e.to_string()),
                 )
             })

@@ -511,6 +511,21 @@ impl Tx<'_> {
         )
     }
 
+    /// A Stage's `status.latest` alone.
+    pub fn latest(&self, namespace: &str, name: &str) -> Result<Option<SeenTag>, StoreError> {
+        let latest: Option<String> = self
+            .tx
+            .query_row(
+                "SELECT latest FROM resources WHERE kind='Stage' AND namespace=?1 AND name=?2",
+                params![namespace, name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sqlite(e))?
+            .flatten();
+        latest.map(|l| self.parse(&l)).transpose()
+    }
+
     /// See [`StateDb::record_latest`].
     pub fn record_latest(
         &self,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Delivery, Parsed, Provider};
-use crate::ingest::{self, ProjectRef, Push, Verdict};
+use crate::ingest::{self, Catalog, ProjectRef, Push, Verdict};
 use crate::store::{StateDb, StoreError, Tx};
 
 /// Deliveries committed together at most.
@@ -69,9 +69,13 @@ pub fn spawn(
                     }
                     // Each delivery in a savepoint of its own: a failing one is answered 503
                     // (its sender retries), the others still commit.
+                    // Projects and Stages are read once per batch, not once per delivery.
+                    let mut catalog = None;
                     Ok(jobs
                         .iter()
-                        .map(|job| tx.attempt(|tx| process(tx, job, auto_create.as_deref())))
+                        .map(|job| {
+                            tx.attempt(|tx| process(tx, job, auto_create.as_deref(), &mut catalog))
+                        })
                         .collect::<Vec<Result<Answer, String>>>())
                 });
                 (jobs, result)
@@ -119,6 +123,7 @@ fn process(
     tx: &Tx<'_>,
     job: &Job,
     auto_create: Option<&std::path::Path>,
+    catalog: &mut Option<Catalog>,
 ) -> Result<Answer, String> {
     let source = job.provider.as_str();
     let mut answer = Answer {
@@ -150,14 +155,21 @@ fn process(
                 answer.duplicate = true;
                 return Ok(answer);
             }
-            let mut projects = ingest::projects(tx)?;
+            let catalog = loaded(tx, catalog)?;
             for image in fresh {
                 let push = Push::from_image(image, source, job.delivery.delivery_id.as_deref());
-                let users = ingest::for_image(&projects, &image.repository);
-                let mine = allowed(&users, &job.accepted);
+                let users = ingest::for_image(&catalog.projects, &image.repository);
+                let anyone = !users.is_empty();
+                let mine: Vec<ProjectRef> = allowed(&users, &job.accepted)
+                    .into_iter()
+                    .cloned()
+                    .collect();
                 if !mine.is_empty() {
-                    answer.verdicts.extend(ingest::record(tx, &mine, &push)?);
-                } else if !users.is_empty() {
+                    let mine: Vec<&ProjectRef> = mine.iter().collect();
+                    answer
+                        .verdicts
+                        .extend(ingest::record(tx, &catalog.stages, &mine, &push)?);
+                } else if anyone {
                     reasons.push(format!(
                         "not authorised for the Projects using {}",
                         image.repository
@@ -166,16 +178,18 @@ fn process(
                     // A Project that cannot be created (a read-only manifests directory) is a
                     // reason, not a failure: the registry would retry a non-2xx forever and hold
                     // every later event behind it.
-                    match ingest::auto_create(tx, dir, &projects, &image.repository) {
+                    match ingest::auto_create(tx, dir, catalog, &image.repository) {
                         Ok(created) => {
                             tracing::info!(project = %created.name, image = %image.repository, "created a Project for a new image");
                             answer
                                 .created
                                 .push(format!("{}/{}", created.namespace, created.name));
-                            answer
-                                .verdicts
-                                .extend(ingest::record(tx, &[&created], &push)?);
-                            projects.push(created);
+                            answer.verdicts.extend(ingest::record(
+                                tx,
+                                &catalog.stages,
+                                &[&created],
+                                &push,
+                            )?);
                         }
                         Err(e) => {
                             tracing::error!(image = %image.repository, error = %e, "could not create a Project for a new image");
@@ -195,9 +209,9 @@ fn process(
                 answer.duplicate = true;
                 return Ok(answer);
             }
-            let projects = ingest::projects(tx)?;
+            let catalog = loaded(tx, catalog)?;
             for event in events {
-                let users = ingest::for_git(&projects, source, event);
+                let users = ingest::for_git(&catalog.projects, source, event);
                 let mine = allowed(&users, &job.accepted);
                 if mine.is_empty() {
                     reasons.push(format!("no Project has gitSource {}", event.repository));
@@ -212,9 +226,12 @@ fn process(
                                 source: source.to_string(),
                                 delivery_id: job.delivery.delivery_id.clone(),
                             };
-                            answer
-                                .verdicts
-                                .extend(ingest::record(tx, &[project], &push)?);
+                            answer.verdicts.extend(ingest::record(
+                                tx,
+                                &catalog.stages,
+                                &[project],
+                                &push,
+                            )?);
                         }
                         Err(reason) => reasons.push(format!("{}: {reason}", project.name)),
                     }
@@ -231,6 +248,14 @@ fn process(
         answer.ignored = Some(reasons.join("; "));
     }
     Ok(answer)
+}
+
+/// The batch's catalog, read on first use.
+fn loaded<'c>(tx: &Tx<'_>, catalog: &'c mut Option<Catalog>) -> Result<&'c mut Catalog, String> {
+    if catalog.is_none() {
+        *catalog = Some(Catalog::load(tx)?);
+    }
+    Ok(catalog.as_mut().expect("just loaded"))
 }
 
 fn allowed<'p>(users: &[&'p ProjectRef], accepted: &[(String, String)]) -> Vec<&'p ProjectRef> {
