@@ -35,6 +35,7 @@ run: build demo-images
 	echo "=== tiny-forge: reconciling $(MANIFESTS) on $$DOCKER_HOST"; \
 	echo "    watch it:   target/release/tiny-forge get stages --state-dir $(STATE_DIR) -o wide"; \
 	echo "    roll a tag: edit $(MANIFESTS)/stages.yaml (pinnedTag) to roll a new tag"; \
+	echo "    webhook:    curl -X POST \"\$$(target/release/tiny-forge webhook url --state-dir $(STATE_DIR))\" -H 'content-type: application/json' -d '{\"image\":\"tiny-forge-demo:1.1.0\"}'"; \
 	echo "    stop:       Ctrl-C   (the private engine keeps running: make docker-down)"; \
 	echo; \
 	exec target/release/tiny-forge run --manifests $(MANIFESTS) --state-dir $(STATE_DIR)
@@ -49,6 +50,7 @@ lint:
 
 bench:
 	scripts/with-docker.sh bash -c 'scripts/demo-images.sh && $(CARGO) bench --bench deploy && $(CARGO) bench --bench handover'
+	$(CARGO) bench --bench webhook
 
 crds:
 	@mkdir -p crds
