@@ -91,6 +91,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     provider TEXT NOT NULL,
     received INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS deliveries_received ON deliveries (received);
 CREATE TABLE IF NOT EXISTS secrets (
     namespace TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -294,7 +295,8 @@ impl StateDb {
             tx.exec(
                 "INSERT INTO secrets (namespace, name, key, sealed) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(namespace, name, key) DO UPDATE SET sealed=excluded.sealed",
                 params![namespace, name, key, sealed],
-            )
+            )?;
+            tx.bump_catalog()
         })
     }
 
@@ -398,6 +400,7 @@ impl Tx<'_> {
                     "UPDATE resources SET generation=?4, spec=?5, spec_hash=?6, source=?7 WHERE kind=?1 AND namespace=?2 AND name=?3",
                     params![kind.as_str(), namespace, name, g + 1, spec, hash, source],
                 )?;
+                self.bump_catalog()?;
                 Ok(g + 1)
             }
             None => {
@@ -406,6 +409,7 @@ impl Tx<'_> {
                     "INSERT INTO resources (kind, namespace, name, uid, generation, created, source, spec, spec_hash) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8)",
                     params![kind.as_str(), namespace, name, uid, now(), source, spec, hash],
                 )?;
+                self.bump_catalog()?;
                 Ok(1)
             }
         }
@@ -415,7 +419,30 @@ impl Tx<'_> {
         self.exec(
             "DELETE FROM resources WHERE kind=?1 AND namespace=?2 AND name=?3",
             params![kind.as_str(), namespace, name],
+        )?;
+        self.bump_catalog()
+    }
+
+    /// Counts changes of specs and secrets, so readers that cache them (the webhook listener)
+    /// reload on such a change only — not on every delivery recorded.
+    fn bump_catalog(&self) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO meta (key, value) VALUES ('catalog', '1') ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            [],
         )
+    }
+
+    /// See [`Tx::bump_catalog`].
+    pub fn catalog_version(&self) -> Result<i64, StoreError> {
+        self.tx
+            .query_row(
+                "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'catalog'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::unwrap_or_default)
+            .map_err(|e| self.sqlite(e))
     }
 
     pub fn list(&self, kind: Kind) -> Result<Vec<Stored>, StoreError> {

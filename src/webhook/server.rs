@@ -56,10 +56,18 @@ pub trait SecretLookup: Send + Sync + 'static {
 /// The URL secret and the Projects, cached and reloaded when another connection (the recorder,
 /// `tiny-forge webhook rotate`, the manifest sync) committed: rotation takes effect at once.
 struct Cache {
+    /// `PRAGMA data_version` seen last: moves with every commit of another connection.
     version: i64,
+    /// The store's catalog version: moves only when specs or secrets change.
+    catalog: i64,
     url_secret: Option<String>,
     projects: Arc<Vec<ProjectRef>>,
+    /// Project webhook secrets resolved so far, by (namespace, name).
+    secrets: std::collections::HashMap<(String, String), SecretAnswer>,
 }
+
+/// What [`SecretLookup::webhook_secret`] answers: no secret configured, the secret, or why not.
+type SecretAnswer = Option<Result<Vec<u8>, String>>;
 
 /// Where the URL secret lives in the store: sealed, see [`crate::webhook::url_secret`].
 pub type UrlSecretReader = Arc<dyn Fn() -> Result<Option<String>, String> + Send + Sync>;
@@ -119,8 +127,10 @@ pub async fn start(
         recorder,
         cache: Mutex::new(Cache {
             version: i64::MIN,
+            catalog: i64::MIN,
             url_secret: None,
             projects: Arc::default(),
+            secrets: Default::default(),
         }),
     });
     // Forget idle sources now and then: the limiter's memory stays bounded by recent senders.
@@ -453,7 +463,7 @@ async fn handle(
     let mut accepted = Vec::new();
     let mut refused_any = false;
     for p in candidates {
-        match shared.secrets.webhook_secret(p) {
+        match shared.project_secret(p) {
             None => accepted.push((p.namespace.clone(), p.name.clone())),
             Some(Ok(key)) if verify(&delivery.auth, &body, &key) => {
                 accepted.push((p.namespace.clone(), p.name.clone()))
@@ -610,14 +620,48 @@ impl Shared {
         let version = self.reader.data_version().map_err(|e| e.to_string())?;
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.version != version {
-            cache.url_secret = (self.url_secret)()?;
-            cache.projects = Arc::new(
-                self.reader
-                    .read(ingest::projects)
-                    .map_err(|e| e.to_string())?,
-            );
+            // Most commits only record deliveries: reload when specs or secrets changed.
+            let catalog = self
+                .reader
+                .read(|tx| tx.catalog_version())
+                .map_err(|e| e.to_string())?;
+            if cache.catalog != catalog {
+                cache.url_secret = (self.url_secret)()?;
+                cache.projects = Arc::new(
+                    self.reader
+                        .read(ingest::projects)
+                        .map_err(|e| e.to_string())?,
+                );
+                cache.secrets.clear();
+                cache.catalog = catalog;
+            }
             cache.version = version;
         }
         Ok((cache.url_secret.clone(), cache.projects.clone()))
+    }
+
+    /// A Project's webhook secret, resolved (and decrypted) once per catalog change.
+    fn project_secret(&self, p: &ProjectRef) -> Option<Result<Vec<u8>, String>> {
+        let key = (p.namespace.clone(), p.name.clone());
+        if let Some(hit) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .secrets
+            .get(&key)
+        {
+            return hit.clone();
+        }
+        let resolved = self.secrets.webhook_secret(p);
+        // Kept until a spec or a stored secret changes; a failure is looked up again next time.
+        // (A file under --secrets-dir that changes is read after the next such change.)
+        if !matches!(resolved, Some(Err(_))) {
+            self.cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .secrets
+                .insert(key, resolved.clone());
+        }
+        resolved
     }
 }
