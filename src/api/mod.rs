@@ -32,6 +32,8 @@ pub mod labels {
     pub const PROJECT: &str = "tinyforge.dev/project";
     pub const STAGE: &str = "tinyforge.dev/stage";
     pub const TAG: &str = "tinyforge.dev/tag";
+    /// The container port, so a route back to an older container uses its own port.
+    pub const PORT: &str = "tinyforge.dev/port";
     /// Hash of everything that makes a container what it is (image id + settings).
     pub const SPEC_HASH: &str = "tinyforge.dev/spec-hash";
 }

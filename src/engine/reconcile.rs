@@ -427,7 +427,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                 if failure == "ProxySwitchFailed"
                     && let Some(old) = restored
                     && let Err(e) = self
-                        .sync_proxy(input, eff, status, &old.id, spec.port)
+                        .sync_proxy(input, eff, status, &old.id, port_of(old).or(spec.port))
                         .await
                 {
                     tracing::error!(error = %e, "could not point the proxy back at the previous container");
@@ -702,6 +702,12 @@ fn record(
         },
     );
     status.history.truncate(HISTORY_LIMIT);
+}
+
+/// The port an existing container listens on, from its label.
+fn port_of(c: &ContainerInfo) -> Option<u16> {
+    c.label(crate::api::labels::PORT)
+        .and_then(|p| p.parse().ok())
 }
 
 fn reach(spec: &ContainerSpec) -> Reach {

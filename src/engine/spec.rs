@@ -258,6 +258,10 @@ impl Effective {
             (labels::PROJECT.into(), key.project.clone()),
             (labels::STAGE.into(), key.stage.clone()),
             (labels::TAG.into(), tag.to_string()),
+            (
+                labels::PORT.into(),
+                spec.port.map(|p| p.to_string()).unwrap_or_default(),
+            ),
             (labels::SPEC_HASH.into(), hash),
         ]);
         spec
