@@ -241,6 +241,7 @@ async fn control(
         task_keys: HashMap::new(),
         last_errors: None,
         last_gc: None,
+        missing_since: HashMap::new(),
     }
     .run(wake_rx, shutdown)
     .await
@@ -258,7 +259,12 @@ struct Controller {
     task_keys: HashMap<tokio::task::Id, (String, String)>,
     last_errors: Option<Vec<String>>,
     last_gc: Option<Instant>,
+    /// Since when containers or proxy hosts have been seen without their Stage.
+    missing_since: HashMap<(String, String), Instant>,
 }
+
+/// How long a Stage must be gone before its containers and proxy host are removed.
+const ORPHAN_GRACE: Duration = Duration::from_secs(5);
 
 impl Controller {
     async fn run(
@@ -454,8 +460,28 @@ impl Controller {
         }
         // Orphans: ours, but no Stage. Not while any manifest is broken: the broken file might be
         // the one that defines their Stage, and deleting a serving container is not undoable.
+        // Nor before the Stage has been gone for a grace period: a checkout or an editor may
+        // remove a file and write it again a moment later.
+        let grace = self.opts.resync.max(ORPHAN_GRACE);
+        let now_missing: BTreeSet<(String, String)> = by_stage
+            .keys()
+            .filter(|k| !known.contains(*k))
+            .cloned()
+            .collect();
+        self.missing_since.retain(|k, _| !known.contains(k));
+        for k in &now_missing {
+            self.missing_since
+                .entry(k.clone())
+                .or_insert_with(Instant::now);
+        }
+        let gone = |k: &(String, String), missing: &HashMap<(String, String), Instant>| {
+            !known.contains(k) && missing.get(k).is_some_and(|t| t.elapsed() >= grace)
+        };
         if manifests.errors.is_empty() {
-            for (key, containers) in by_stage.iter().filter(|(k, _)| !known.contains(k)) {
+            for (key, containers) in by_stage
+                .iter()
+                .filter(|(k, _)| gone(k, &self.missing_since))
+            {
                 if self.slots.get(key).is_some_and(|s| s.running) {
                     continue;
                 }
@@ -473,7 +499,14 @@ impl Controller {
                 Ok(owners) => {
                     for owner in owners {
                         let key = (owner.namespace.clone(), owner.stage.clone());
-                        if !known.contains(&key) && !self.slots.get(&key).is_some_and(|s| s.running)
+                        // Hosts go with the Stage's containers, after the same grace.
+                        let since = self
+                            .missing_since
+                            .entry(key.clone())
+                            .or_insert_with(Instant::now);
+                        if !known.contains(&key)
+                            && since.elapsed() >= grace
+                            && !self.slots.get(&key).is_some_and(|s| s.running)
                         {
                             tracing::info!(stage = %owner, "removing the proxy host of a removed Stage");
                             if let Err(e) = self.engine.proxy.remove(&owner).await {

@@ -305,7 +305,7 @@ spec: {{projectRef: demo, pinnedTag: \"1.0.0\", domains: [taken.test]}}
 
     // Every Stage removed from the manifests: their proxy hosts go, foreign ones stay.
     std::fs::remove_file(m.join("all.yaml")).unwrap();
-    for _ in 0..100 {
+    for _ in 0..300 {
         if double
             .hosts()
             .iter()

@@ -144,6 +144,26 @@ async fn manifests_deploy_bad_files_are_reported_and_orphans_go_only_when_it_is_
     .await;
     assert!(db.manifest_errors().unwrap().is_empty());
 
+    // A file removed and written back a moment later (a checkout, an editor) costs nothing.
+    let before = rt
+        .list_managed(&[(labels::NAMESPACE, ns), (labels::STAGE, "web")])
+        .await
+        .unwrap();
+    let web_yml = std::fs::read(manifests.join("web.yml")).unwrap();
+    std::fs::remove_file(manifests.join("web.yml")).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::write(manifests.join("web.yml"), web_yml).unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = rt
+        .list_managed(&[(labels::NAMESPACE, ns), (labels::STAGE, "web")])
+        .await
+        .unwrap();
+    assert_eq!(
+        before.iter().map(|c| &c.id).collect::<Vec<_>>(),
+        after.iter().map(|c| &c.id).collect::<Vec<_>>(),
+        "the serving container survived the brief removal"
+    );
+
     // Editing a pin rolls; removing a Stage's manifest retires its container.
     std::fs::write(manifests.join("web.yml"), stage(ns, "web", "1.1.0")).unwrap();
     let web = wait_for(&db, ns, "web", |s| {
