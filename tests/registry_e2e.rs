@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use tiny_forge::api::{Phase, StageStatus, labels};
 use tiny_forge::engine::Runtime;
-use tiny_forge::standalone::{self, Options};
+use tiny_forge::standalone;
 use tiny_forge::store::StateDb;
 
 const NS: &str = "t-registry";
@@ -277,22 +277,6 @@ fn remove_instance_containers() {
     }
 }
 
-async fn url_when_up(state: &Path, port: u16) -> String {
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            let db = StateDb::open(state).unwrap();
-            let sealer =
-                tiny_forge::crypto::SecretBox::load_or_create(&state.join("secret.key")).unwrap();
-            let secret = tiny_forge::webhook::url_secret(&db, &sealer)
-                .unwrap()
-                .unwrap();
-            return format!("http://127.0.0.1:{port}/api/webhook/{secret}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("listener on {port} never came up");
-}
-
 fn stage_status(state: &Path) -> StageStatus {
     StateDb::open(state)
         .unwrap()
@@ -379,14 +363,8 @@ spec: {{projectRef: web, autoDeploy: true, tagPolicy: {{semver: '>=1.0.0'}}}}
     // The controller first: the registry learns its webhook URL.
     let state = dir.path().join("state");
     let port = free_port();
-    let mut opts = Options::new(manifests.clone(), state.clone());
-    opts.resync = Duration::from_secs(1);
-    opts.instance = NS.into();
+    let mut opts = options_with_webhooks(manifests.clone(), state.clone(), NS, port);
     opts.secrets_dir = Some(secrets);
-    opts.webhook = Some(tiny_forge::webhook::server::Config {
-        listen: format!("127.0.0.1:{port}").parse().unwrap(),
-        ..Default::default()
-    });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let controller = tokio::spawn(standalone::run(opts, async {
         let _ = stopped.await;

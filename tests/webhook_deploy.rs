@@ -11,7 +11,7 @@ use common::*;
 use hmac::{KeyInit, Mac};
 use tiny_forge::api::{Phase, StageStatus, labels};
 use tiny_forge::engine::Runtime;
-use tiny_forge::standalone::{self, Options};
+use tiny_forge::standalone;
 use tiny_forge::store::StateDb;
 
 const GITHUB_SECRET: &str = "gh-hook-secret-3c41";
@@ -53,22 +53,6 @@ async fn wait_for(
     panic!("{ns}/{stage} never reached the expected state; last status: {last:#?}");
 }
 
-async fn url_when_up(state: &Path, port: u16) -> String {
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            let db = StateDb::open(state).unwrap();
-            let sealer =
-                tiny_forge::crypto::SecretBox::load_or_create(&state.join("secret.key")).unwrap();
-            let secret = tiny_forge::webhook::url_secret(&db, &sealer)
-                .unwrap()
-                .unwrap();
-            return format!("http://127.0.0.1:{port}/api/webhook/{secret}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("listener on {port} never came up");
-}
-
 #[tokio::test]
 async fn a_signed_github_package_delivery_deploys_and_its_redelivery_changes_nothing() {
     let Some(rt) = docker().await else { return };
@@ -105,14 +89,8 @@ spec: {{projectRef: hello, autoDeploy: true, tagPolicy: {{semver: '>=1.0.0'}}}}
     .unwrap();
     let state = dir.path().join("state");
     let port = free_port();
-    let mut opts = Options::new(manifests.clone(), state.clone());
-    opts.resync = Duration::from_secs(1);
-    opts.instance = ns.into();
+    let mut opts = options_with_webhooks(manifests.clone(), state.clone(), ns, port);
     opts.secrets_dir = Some(secrets);
-    opts.webhook = Some(tiny_forge::webhook::server::Config {
-        listen: format!("127.0.0.1:{port}").parse().unwrap(),
-        ..Default::default()
-    });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let controller = tokio::spawn(standalone::run(opts, async {
         let _ = stopped.await;

@@ -232,22 +232,8 @@ impl StateDb {
 
     /// The project status, default when none.
     pub fn project_status(&self, namespace: &str, name: &str) -> Result<ProjectStatus, StoreError> {
-        self.batch(|tx| {
-            let status: Option<String> = tx
-                .tx
-                .query_row(
-                    "SELECT status FROM resources WHERE kind='Project' AND namespace=?1 AND name=?2",
-                    params![namespace, name],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(|e| tx.sqlite(e))?
-                .flatten();
-            status
-                .map(|s| tx.parse(&s))
-                .transpose()
-                .map(Option::unwrap_or_default)
-        })
+        self.read(|tx| tx.json_column(Kind::Project, namespace, name, "status"))
+            .map(Option::unwrap_or_default)
     }
 
     /// Replaces the list of current manifest problems (shown by `tiny-forge get`).
@@ -262,7 +248,7 @@ impl StateDb {
     }
 
     pub fn manifest_errors(&self) -> Result<Vec<String>, StoreError> {
-        self.batch(|tx| {
+        self.read(|tx| {
             let mut q = tx
                 .tx
                 .prepare("SELECT message FROM manifest_errors ORDER BY seq")
@@ -540,17 +526,30 @@ impl Tx<'_> {
 
     /// A Stage's `status.latest` alone.
     pub fn latest(&self, namespace: &str, name: &str) -> Result<Option<SeenTag>, StoreError> {
-        let latest: Option<String> = self
+        self.json_column(Kind::Stage, namespace, name, "latest")
+    }
+
+    /// One JSON column (`status` or `latest`) of a resource, parsed; None when unset.
+    fn json_column<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        column: &'static str,
+    ) -> Result<Option<T>, StoreError> {
+        let text: Option<String> = self
             .tx
             .query_row(
-                "SELECT latest FROM resources WHERE kind='Stage' AND namespace=?1 AND name=?2",
-                params![namespace, name],
+                &format!(
+                    "SELECT {column} FROM resources WHERE kind=?1 AND namespace=?2 AND name=?3"
+                ),
+                params![kind.as_str(), namespace, name],
                 |r| r.get(0),
             )
             .optional()
             .map_err(|e| self.sqlite(e))?
             .flatten();
-        latest.map(|l| self.parse(&l)).transpose()
+        text.map(|t| self.parse(&t)).transpose()
     }
 
     /// See [`StateDb::record_latest`].

@@ -260,3 +260,38 @@ pub async fn ip_of<R: Runtime>(rt: &R, id: &str) -> String {
         .map(|ip| ip.to_string())
         .expect("container has an IP")
 }
+
+/// The webhook URL of a controller whose listener is on 127.0.0.1:`port`, once it answers.
+pub async fn url_when_up(state: &std::path::Path, port: u16) -> String {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let db = tiny_forge::store::StateDb::open(state).unwrap();
+            let sealer =
+                tiny_forge::crypto::SecretBox::load_or_create(&state.join("secret.key")).unwrap();
+            let secret = tiny_forge::webhook::url_secret(&db, &sealer)
+                .unwrap()
+                .unwrap();
+            return format!("http://127.0.0.1:{port}/api/webhook/{secret}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("listener on {port} never came up");
+}
+
+/// Standalone options for a test controller: 1 s resync, its own instance, a webhook listener
+/// on 127.0.0.1:`port`.
+pub fn options_with_webhooks(
+    manifests: std::path::PathBuf,
+    state: std::path::PathBuf,
+    instance: &str,
+    port: u16,
+) -> tiny_forge::standalone::Options {
+    let mut opts = tiny_forge::standalone::Options::new(manifests, state);
+    opts.resync = std::time::Duration::from_secs(1);
+    opts.instance = instance.into();
+    opts.webhook = Some(tiny_forge::webhook::server::Config {
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        ..Default::default()
+    });
+    opts
+}
