@@ -167,25 +167,7 @@ pub struct Machine {
 
 impl Machine {
     pub async fn describe(docker: &Docker) -> Machine {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|c| {
-                c.lines()
-                    .find_map(|l| l.strip_prefix("model name"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-        let memory = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .find_map(|l| l.strip_prefix("MemTotal:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-            .map_or("unknown".to_string(), |kb| {
-                format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0)
-            });
+        let (cpu, memory) = (cpu_model(), memory_total());
         let info = docker.info().await.ok();
         Machine {
             cpu,
@@ -247,25 +229,7 @@ pub fn percentile_nearest_rank(values: &[f64], q: f64) -> f64 {
 /// The host without asking Docker: "CPU model (N CPUs, M GiB RAM)".
 #[allow(dead_code)] // not every bench uses it
 pub fn host_summary() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or("unknown".to_string(), |kb| {
-            format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0)
-        });
+    let (cpu, memory) = (cpu_model(), memory_total());
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cpu} ({nproc} CPUs, {memory} RAM)")
 }
@@ -286,5 +250,32 @@ pub fn filesystem_of(path: &Path) -> String {
         .max_by_key(|(_, at, _, _)| at.len())
         .map_or("unknown".to_string(), |(dev, at, fs, opts)| {
             format!("{fs} on {dev} (mounted at {at}, {opts})")
+        })
+}
+
+/// The CPU model from /proc/cpuinfo (the architecture when unknown).
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// Total memory from /proc/meminfo, as "23.5 GiB".
+fn memory_total() -> String {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or("unknown".to_string(), |kb| {
+            format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0)
         })
 }
