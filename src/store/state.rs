@@ -138,20 +138,7 @@ impl StateDb {
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let sqlite = |source| StoreError::Sqlite {
-            path: self.path.clone(),
-            source,
-        };
-        let tx = Tx {
-            tx: conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(sqlite)?,
-            path: &self.path,
-        };
-        let out = f(&tx)?;
-        tx.tx.commit().map_err(sqlite)?;
-        Ok(out)
+        self.transact(rusqlite::TransactionBehavior::Immediate, true, f)
     }
 
     /// Runs `f` in a read transaction: a consistent snapshot that never waits for writers.
@@ -159,17 +146,29 @@ impl StateDb {
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.transact(rusqlite::TransactionBehavior::Deferred, false, f)
+    }
+
+    fn transact<T>(
+        &self,
+        behavior: rusqlite::TransactionBehavior,
+        commit: bool,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let sqlite = |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        };
         let tx = Tx {
-            tx: conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)
-                .map_err(|source| StoreError::Sqlite {
-                    path: self.path.clone(),
-                    source,
-                })?,
+            tx: conn.transaction_with_behavior(behavior).map_err(sqlite)?,
             path: &self.path,
         };
-        f(&tx)
+        let out = f(&tx)?;
+        if commit {
+            tx.tx.commit().map_err(sqlite)?;
+        }
+        Ok(out)
     }
 
     /// Records the current spec of a resource; the generation moves only when the spec does.
