@@ -348,22 +348,12 @@ impl Report {
             "| tiny-forge (`Reconciler::reconcile` → Healthy) | {tf:.1} ms | {:.1} ms |\n",
             p90(&self.tf)
         ));
-        t.push_str(&format!(
-            "| **overhead**: median of per-pair (tiny-forge − raw) | **{:+.1} ms** | |\n",
-            median(&self.diff)
-        ));
-        let (lo, hi) = min_max(&self.diff);
-        t.push_str(&format!(
-            "| per-pair (tiny-forge − raw), min … max | {lo:+.1} … {hi:+.1} ms | |\n"
-        ));
-        t.push_str(&format!(
-            "| pairs where tiny-forge was slower | {} of {} | |\n",
-            self.diff.iter().filter(|&&d| d > 0.0).count(),
-            self.diff.len()
-        ));
-        t.push_str(&format!(
-            "| ratio of medians (tiny-forge / raw) | {:.2}× | |\n",
-            tf / raw
+        t.push_str(&common::comparison_rows(
+            &self.diff,
+            tf,
+            raw,
+            "pairs where tiny-forge was slower",
+            " |",
         ));
         t.push('\n');
         t.push_str(&format!(

@@ -279,3 +279,20 @@ fn memory_total() -> String {
             format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0)
         })
 }
+
+/// The rows every side-by-side table ends with: the median per-pair difference, its range, how
+/// often tiny-forge took longer (`longer`: how the row says it), and the ratio of medians.
+/// `pad` is the empty cells that fill the row to the table's width (e.g. `" |"`).
+pub fn comparison_rows(diff: &[f64], tf: f64, raw: f64, longer: &str, pad: &str) -> String {
+    let (lo, hi) = min_max(diff);
+    format!(
+        "| **overhead**: median of per-pair (tiny-forge − raw) | **{:+.1} ms** |{pad}\n\
+         | per-pair (tiny-forge − raw), min … max | {lo:+.1} … {hi:+.1} ms |{pad}\n\
+         | {longer} | {} of {} |{pad}\n\
+         | ratio of medians (tiny-forge / raw) | {:.2}× |{pad}\n",
+        median(diff),
+        diff.iter().filter(|&&d| d > 0.0).count(),
+        diff.len(),
+        tf / raw
+    )
+}
