@@ -522,10 +522,6 @@ async fn start_listener(parent: Option<&Path>) -> Listener {
             .unwrap();
     }
     let recorder = recorder::spawn(db.clone(), Some(dir.path().join("manifests")), wake);
-    let read_url_secret: server::UrlSecretReader = {
-        let (reader, sealer) = (reader.clone(), sealer.clone());
-        Arc::new(move || webhook::url_secret(&reader, &sealer))
-    };
     let secrets = StoreSecrets {
         db: Some(reader.clone()),
         sealer: Some(sealer.clone()),
@@ -538,8 +534,7 @@ async fn start_listener(parent: Option<&Path>) -> Listener {
             rate: None,
             ..Default::default()
         },
-        reader.clone(),
-        read_url_secret,
+        server::StoreIndex::sealed(reader.clone(), sealer.clone()),
         Arc::new(secrets.clone()),
         Arc::new(Metrics::default()),
         recorder,

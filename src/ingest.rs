@@ -203,14 +203,44 @@ pub struct Verdict {
     pub ignored: Option<String>,
 }
 
+/// Where recorded tags are kept: a transaction of the embedded store (standalone), or a plan of
+/// status writes carried out after the batch (Kubernetes mode).
+pub trait Ledger {
+    type Error;
+    fn latest(&self, namespace: &str, stage: &str) -> Result<Option<SeenTag>, Self::Error>;
+    fn record_latest(
+        &self,
+        namespace: &str,
+        stage: &str,
+        seen: &SeenTag,
+    ) -> Result<(), Self::Error>;
+}
+
+impl Ledger for Tx<'_> {
+    type Error = StoreError;
+
+    fn latest(&self, namespace: &str, stage: &str) -> Result<Option<SeenTag>, StoreError> {
+        Tx::latest(self, namespace, stage)
+    }
+
+    fn record_latest(
+        &self,
+        namespace: &str,
+        stage: &str,
+        seen: &SeenTag,
+    ) -> Result<(), StoreError> {
+        Tx::record_latest(self, namespace, stage, seen).map(drop)
+    }
+}
+
 /// Records `push` on every Stage of `projects` (in the same transaction as the caller's other
 /// writes, e.g. the delivery id).
-pub fn record(
-    tx: &Tx<'_>,
+pub fn record<L: Ledger + ?Sized>(
+    tx: &L,
     stages: &[StageRef],
     projects: &[&ProjectRef],
     push: &Push,
-) -> Result<Vec<Verdict>, StoreError> {
+) -> Result<Vec<Verdict>, L::Error> {
     let seen = SeenTag {
         tag: push.tag.clone(),
         digest: push.digest.clone(),
@@ -256,15 +286,9 @@ pub fn record(
     Ok(verdicts)
 }
 
-/// Creates a Project with a `dev` Stage (autoDeploy, any tag) for an image nobody uses yet: in
-/// the store, and as a manifest file under `<manifests>/auto-created/` so the directory stays the
-/// truth and the user can edit or delete it. Returns the new Project.
-pub fn auto_create(
-    tx: &Tx<'_>,
-    manifests: &Path,
-    catalog: &mut Catalog,
-    repository: &str,
-) -> Result<ProjectRef, AutoCreateError> {
+/// A resource name for the Project of `repository`: its last path segment, lowercased, other
+/// characters as `-`, at most 50 characters; `app` when nothing is left.
+pub fn base_name(repository: &str) -> String {
     let base: String = repository_of(repository)
         .rsplit('/')
         .next()
@@ -282,11 +306,23 @@ pub fn auto_create(
         .chars()
         .take(50)
         .collect();
-    let base = if base.is_empty() {
+    if base.is_empty() {
         "app".to_string()
     } else {
         base
-    };
+    }
+}
+
+/// Creates a Project with a `dev` Stage (autoDeploy, any tag) for an image nobody uses yet: in
+/// the store, and as a manifest file under `<manifests>/auto-created/` so the directory stays the
+/// truth and the user can edit or delete it. Returns the new Project.
+pub fn auto_create(
+    tx: &Tx<'_>,
+    manifests: &Path,
+    catalog: &mut Catalog,
+    repository: &str,
+) -> Result<ProjectRef, AutoCreateError> {
+    let base = base_name(repository);
     // Each auto-created Project gets a namespace of its own (named after it), so its `dev`
     // Stage can never take the place of a Stage someone else wrote.
     let dir = manifests.join("auto-created");

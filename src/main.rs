@@ -19,8 +19,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the controller (standalone: manifests from a directory, status in an embedded store).
-    Run(RunArgs),
+    /// Run the controller: standalone (manifests from a directory, status in an embedded store)
+    /// or, with --kubernetes, on Project and Stage custom resources.
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions of Project and Stage (YAML).
     Crds,
     /// Show Projects or Stages with their status, like `kubectl get`.
@@ -115,11 +116,45 @@ impl StateArgs {
 }
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Standalone:  tiny-forge run --manifests examples/standalone\n\
+Kubernetes:  tiny-forge run --kubernetes   (in a Pod, or with KUBECONFIG; see docs/KUBERNETES.md)"
+)]
 struct RunArgs {
     /// Directory of Project/Stage manifests (YAML, several documents per file, subdirectories
-    /// included). Watched for changes.
-    #[arg(long, env = "TINY_FORGE_MANIFESTS")]
-    manifests: PathBuf,
+    /// included). Watched for changes. Standalone mode only.
+    #[arg(
+        long,
+        env = "TINY_FORGE_MANIFESTS",
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    manifests: Option<PathBuf>,
+    /// Kubernetes mode: reconcile Project and Stage custom resources (in-cluster config, else
+    /// KUBECONFIG); status goes to their status subresource.
+    #[arg(long, env = "TINY_FORGE_KUBERNETES")]
+    kubernetes: bool,
+    /// Kubernetes: watch only this namespace [default: all].
+    #[arg(long, env = "TINY_FORGE_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Kubernetes: the controller's own namespace, where its Secrets and Lease live and from
+    /// which Secrets are shared [default: $POD_NAMESPACE, else the kubeconfig's namespace].
+    #[arg(long, env = "POD_NAMESPACE")]
+    controller_namespace: Option<String>,
+    /// Kubernetes: elect a leader among replicas through a Lease; only the leader reconciles.
+    #[arg(long, env = "TINY_FORGE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Kubernetes: name of the Lease (in the controller's namespace).
+    #[arg(long, env = "TINY_FORGE_LEASE_NAME", default_value = "tiny-forge")]
+    lease_name: String,
+    /// Kubernetes: Secret (in the controller's namespace) holding the webhook URL secret under
+    /// key `url-secret`; created when missing. Delete it to rotate the URL.
+    #[arg(
+        long,
+        env = "TINY_FORGE_WEBHOOK_SECRET",
+        default_value = "tiny-forge-webhook"
+    )]
+    webhook_secret: String,
     #[command(flatten)]
     state: StateArgs,
     /// Directory of secrets, laid out as `<name>/<key>` (or `<namespace>/<name>/<key>`).
@@ -129,15 +164,16 @@ struct RunArgs {
     #[arg(long)]
     docker_host: Option<String>,
     /// How often every Stage is re-checked for drift (e.g. 30s, 2m).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", env = "TINY_FORGE_RESYNC", value_parser = humantime::parse_duration)]
     resync: Duration,
     /// How many Stages may deploy at the same time.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = 4, env = "TINY_FORGE_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
     /// Name of this controller instance, put on every container it creates. Two instances on one
-    /// Docker host need different names; keep it when moving the state directory.
-    #[arg(long, default_value = "standalone", env = "TINY_FORGE_INSTANCE")]
-    instance: String,
+    /// Docker host need different names; keep it when moving the state directory
+    /// [default: `standalone`, or `kubernetes` with --kubernetes].
+    #[arg(long, env = "TINY_FORGE_INSTANCE")]
+    instance: Option<String>,
     /// Address of the webhook listener (also /healthz, /readyz, /metrics).
     #[arg(long, default_value = "0.0.0.0:8080", env = "TINY_FORGE_LISTEN")]
     listen: std::net::SocketAddr,
@@ -153,7 +189,11 @@ struct RunArgs {
     /// Burst above --webhook-rate accepted from one address.
     #[arg(long, default_value_t = 200)]
     webhook_burst: u32,
-    /// Do not create a Project for pushed images that no Project uses.
+    /// Create a Project (and a Stage following every tag) for pushed images that no Project
+    /// uses [default: true standalone, false with --kubernetes].
+    #[arg(long, env = "TINY_FORGE_AUTO_CREATE", action = clap::ArgAction::Set, conflicts_with = "no_auto_create")]
+    auto_create: Option<bool>,
+    /// Same as --auto-create=false.
     #[arg(long)]
     no_auto_create: bool,
     /// Key file of the sealed secrets [default: <state-dir>/secret.key].
@@ -231,7 +271,7 @@ fn main() -> ExitCode {
             args.namespace.as_deref(),
             args.output,
         ),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Push(args) => cli::push(&args.state.dir(), &args.image, args.digest),
         Command::Webhook(cmd) => webhook(cmd),
         Command::Secret(SecretCommand::Set {
@@ -301,48 +341,74 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    let webhook = (!args.no_webhooks).then(|| tiny_forge::webhook::server::Config {
+        listen: args.listen,
+        body_limit: args.webhook_body_limit,
+        rate: std::num::NonZeroU32::new(args.webhook_rate).map(|r| {
+            (
+                r,
+                std::num::NonZeroU32::new(args.webhook_burst).unwrap_or(r),
+            )
+        }),
+        ..Default::default()
+    });
+    let npm = match args.npm_url {
+        None => None,
+        Some(url) => Some(tiny_forge::proxy::npm::NpmConfig {
+            url,
+            email: args
+                .npm_email
+                .ok_or_else(|| anyhow::anyhow!("--npm-url needs --npm-email"))?,
+            password: match (
+                &args.npm_password_file,
+                std::env::var("TINY_FORGE_NPM_PASSWORD"),
+            ) {
+                (Some(f), _) => std::fs::read_to_string(f)
+                    .map_err(|e| anyhow::anyhow!("--npm-password-file {}: {e}", f.display()))?
+                    .trim_end_matches('\n')
+                    .to_string(),
+                (None, Ok(p)) => p,
+                (None, Err(_)) => String::new(),
+            },
+            timeout: std::time::Duration::from_secs(30),
+        }),
+    };
+    let auto_create = args.auto_create.unwrap_or(!args.kubernetes) && !args.no_auto_create;
+    if args.kubernetes {
+        let opts = tiny_forge::k8s::Options {
+            namespace: args.namespace.filter(|n| !n.is_empty()),
+            controller_namespace: args.controller_namespace.filter(|n| !n.is_empty()),
+            instance: args.instance.unwrap_or_else(|| "kubernetes".into()),
+            docker_host: args.docker_host,
+            resync: args.resync,
+            concurrency: usize::from(args.concurrency),
+            webhook,
+            webhook_secret: args.webhook_secret,
+            auto_create,
+            npm,
+            leader_election: args.leader_election,
+            lease_name: args.lease_name,
+            identity: tiny_forge::k8s::default_identity(),
+        };
+        return tokio::runtime::Runtime::new()?.block_on(async {
+            let shutdown = shutdown_signal()?;
+            tiny_forge::k8s::run(opts, shutdown).await
+        });
+    }
     let opts = standalone::Options {
-        manifests: args.manifests,
+        manifests: args
+            .manifests
+            .expect("clap requires --manifests without --kubernetes"),
         state_dir: args.state.dir(),
         secrets_dir: args.secrets_dir,
         docker_host: args.docker_host,
         resync: args.resync,
         concurrency: usize::from(args.concurrency),
-        instance: args.instance,
-        webhook: (!args.no_webhooks).then(|| tiny_forge::webhook::server::Config {
-            listen: args.listen,
-            body_limit: args.webhook_body_limit,
-            rate: std::num::NonZeroU32::new(args.webhook_rate).map(|r| {
-                (
-                    r,
-                    std::num::NonZeroU32::new(args.webhook_burst).unwrap_or(r),
-                )
-            }),
-            ..Default::default()
-        }),
-        auto_create: !args.no_auto_create,
+        instance: args.instance.unwrap_or_else(|| "standalone".into()),
+        webhook,
+        auto_create,
         secret_key_file: args.secret_key_file,
-        npm: match args.npm_url {
-            None => None,
-            Some(url) => Some(tiny_forge::proxy::npm::NpmConfig {
-                url,
-                email: args
-                    .npm_email
-                    .ok_or_else(|| anyhow::anyhow!("--npm-url needs --npm-email"))?,
-                password: match (
-                    &args.npm_password_file,
-                    std::env::var("TINY_FORGE_NPM_PASSWORD"),
-                ) {
-                    (Some(f), _) => std::fs::read_to_string(f)
-                        .map_err(|e| anyhow::anyhow!("--npm-password-file {}: {e}", f.display()))?
-                        .trim_end_matches('\n')
-                        .to_string(),
-                    (None, Ok(p)) => p,
-                    (None, Err(_)) => String::new(),
-                },
-                timeout: std::time::Duration::from_secs(30),
-            }),
-        },
+        npm,
     };
     tokio::runtime::Runtime::new()?.block_on(async {
         let shutdown = shutdown_signal()?;

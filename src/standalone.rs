@@ -144,16 +144,10 @@ pub async fn run(
                 opts.auto_create.then(|| opts.manifests.clone()),
                 wake_tx,
             );
-            let url_secret: server::UrlSecretReader = {
-                let reader = reader.clone();
-                let sealer = sealer.clone();
-                Arc::new(move || webhook::url_secret(&reader, &sealer))
-            };
             let mut stop = stop_rx.clone();
             let server = server::start(
                 config.clone(),
-                reader.clone(),
-                url_secret,
+                server::StoreIndex::sealed(reader.clone(), sealer.clone()),
                 Arc::new(secrets.clone()),
                 Arc::new(Metrics::default()),
                 recorder,
@@ -556,7 +550,7 @@ impl Controller {
 
     fn report_unreachable(&mut self, ns: &str, name: &str, generation: i64, e: &RuntimeError) {
         let mut status = self.db.stage_status(ns, name).unwrap_or_default();
-        if set_unreachable(&mut status, generation, e)
+        if crate::engine::reconcile::report_unreachable(&mut status, generation, e)
             && let Err(err) = self.db.save_stage_status(ns, name, &status)
         {
             tracing::error!(error = %err, "cannot save status");
@@ -570,27 +564,12 @@ impl Controller {
     }
 }
 
-/// Ready=False DockerUnreachable; true when that changed something.
-fn set_unreachable(status: &mut StageStatus, generation: i64, e: &RuntimeError) -> bool {
-    let before = status.clone();
-    conditions::set(
-        &mut status.conditions,
-        READY,
-        false,
-        e.reason(),
-        e.to_string(),
-        Some(generation),
-    );
-    status.message = Some(e.to_string());
-    *status != before
-}
-
 fn mark_all(db: &StateDb, manifests: &Manifests, e: &RuntimeError) {
     for l in &manifests.stages {
         let (ns, name) = key_of(&l.resource);
         let generation = l.resource.metadata.generation.unwrap_or(1);
         let mut status = db.stage_status(&ns, &name).unwrap_or_default();
-        if set_unreachable(&mut status, generation, e) {
+        if crate::engine::reconcile::report_unreachable(&mut status, generation, e) {
             let _ = db.save_stage_status(&ns, &name, &status);
         }
     }

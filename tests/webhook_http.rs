@@ -122,11 +122,6 @@ async fn listener(config: impl FnOnce(&mut server::Config)) -> Listener {
     let (wake, _wake_rx) = mpsc::unbounded_channel();
     std::mem::forget(_wake_rx);
     let recorder = recorder::spawn(db.clone(), Some(dir.path().join("manifests")), wake);
-    let url_secret: server::UrlSecretReader = {
-        let reader = reader.clone();
-        let sealer = sealer.clone();
-        Arc::new(move || webhook::url_secret(&reader, &sealer))
-    };
     let secrets = StoreSecrets {
         db: Some(reader.clone()),
         sealer: Some(sealer.clone()),
@@ -135,8 +130,7 @@ async fn listener(config: impl FnOnce(&mut server::Config)) -> Listener {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let srv = server::start(
         cfg,
-        reader,
-        url_secret,
+        server::StoreIndex::sealed(reader, sealer.clone()),
         Arc::new(secrets),
         Arc::new(Metrics::default()),
         recorder,
@@ -539,8 +533,7 @@ async fn a_port_in_use_is_an_error_not_a_panic() {
             listen: format!("127.0.0.1:{port}").parse().unwrap(),
             ..Default::default()
         },
-        db.clone(),
-        Arc::new(|| Ok(None)),
+        Arc::new(server::StoreIndex::new(db.clone(), Arc::new(|| Ok(None)))),
         Arc::new(StoreSecrets::files(None)),
         Arc::new(Metrics::default()),
         recorder::spawn(db, None, wake),

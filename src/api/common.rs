@@ -3,8 +3,10 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A key of a secret. In Kubernetes mode a `Secret` in the resource's namespace; in standalone
-/// mode the file `<secrets-dir>/<name>/<key>` (the layout of a mounted Secret volume).
+/// A key of a secret. In Kubernetes mode a `Secret` in tiny-forge's own namespace that is shared
+/// with the resource's namespace (annotation `tinyforge.dev/share-with`); in standalone mode a
+/// secret sealed in the store, else the file `<secrets-dir>/<name>/<key>` (the layout of a
+/// mounted Secret volume).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {

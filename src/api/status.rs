@@ -41,7 +41,8 @@ pub struct Condition {
     /// Machine-readable CamelCase reason.
     pub reason: String,
     /// What a person should know.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(transform = no_default)]
     pub message: String,
     /// When `status` last changed (RFC 3339).
     pub last_transition_time: String,
@@ -114,7 +115,8 @@ pub struct DeployRecord {
     /// How it ended.
     pub outcome: Outcome,
     /// Why, in a sentence.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(transform = no_default)]
     pub message: String,
 }
 
@@ -189,4 +191,12 @@ pub struct ProxyRoute {
     pub domains: Vec<String>,
     /// `scheme://host:port` the proxy forwards to.
     pub target: String,
+}
+
+/// Kubernetes 1.20 rejects a CRD whose schema gives a string the default `""`, and its
+/// server-side apply turns an applied `""` into null (which the schema then refuses). So status
+/// strings that may be empty carry no schema default and are left out when empty; serde's
+/// `default` reads them back.
+fn no_default(schema: &mut schemars::Schema) {
+    schema.remove("default");
 }

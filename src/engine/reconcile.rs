@@ -729,6 +729,14 @@ fn short(digest: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
+/// Ready=False with the runtime's reason (Docker unreachable while listing, before any step):
+/// true when that changed something.
+pub fn report_unreachable(status: &mut StageStatus, generation: i64, e: &RuntimeError) -> bool {
+    let before = status.clone();
+    report(status, false, e.reason(), e.to_string(), Some(generation));
+    *status != before
+}
+
 /// Sets the `Ready` condition and the one-line `message` together: they always say the same.
 fn report(
     status: &mut StageStatus,

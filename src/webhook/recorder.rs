@@ -8,7 +8,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Delivery, Parsed, Provider};
-use crate::ingest::{self, Catalog, ProjectRef, Push, Verdict};
+use crate::api::SeenTag;
+use crate::ingest::{self, Catalog, Ledger, ProjectRef, Push, Verdict};
 use crate::store::{StateDb, StoreError, Tx};
 
 /// Deliveries committed together at most.
@@ -74,7 +75,13 @@ pub fn spawn(
                     Ok(jobs
                         .iter()
                         .map(|job| {
-                            tx.attempt(|tx| process(tx, job, auto_create.as_deref(), &mut catalog))
+                            tx.attempt(|tx| {
+                                let book = StoreBook {
+                                    tx,
+                                    manifests: auto_create.as_deref(),
+                                };
+                                process(&book, job, &mut catalog)
+                            })
                         })
                         .collect::<Vec<Result<Answer, String>>>())
                 });
@@ -119,10 +126,65 @@ impl From<StoreError> for String {
     }
 }
 
-fn process(
-    tx: &Tx<'_>,
+/// What recording needs of where it records: the embedded store here, the cluster in Kubernetes
+/// mode (`crate::k8s::ingest`).
+pub trait Book: Ledger<Error = String> {
+    /// Marks a delivery key seen; false when it was seen before.
+    fn claim(&self, key: &str, source: &str) -> Result<bool, String>;
+    fn catalog(&self) -> Result<Catalog, String>;
+    /// Creates a Project (with a Stage) for an image nobody uses; None when that is off.
+    fn auto_create(
+        &self,
+        catalog: &mut Catalog,
+        repository: &str,
+    ) -> Option<Result<ProjectRef, String>>;
+}
+
+/// The embedded store's transaction, and the manifest directory auto-created Projects go to.
+struct StoreBook<'a, 't> {
+    tx: &'a Tx<'t>,
+    manifests: Option<&'a std::path::Path>,
+}
+
+impl Ledger for StoreBook<'_, '_> {
+    type Error = String;
+
+    fn latest(&self, namespace: &str, stage: &str) -> Result<Option<SeenTag>, String> {
+        Ok(self.tx.latest(namespace, stage)?)
+    }
+
+    fn record_latest(&self, namespace: &str, stage: &str, seen: &SeenTag) -> Result<(), String> {
+        self.tx
+            .record_latest(namespace, stage, seen)
+            .map(drop)
+            .map_err(Into::into)
+    }
+}
+
+impl Book for StoreBook<'_, '_> {
+    fn claim(&self, key: &str, source: &str) -> Result<bool, String> {
+        Ok(self.tx.claim_delivery(key, source)?)
+    }
+
+    fn catalog(&self) -> Result<Catalog, String> {
+        Ok(Catalog::load(self.tx)?)
+    }
+
+    fn auto_create(
+        &self,
+        catalog: &mut Catalog,
+        repository: &str,
+    ) -> Option<Result<ProjectRef, String>> {
+        let dir = self.manifests?;
+        Some(ingest::auto_create(self.tx, dir, catalog, repository).map_err(|e| e.to_string()))
+    }
+}
+
+/// Records one delivery in `book`: claims its id, matches its images or Git events to Projects,
+/// offers the tags to their Stages.
+pub fn process<B: Book>(
+    book: &B,
     job: &Job,
-    auto_create: Option<&std::path::Path>,
     catalog: &mut Option<Catalog>,
 ) -> Result<Answer, String> {
     let source = job.provider.as_str();
@@ -130,7 +192,7 @@ fn process(
         delivery_key: job.delivery_key.clone(),
         ..Default::default()
     };
-    let claim = |key: &str| tx.claim_delivery(&format!("{source}:{key}"), source);
+    let claim = |key: &str| book.claim(&format!("{source}:{key}"), source);
     let mut reasons: Vec<String> = Vec::new();
     match &job.delivery.parsed {
         Parsed::Ping => answer.ignored = Some("ping".into()),
@@ -155,7 +217,7 @@ fn process(
                 answer.duplicate = true;
                 return Ok(answer);
             }
-            let catalog = loaded(tx, catalog)?;
+            let catalog = loaded(book, catalog)?;
             for image in fresh {
                 let push = Push::from_image(image, source, job.delivery.delivery_id.as_deref());
                 let users = ingest::for_image(&catalog.projects, &image.repository);
@@ -168,24 +230,24 @@ fn process(
                     let mine: Vec<&ProjectRef> = mine.iter().collect();
                     answer
                         .verdicts
-                        .extend(ingest::record(tx, &catalog.stages, &mine, &push)?);
+                        .extend(ingest::record(book, &catalog.stages, &mine, &push)?);
                 } else if anyone {
                     reasons.push(format!(
                         "not authorised for the Projects using {}",
                         image.repository
                     ));
-                } else if let Some(dir) = auto_create {
+                } else if let Some(created) = book.auto_create(catalog, &image.repository) {
                     // A Project that cannot be created (a read-only manifests directory) is a
                     // reason, not a failure: the registry would retry a non-2xx forever and hold
                     // every later event behind it.
-                    match ingest::auto_create(tx, dir, catalog, &image.repository) {
+                    match created {
                         Ok(created) => {
                             tracing::info!(project = %created.name, image = %image.repository, "created a Project for a new image");
                             answer
                                 .created
                                 .push(format!("{}/{}", created.namespace, created.name));
                             answer.verdicts.extend(ingest::record(
-                                tx,
+                                book,
                                 &catalog.stages,
                                 &[&created],
                                 &push,
@@ -209,7 +271,7 @@ fn process(
                 answer.duplicate = true;
                 return Ok(answer);
             }
-            let catalog = loaded(tx, catalog)?;
+            let catalog = loaded(book, catalog)?;
             for event in events {
                 let users = ingest::for_git(&catalog.projects, source, event);
                 let mine = allowed(&users, &job.accepted);
@@ -227,7 +289,7 @@ fn process(
                                 delivery_id: job.delivery.delivery_id.clone(),
                             };
                             answer.verdicts.extend(ingest::record(
-                                tx,
+                                book,
                                 &catalog.stages,
                                 &[project],
                                 &push,
@@ -251,9 +313,12 @@ fn process(
 }
 
 /// The batch's catalog, read on first use.
-fn loaded<'c>(tx: &Tx<'_>, catalog: &'c mut Option<Catalog>) -> Result<&'c mut Catalog, String> {
+fn loaded<'c, B: Book>(
+    book: &B,
+    catalog: &'c mut Option<Catalog>,
+) -> Result<&'c mut Catalog, String> {
     if catalog.is_none() {
-        *catalog = Some(Catalog::load(tx)?);
+        *catalog = Some(book.catalog()?);
     }
     Ok(catalog.as_mut().expect("just loaded"))
 }

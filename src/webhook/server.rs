@@ -53,12 +53,82 @@ pub trait SecretLookup: Send + Sync + 'static {
     fn webhook_secret(&self, project: &ProjectRef) -> Option<Result<Vec<u8>, String>>;
 }
 
-/// The URL secret and the Projects, cached and reloaded when another connection (the recorder,
-/// `tiny-forge webhook rotate`, the manifest sync) committed: rotation takes effect at once.
+/// What the listener authenticates against: the URL secret and the Projects (with the secrets
+/// they name). The embedded store in standalone mode, watch caches in Kubernetes mode.
+pub trait Index: Send + Sync + 'static {
+    /// Moves whenever the URL secret, a Project or a stored secret may have changed; cheap, as
+    /// it is asked on every request.
+    fn version(&self) -> Result<i64, String>;
+    fn url_secret(&self) -> Result<Option<String>, String>;
+    fn projects(&self) -> Result<Vec<ProjectRef>, String>;
+    /// Whether deliveries can be recorded now (`/readyz`).
+    fn ready(&self) -> Result<(), String>;
+}
+
+/// The embedded store as the listener's index. Most commits only record deliveries: the catalog
+/// version is re-read only when another connection committed (`PRAGMA data_version` moved).
+pub struct StoreIndex {
+    reader: Arc<StateDb>,
+    url_secret: UrlSecretReader,
+    seen: Mutex<(i64, i64)>,
+}
+
+impl StoreIndex {
+    /// `reader` is a connection of its own (reads never wait for the recorder's syncs).
+    pub fn new(reader: Arc<StateDb>, url_secret: UrlSecretReader) -> StoreIndex {
+        StoreIndex {
+            reader,
+            url_secret,
+            seen: Mutex::new((i64::MIN, i64::MIN)),
+        }
+    }
+
+    /// The URL secret as `tiny-forge run` keeps it: sealed in the store.
+    pub fn sealed(reader: Arc<StateDb>, sealer: crate::crypto::SecretBox) -> Arc<StoreIndex> {
+        let url_secret: UrlSecretReader = {
+            let reader = reader.clone();
+            Arc::new(move || super::url_secret(&reader, &sealer))
+        };
+        Arc::new(StoreIndex::new(reader, url_secret))
+    }
+}
+
+impl Index for StoreIndex {
+    fn version(&self) -> Result<i64, String> {
+        let data = self.reader.data_version().map_err(|e| e.to_string())?;
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.0 != data {
+            seen.1 = self
+                .reader
+                .read(|tx| tx.catalog_version())
+                .map_err(|e| e.to_string())?;
+            seen.0 = data;
+        }
+        Ok(seen.1)
+    }
+
+    fn url_secret(&self) -> Result<Option<String>, String> {
+        (self.url_secret)()
+    }
+
+    fn projects(&self) -> Result<Vec<ProjectRef>, String> {
+        self.reader
+            .read(ingest::projects)
+            .map_err(|e| e.to_string())
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.reader
+            .data_version()
+            .map(drop)
+            .map_err(|e| format!("the state store does not answer: {e}"))
+    }
+}
+
+/// The URL secret and the Projects, reloaded when the index's version moves (another connection,
+/// `tiny-forge webhook rotate`, the manifest sync, a watch event): rotation takes effect at once.
 struct Cache {
-    /// `PRAGMA data_version` seen last: moves with every commit of another connection.
-    version: i64,
-    /// The store's catalog version: moves only when specs or secrets change.
+    /// The index version these were read at.
     catalog: i64,
     url_secret: Option<String>,
     projects: Arc<Vec<ProjectRef>>,
@@ -74,8 +144,7 @@ pub type UrlSecretReader = Arc<dyn Fn() -> Result<Option<String>, String> + Send
 
 pub struct Shared {
     config: Config,
-    reader: Arc<StateDb>,
-    url_secret: UrlSecretReader,
+    index: Arc<dyn Index>,
     secrets: Arc<dyn SecretLookup>,
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     metrics: Arc<Metrics>,
@@ -104,8 +173,7 @@ impl Server {
 /// recorder's syncs).
 pub async fn start(
     config: Config,
-    reader: Arc<StateDb>,
-    url_secret: UrlSecretReader,
+    index: Arc<dyn Index>,
     secrets: Arc<dyn SecretLookup>,
     metrics: Arc<Metrics>,
     recorder: mpsc::Sender<Job>,
@@ -120,13 +188,11 @@ pub async fn start(
             .rate
             .map(|(rate, burst)| RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))),
         config,
-        reader,
-        url_secret,
+        index,
         secrets,
         metrics,
         recorder,
         cache: Mutex::new(Cache {
-            version: i64::MIN,
             catalog: i64::MIN,
             url_secret: None,
             projects: Arc::default(),
@@ -219,12 +285,15 @@ fn routes(
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(with.clone())
-        .map(|s: Arc<Shared>| match s.reader.data_version() {
-            Ok(_) => warp::reply::with_status("ready\n", StatusCode::OK).into_response(),
+        .map(|s: Arc<Shared>| match s.index.ready() {
+            Ok(()) => warp::reply::with_status("ready\n", StatusCode::OK).into_response(),
             Err(e) => {
-                tracing::warn!(error = %e, "not ready: the state store does not answer");
-                warp::reply::with_status("store unavailable\n", StatusCode::SERVICE_UNAVAILABLE)
-                    .into_response()
+                tracing::warn!(error = %e, "not ready");
+                warp::reply::with_status(
+                    format!("not ready: {e}\n"),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                )
+                .into_response()
             }
         });
     let metrics = warp::path!("metrics")
@@ -617,25 +686,13 @@ async fn read_body(
 
 impl Shared {
     fn snapshot(&self) -> Result<(Option<String>, Arc<Vec<ProjectRef>>), String> {
-        let version = self.reader.data_version().map_err(|e| e.to_string())?;
+        let version = self.index.version()?;
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.version != version {
-            // Most commits only record deliveries: reload when specs or secrets changed.
-            let catalog = self
-                .reader
-                .read(|tx| tx.catalog_version())
-                .map_err(|e| e.to_string())?;
-            if cache.catalog != catalog {
-                cache.url_secret = (self.url_secret)()?;
-                cache.projects = Arc::new(
-                    self.reader
-                        .read(ingest::projects)
-                        .map_err(|e| e.to_string())?,
-                );
-                cache.secrets.clear();
-                cache.catalog = catalog;
-            }
-            cache.version = version;
+        if cache.catalog != version {
+            cache.url_secret = self.index.url_secret()?;
+            cache.projects = Arc::new(self.index.projects()?);
+            cache.secrets.clear();
+            cache.catalog = version;
         }
         Ok((cache.url_secret.clone(), cache.projects.clone()))
     }

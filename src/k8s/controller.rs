@@ -1,0 +1,634 @@
+//! The Stage and Project controllers on kube-runtime, around the same engine as standalone mode.
+//!
+//! A Stage reconcile: finalizer first (cleanup works even if apply never ran), then the engine
+//! converges the Stage's containers; the result goes to the status subresource (server-side
+//! apply, only when it changed), transitions become events, and the next look is scheduled:
+//! after the resync period when converged (Docker drift is found without events), with backoff
+//! on transient trouble, never for a spec that cannot work until it changes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{self, Event as Finalizer, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+
+use super::containers::ContainerCache;
+use super::secrets::ClusterSecrets;
+use super::status::{self, KubeSink};
+use crate::api::{Phase, Project, ProjectSpec, Stage, StageSpec, StageStatus, labels};
+use crate::docker::DockerRuntime;
+use crate::engine::conditions::{self, READY};
+use crate::engine::reconcile::report_unreachable;
+use crate::engine::spec::describe_errors;
+use crate::engine::{Effective, Reconciler, Requeue, Runtime, RuntimeError, StageInput, StageKey};
+use crate::probe::NetProber;
+use crate::proxy::npm::Npm;
+use crate::proxy::{Owner, Proxy};
+
+/// Put on every Stage and Project: their containers and proxy hosts go before they do.
+pub const FINALIZER: &str = "tinyforge.dev/cleanup";
+
+pub type Engine = Reconciler<DockerRuntime, NetProber, KubeSink, ClusterSecrets, Option<Npm>>;
+
+/// What every reconcile shares.
+pub struct Ctx {
+    pub client: Client,
+    pub engine: Arc<Engine>,
+    pub containers: ContainerCache,
+    pub projects: ProjectView,
+    pub recorder: Recorder,
+    pub resync: Duration,
+    /// Consecutive transient failures per object, for the backoff.
+    pub failures: Mutex<HashMap<String, u32>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("proxy: {0}")]
+    Proxy(String),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A static label (metrics, logs): never the formatted error, whose cardinality is unbounded.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Runtime(e) => e.reason(),
+            Error::Proxy(_) => "proxy",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+/// Projects as a watch cache sees them, with what the Stage controller's own Project watch saw:
+/// a Stage reconciled because its Project changed waits (briefly) until the cache has that
+/// change, so it never deploys with the Project's previous spec.
+pub struct ProjectView {
+    pub store: Store<DeserializeGuard<Project>>,
+    pub api_client: Client,
+    wanted: Mutex<HashMap<(String, String), i64>>,
+}
+
+impl ProjectView {
+    pub fn new(store: Store<DeserializeGuard<Project>>, client: Client) -> ProjectView {
+        ProjectView {
+            store,
+            api_client: client,
+            wanted: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Called by the Stage controller's Project watch before it triggers the Project's Stages.
+    pub fn saw(&self, project: &DeserializeGuard<Project>) {
+        let meta = project.meta();
+        let key = (
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        );
+        let generation = meta.generation.unwrap_or(0);
+        let mut wanted = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = wanted.entry(key).or_insert(generation);
+        *entry = (*entry).max(generation);
+    }
+
+    /// The Project `namespace/name`: None when it does not exist (or is being deleted), Err
+    /// with the reason when it cannot be read.
+    pub async fn get(&self, namespace: &str, name: &str) -> Result<Option<ProjectSpec>, String> {
+        let key = (namespace.to_string(), name.to_string());
+        let wanted = self
+            .wanted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied();
+        let oref = ObjectRef::new(name).within(namespace);
+        for _ in 0..40 {
+            match self.store.get(&oref) {
+                Some(p) if wanted.is_none_or(|w| p.meta().generation.unwrap_or(0) >= w) => {
+                    return Ok(usable(&p));
+                }
+                None if super::ingest::listed(&self.store) && wanted.is_none() => {
+                    return self.read(namespace, name).await;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        // The cache lags (or never had it): ask the API server itself.
+        self.read(namespace, name).await
+    }
+
+    async fn read(&self, namespace: &str, name: &str) -> Result<Option<ProjectSpec>, String> {
+        let api: Api<DeserializeGuard<Project>> =
+            Api::namespaced(self.api_client.clone(), namespace);
+        match api.get_opt(name).await {
+            Ok(p) => Ok(p.as_ref().and_then(usable)),
+            Err(e) => Err(format!("cannot read Project {namespace}/{name}: {e}")),
+        }
+    }
+}
+
+/// A Project Stages may use: present, readable, not being deleted.
+fn usable(p: &DeserializeGuard<Project>) -> Option<ProjectSpec> {
+    let p = p.0.as_ref().ok()?;
+    p.metadata
+        .deletion_timestamp
+        .is_none()
+        .then(|| p.spec.clone())
+}
+
+/// kube-runtime's entry point for Stages.
+pub async fn reconcile_stage(
+    obj: Arc<DeserializeGuard<Stage>>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, Error> {
+    let stage = match &obj.0 {
+        Ok(stage) => stage,
+        Err(invalid) => return invalid_object::<Stage>(invalid, &ctx).await,
+    };
+    let namespace = stage.namespace().unwrap_or_default();
+    let api: Api<Stage> = Api::namespaced(ctx.client.clone(), &namespace);
+    let action = finalizer(&api, FINALIZER, Arc::new(stage.clone()), |event| async {
+        match event {
+            Finalizer::Apply(stage) => apply_stage(&stage, &api, &ctx).await,
+            Finalizer::Cleanup(stage) => {
+                cleanup(&ctx, &namespace, Scope::Stage(&stage.name_any())).await?;
+                publish(
+                    &ctx,
+                    &stage.object_ref(&()),
+                    EventType::Normal,
+                    "Deleted",
+                    "containers and proxy host removed".into(),
+                )
+                .await;
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    ctx.failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&key_of(stage));
+    Ok(action)
+}
+
+async fn apply_stage(stage: &Stage, api: &Api<Stage>, ctx: &Ctx) -> Result<Action, Error> {
+    let namespace = stage.namespace().unwrap_or_default();
+    let name = stage.name_any();
+    let generation = stage.metadata.generation.unwrap_or(1);
+    let before = stage.status.clone();
+    let reference = stage.object_ref(&());
+
+    let project = match ctx.projects.get(&namespace, &stage.spec.project_ref).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(stage = %format!("{namespace}/{name}"), error = %e, "cannot read the Project");
+            return Ok(Action::requeue(backoff(ctx, &key_of(stage))));
+        }
+    };
+    let observed = match ctx
+        .containers
+        .for_stage(&ctx.engine.runtime, &namespace, &name)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let mut status = before.clone().unwrap_or_default();
+            if report_unreachable(&mut status, generation, &e) {
+                status::apply(api, "Stage", &name, &status).await?;
+                publish(
+                    ctx,
+                    &reference,
+                    EventType::Warning,
+                    e.reason(),
+                    e.to_string(),
+                )
+                .await;
+            }
+            return Ok(Action::requeue(backoff(ctx, &key_of(stage))));
+        }
+    };
+    let input = StageInput {
+        key: StageKey {
+            namespace: namespace.clone(),
+            project: stage.spec.project_ref.clone(),
+            stage: name.clone(),
+        },
+        generation,
+        stage: &stage.spec,
+        project: project.as_ref(),
+    };
+    let reconciled = ctx
+        .engine
+        .reconcile(&input, &observed, before.clone().unwrap_or_default())
+        .await;
+    ctx.containers.touched(&namespace, &name);
+    if status::differs(before.as_ref(), &reconciled.status) {
+        status::apply(api, "Stage", &name, &reconciled.status).await?;
+        for (type_, reason, note) in transitions(before.as_ref(), &reconciled.status) {
+            publish(ctx, &reference, type_, reason, note).await;
+        }
+    }
+    Ok(match reconciled.requeue {
+        Requeue::Resync => {
+            ctx.failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key_of(stage));
+            Action::requeue(ctx.resync)
+        }
+        Requeue::Retry => Action::requeue(backoff(ctx, &key_of(stage))),
+        Requeue::WaitForChange => Action::await_change(),
+    })
+}
+
+/// What a person should hear about, from one status to the next.
+pub fn transitions(
+    before: Option<&StageStatus>,
+    after: &StageStatus,
+) -> Vec<(EventType, &'static str, String)> {
+    let mut out = Vec::new();
+    let was = |f: fn(&StageStatus) -> Option<String>| before.and_then(f);
+    let ready = |s: &StageStatus| {
+        conditions::ready(&s.conditions).map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    let phase = after.phase.unwrap_or_default();
+    let message = after.message.clone().unwrap_or_default();
+    let phase_changed = before.and_then(|b| b.phase) != after.phase;
+    let current_tag = |s: &StageStatus| {
+        s.current
+            .as_ref()
+            .map(|c| format!("{}@{}", c.tag, c.digest))
+    };
+    match phase {
+        Phase::Deploying if phase_changed => out.push((
+            EventType::Normal,
+            "Deploying",
+            format!(
+                "deploying {}",
+                after.desired_tag.clone().unwrap_or_default()
+            ),
+        )),
+        Phase::Healthy if was(current_tag) != current_tag(after) => {
+            out.push((EventType::Normal, "Deployed", message.clone()))
+        }
+        Phase::RolledBack if phase_changed => {
+            out.push((EventType::Warning, "RolledBack", message.clone()))
+        }
+        Phase::Failed if phase_changed => {
+            out.push((EventType::Warning, "DeployFailed", message.clone()))
+        }
+        _ => {}
+    }
+    // A Ready=False for a new reason that the phase did not already tell.
+    if let Some((status, reason)) = ready(after)
+        && status == "False"
+        && before.and_then(ready) != Some((status.clone(), reason.clone()))
+        && out.is_empty()
+        && !matches!(reason.as_str(), "Deploying" | "NoTag")
+    {
+        out.push((EventType::Warning, static_reason(&reason), message));
+    }
+    out
+}
+
+/// Event reasons are CamelCase words from the engine's fixed set; anything else is generic.
+fn static_reason(reason: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "InvalidSpec",
+        "ProjectNotFound",
+        "UnknownDockerHost",
+        "DockerUnreachable",
+        "DockerError",
+        "ImageUnavailable",
+        "Conflict",
+        "NotFound",
+        "Unhealthy",
+        "DeployFailed",
+        "SecretUnavailable",
+        "ProxyPending",
+        "ProxySwitchFailed",
+        "ProxyAuthFailed",
+        "ProxyError",
+        "ProxyRejected",
+        "ProxyUnreachable",
+        "DomainInUse",
+        "NginxConfigError",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == reason)
+        .copied()
+        .unwrap_or("NotReady")
+}
+
+/// kube-runtime's entry point for Projects: their `Ready` says whether the Project's own part of
+/// the spec is valid; deleting one removes what its Stages ran.
+pub async fn reconcile_project(
+    obj: Arc<DeserializeGuard<Project>>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, Error> {
+    let project = match &obj.0 {
+        Ok(p) => p,
+        Err(invalid) => return invalid_object::<Project>(invalid, &ctx).await,
+    };
+    let namespace = project.namespace().unwrap_or_default();
+    let api: Api<Project> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, Arc::new(project.clone()), |event| async {
+        match event {
+            Finalizer::Apply(p) => {
+                let generation = p.metadata.generation.unwrap_or(1);
+                let probe = StageSpec {
+                    project_ref: p.name_any(),
+                    ..Default::default()
+                };
+                let (ok, reason, message) = match Effective::new(&p.spec, &probe) {
+                    Ok(_) => (true, "Valid", String::new()),
+                    Err(e) => (false, "InvalidSpec", describe_errors(&e)),
+                };
+                let mut status = p.status.clone().unwrap_or_default();
+                status.observed_generation = Some(generation);
+                conditions::set(
+                    &mut status.conditions,
+                    READY,
+                    ok,
+                    reason,
+                    &message,
+                    Some(generation),
+                );
+                if p.status.as_ref() != Some(&status) {
+                    status::apply(&api, "Project", &p.name_any(), &status).await?;
+                    if !ok {
+                        publish(
+                            &ctx,
+                            &p.object_ref(&()),
+                            EventType::Warning,
+                            "InvalidSpec",
+                            message,
+                        )
+                        .await;
+                    }
+                }
+                Ok(Action::await_change())
+            }
+            Finalizer::Cleanup(p) => {
+                cleanup(&ctx, &namespace, Scope::Project(&p.name_any())).await?;
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// What a cleanup removes: one Stage's containers and proxy host, or those of every Stage of a
+/// Project.
+enum Scope<'a> {
+    Stage(&'a str),
+    Project(&'a str),
+}
+
+/// Removes containers (and proxy hosts) by their ownership labels: needs nothing from the spec,
+/// so it works for objects that never deployed or no longer parse. Docker being away fails it,
+/// and the finalizer keeps the object until a retry succeeds.
+async fn cleanup(ctx: &Ctx, namespace: &str, scope: Scope<'_>) -> Result<(), Error> {
+    let engine = &ctx.engine;
+    let instance = engine.instance.as_str();
+    let (label, value) = match scope {
+        Scope::Stage(name) => (labels::STAGE, name),
+        Scope::Project(name) => (labels::PROJECT, name),
+    };
+    let filter = [
+        (labels::INSTANCE, instance),
+        (labels::NAMESPACE, namespace),
+        (label, value),
+    ];
+    let containers = engine.runtime.list_managed(&filter).await?;
+    let mut stages: Vec<String> = containers
+        .iter()
+        .filter_map(|c| c.label(labels::STAGE).map(str::to_string))
+        .collect();
+    if let Scope::Stage(name) = scope {
+        stages.push(name.to_string());
+    }
+    stages.sort();
+    stages.dedup();
+    for stage in &stages {
+        let owner = Owner {
+            instance: instance.to_string(),
+            namespace: namespace.to_string(),
+            stage: stage.clone(),
+        };
+        engine
+            .proxy
+            .remove(&owner)
+            .await
+            .map_err(|e| Error::Proxy(e.to_string()))?;
+    }
+    for c in &containers {
+        tracing::info!(container = %c.name, "removing the container of a deleted resource");
+        engine.runtime.remove(&c.id).await?;
+    }
+    for stage in &stages {
+        ctx.containers.touched(namespace, stage);
+    }
+    Ok(())
+}
+
+/// An object the API server accepted but this version cannot read (the CRD's schema is looser
+/// than the controller, or the object predates a CRD change): say so on the object and wait for
+/// an edit. Deleting it still cleans up, by labels.
+async fn invalid_object<K>(invalid: &InvalidObject, ctx: &Ctx) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let meta = &invalid.metadata;
+    let namespace = meta.namespace.clone().unwrap_or_default();
+    let name = meta.name.clone().unwrap_or_default();
+    let kind = K::kind(&()).to_string();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    let has_finalizer = meta.finalizers.iter().flatten().any(|f| f == FINALIZER);
+    if meta.deletion_timestamp.is_some() {
+        if has_finalizer {
+            let scope = if kind == "Stage" {
+                Scope::Stage(&name)
+            } else {
+                Scope::Project(&name)
+            };
+            cleanup(ctx, &namespace, scope).await?;
+            remove_finalizer(&api, meta).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    let message = format!("cannot read this {kind}: {}", invalid.error);
+    tracing::warn!(object = %format!("{namespace}/{name}"), error = %invalid.error, "invalid object");
+    let generation = meta.generation;
+    let mut conditions = Vec::new();
+    conditions::set(
+        &mut conditions,
+        READY,
+        false,
+        "InvalidSpec",
+        &message,
+        generation,
+    );
+    let status = serde_json::json!({
+        "observedGeneration": generation,
+        "conditions": conditions,
+        "message": if kind == "Stage" { Some(&message) } else { None },
+    });
+    status::apply(&api, &kind, &name, &status).await?;
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(K::api_version(&()).to_string()),
+        kind: Some(kind),
+        name: Some(name),
+        namespace: Some(namespace),
+        uid: meta.uid.clone(),
+        ..Default::default()
+    };
+    publish(ctx, &reference, EventType::Warning, "InvalidSpec", message).await;
+    Ok(Action::await_change())
+}
+
+/// Removes our finalizer from an object we cannot parse (kube's finalizer helper needs a typed
+/// object), guarded by the resource version it was read at.
+async fn remove_finalizer<K>(
+    api: &Api<K>,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let kept: Vec<&String> = meta
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|f| *f != FINALIZER)
+        .collect();
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": kept, "resourceVersion": meta.resource_version},
+    });
+    api.patch(
+        meta.name.as_deref().unwrap_or_default(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Publishes an event; a failure to do so is logged, never fails the reconcile.
+async fn publish(
+    ctx: &Ctx,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let mut note = note;
+    if note.len() > 1000 {
+        let cut = (0..=1000)
+            .rev()
+            .find(|i| note.is_char_boundary(*i))
+            .unwrap_or(0);
+        note.truncate(cut);
+    }
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+        tracing::warn!(error = %e, reason, "cannot publish an event");
+    }
+}
+
+fn key_of(stage: &impl Resource) -> String {
+    format!(
+        "{}/{}",
+        stage.meta().namespace.as_deref().unwrap_or_default(),
+        stage.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// 1 s, 2 s, 4 s … at most 60 s, per object.
+fn backoff(ctx: &Ctx, key: &str) -> Duration {
+    let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+    let n = failures.entry(key.to_string()).or_insert(0);
+    *n = n.saturating_add(1);
+    Duration::from_secs(1u64 << (*n - 1).min(6)).min(Duration::from_secs(60))
+}
+
+/// kube-runtime's error policy: errors are API trouble (a conflict, the server away) or a
+/// cleanup that could not finish (Docker away): retry with backoff.
+pub fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Ctx>) -> Action {
+    let key = key_of(obj.as_ref());
+    tracing::warn!(object = %key, category = error.category(), error = %error, "reconcile failed; retrying");
+    Action::requeue(backoff(&ctx, &key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Deployed;
+
+    fn status(phase: Phase, tag: &str, ready: (bool, &str)) -> StageStatus {
+        let mut s = StageStatus {
+            phase: Some(phase),
+            desired_tag: Some(tag.into()),
+            message: Some(format!("{tag} says hi")),
+            current: Some(Deployed {
+                tag: tag.into(),
+                digest: "sha256:1".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        conditions::set(&mut s.conditions, READY, ready.0, ready.1, "m", Some(1));
+        s
+    }
+
+    #[test]
+    fn transitions_say_what_happened_once() {
+        let healthy = status(Phase::Healthy, "1.0", (true, "Healthy"));
+        let deploying = status(Phase::Deploying, "1.1", (false, "Deploying"));
+        let reasons = |b: Option<&StageStatus>, a: &StageStatus| {
+            transitions(b, a)
+                .into_iter()
+                .map(|(_, r, _)| r)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(reasons(Some(&healthy), &deploying), ["Deploying"]);
+        assert_eq!(reasons(None, &healthy), ["Deployed"]);
+        assert!(
+            reasons(Some(&healthy), &healthy).is_empty(),
+            "steady: no event"
+        );
+        let rolled = status(Phase::RolledBack, "1.0", (false, "Unhealthy"));
+        assert_eq!(reasons(Some(&deploying), &rolled), ["RolledBack"]);
+        let unreachable = status(Phase::Healthy, "1.0", (false, "DockerUnreachable"));
+        assert_eq!(reasons(Some(&healthy), &unreachable), ["DockerUnreachable"]);
+        assert!(reasons(Some(&unreachable), &unreachable).is_empty());
+        let odd = status(Phase::Healthy, "1.0", (false, "SomethingNew"));
+        assert_eq!(reasons(Some(&healthy), &odd), ["NotReady"]);
+    }
+}

@@ -1,0 +1,563 @@
+//! Webhooks in Kubernetes mode. Every replica answers them (leader or not): watch caches of
+//! Projects, Stages and the controller's Secrets are the listener's index, and a recorded push
+//! becomes the Stage's `status.latest`, written with a field manager of its own. The leader's
+//! Stage controller sees that status change and deploys.
+//!
+//! A write is conditional on the resource version the tag was compared against: two replicas
+//! recording different tags for one Stage cannot overwrite a better tag with a worse one (the
+//! loser gets 409 Conflict, reads again and compares again). Senders are answered after the API
+//! server accepted the writes, so a 2xx means the push is recorded in etcd.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use tokio::sync::mpsc;
+
+use super::secrets::ClusterSecrets;
+use super::status;
+use crate::api::{Project, ProjectSpec, SeenTag, Stage, StageSpec};
+use crate::engine::tags::CompiledPolicy;
+use crate::ingest::{Catalog, Ledger, ProjectRef, StageRef};
+use crate::webhook::recorder::{self, Answer, Book, Job};
+use crate::webhook::server::Index;
+
+/// Key of the URL secret inside its Secret.
+pub const URL_SECRET_KEY: &str = "url-secret";
+/// Delivery ids remembered per replica (redeliveries come within hours; a redelivery that
+/// reaches another replica finds its tag already recorded and changes nothing).
+const REMEMBERED: usize = 100_000;
+const MAX_BATCH: usize = 256;
+
+/// Watch caches of what the listener and the recorder read.
+pub struct ClusterIndex {
+    pub projects: Store<DeserializeGuard<Project>>,
+    pub stages: Store<DeserializeGuard<Stage>>,
+    pub secrets: ClusterSecrets,
+    /// Moves on every Project or Secret event: the listener then re-reads its cache.
+    version: Arc<AtomicI64>,
+    url_secret: String,
+}
+
+impl ClusterIndex {
+    /// Starts the watches (they retry with backoff, e.g. until the CRDs are installed) and
+    /// returns at once; [`Index::ready`] says when they have listed.
+    pub fn start(
+        client: Client,
+        watch_namespace: Option<&str>,
+        controller_namespace: &str,
+        url_secret: &str,
+    ) -> Arc<ClusterIndex> {
+        let version = Arc::new(AtomicI64::new(0));
+        let projects = reflect::<DeserializeGuard<Project>>(
+            scoped(&client, watch_namespace),
+            Some(version.clone()),
+        );
+        let stages = reflect::<DeserializeGuard<Stage>>(scoped(&client, watch_namespace), None);
+        let secrets = reflect::<Secret>(
+            Api::namespaced(client.clone(), controller_namespace),
+            Some(version.clone()),
+        );
+        Arc::new(ClusterIndex {
+            projects,
+            stages,
+            secrets: ClusterSecrets {
+                store: secrets,
+                namespace: controller_namespace.to_string(),
+            },
+            version,
+            url_secret: url_secret.to_string(),
+        })
+    }
+
+    fn stage(&self, namespace: &str, name: &str) -> Option<Arc<DeserializeGuard<Stage>>> {
+        self.stages.get(&ObjectRef::new(name).within(namespace))
+    }
+}
+
+/// Whether a watch cache has completed its first listing.
+pub fn listed<K>(store: &Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    use futures::FutureExt as _;
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+}
+
+/// An Api over one namespace, or all.
+pub fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn reflect<K>(api: Api<K>, version: Option<Arc<AtomicI64>>) -> Store<K>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
+    tokio::spawn(async move {
+        stream
+            .for_each(|event| {
+                match event {
+                    Ok(_) => {
+                        if let Some(v) = &version {
+                            v.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => tracing::warn!(kind = %K::kind(&Default::default()), error = %e, "watch failed; retrying"),
+                }
+                std::future::ready(())
+            })
+            .await
+    });
+    reader
+}
+
+impl Index for ClusterIndex {
+    fn version(&self) -> Result<i64, String> {
+        Ok(self.version.load(Ordering::Relaxed))
+    }
+
+    fn url_secret(&self) -> Result<Option<String>, String> {
+        let Some(secret) = self
+            .secrets
+            .store
+            .get(&ObjectRef::new(&self.url_secret).within(&self.secrets.namespace))
+        else {
+            return Ok(None);
+        };
+        let value = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(URL_SECRET_KEY))
+            .map(|b| String::from_utf8_lossy(&b.0).trim().to_string());
+        Ok(value.filter(|v| !v.is_empty()))
+    }
+
+    fn projects(&self) -> Result<Vec<ProjectRef>, String> {
+        Ok(self
+            .projects
+            .state()
+            .iter()
+            .filter_map(|p| project_ref(p))
+            .collect())
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        if !listed(&self.projects) || !listed(&self.stages) {
+            return Err(
+                "waiting for the Project and Stage watches (are the CRDs installed?)".into(),
+            );
+        }
+        if !listed(&self.secrets.store) {
+            return Err(format!(
+                "waiting for the Secrets of {}",
+                self.secrets.namespace
+            ));
+        }
+        match self.url_secret()? {
+            Some(_) => Ok(()),
+            None => Err(format!(
+                "waiting for Secret {}/{}",
+                self.secrets.namespace, self.url_secret
+            )),
+        }
+    }
+}
+
+fn project_ref(p: &DeserializeGuard<Project>) -> Option<ProjectRef> {
+    let p = p.0.as_ref().ok()?;
+    Some(ProjectRef {
+        namespace: p.metadata.namespace.clone().unwrap_or_default(),
+        name: p.metadata.name.clone().unwrap_or_default(),
+        spec: p.spec.clone(),
+    })
+}
+
+/// Makes the URL secret's Secret when it is missing: on first start, and again within seconds
+/// after someone deletes it (that is how the URL is rotated). Runs until the process ends.
+pub async fn keep_url_secret(client: Client, index: Arc<ClusterIndex>) {
+    let api: Api<Secret> = Api::namespaced(client, &index.secrets.namespace);
+    loop {
+        if listed(&index.secrets.store) && matches!(index.url_secret(), Ok(None)) {
+            let mut secret = Secret::default();
+            secret.metadata.name = Some(index.url_secret.clone());
+            secret.metadata.labels = Some(BTreeMap::from([(
+                crate::api::labels::MANAGED_BY.to_string(),
+                crate::api::labels::MANAGED_BY_VALUE.to_string(),
+            )]));
+            secret.string_data = Some(BTreeMap::from([(
+                URL_SECRET_KEY.to_string(),
+                uuid::Uuid::new_v4().to_string(),
+            )]));
+            match api.create(&PostParams::default(), &secret).await {
+                Ok(_) => {
+                    tracing::info!(secret = %index.url_secret, "created the webhook URL secret")
+                }
+                // Another replica was first, or it exists without the key: leave it be.
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => tracing::warn!(error = %e, "cannot create the webhook URL secret"),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
+/// Where auto-created Projects go, when that is on.
+#[derive(Clone, Debug)]
+pub struct AutoCreate {
+    pub namespace: String,
+}
+
+/// Starts the recorder: deliveries arriving together are planned together against the caches,
+/// then their status writes are made, then every sender is answered.
+pub fn spawn_recorder(
+    client: Client,
+    index: Arc<ClusterIndex>,
+    auto_create: Option<AutoCreate>,
+) -> mpsc::Sender<Job> {
+    let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
+    let seen = Arc::new(Mutex::new(Remembered::default()));
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_BATCH
+                && let Ok(job) = rx.try_recv()
+            {
+                jobs.push(job);
+            }
+            let book = Plan {
+                index: &index,
+                seen: &seen,
+                auto_create: auto_create.as_ref(),
+                claims: RefCell::default(),
+                latest: RefCell::default(),
+                created: RefCell::default(),
+            };
+            let mut catalog = None;
+            let answers: Vec<Result<Answer, String>> = jobs
+                .iter()
+                .map(|job| recorder::process(&book, job, &mut catalog))
+                .collect();
+            let plan = book.into_writes();
+            match commit(&client, &index, &plan).await {
+                Ok(()) => {
+                    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    for key in plan.claims {
+                        seen.insert(key);
+                    }
+                    drop(seen);
+                    for (job, answer) in jobs.into_iter().zip(answers) {
+                        let _ = job.respond.send(answer);
+                    }
+                }
+                Err(e) => {
+                    // Nothing is remembered: the senders' retries are recorded afresh.
+                    tracing::warn!(error = %e, "cannot record deliveries in the cluster");
+                    for job in jobs {
+                        let _ = job.respond.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    });
+    tx
+}
+
+/// Delivery keys seen, oldest first out.
+#[derive(Default)]
+struct Remembered {
+    set: std::collections::HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Remembered {
+    fn contains(&self, key: &str) -> bool {
+        self.set.contains(key)
+    }
+
+    fn insert(&mut self, key: String) {
+        if self.set.insert(key.clone()) {
+            self.order.push_back(key);
+            while self.order.len() > REMEMBERED {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// One batch's view: the caches, with the batch's own writes laid over them.
+struct Plan<'a> {
+    index: &'a ClusterIndex,
+    seen: &'a Mutex<Remembered>,
+    auto_create: Option<&'a AutoCreate>,
+    claims: RefCell<Vec<String>>,
+    latest: RefCell<HashMap<(String, String), SeenTag>>,
+    created: RefCell<Vec<(Project, Stage)>>,
+}
+
+/// What a batch wants written.
+struct Writes {
+    claims: Vec<String>,
+    latest: HashMap<(String, String), SeenTag>,
+    created: Vec<(Project, Stage)>,
+    policies: HashMap<(String, String), Option<CompiledPolicy>>,
+}
+
+impl Plan<'_> {
+    fn into_writes(self) -> Writes {
+        let latest = self.latest.into_inner();
+        let policies = latest
+            .keys()
+            .map(|(ns, name)| {
+                let policy = self
+                    .index
+                    .stage(ns, name)
+                    .and_then(|s| s.0.as_ref().ok().map(|s| s.spec.tag_policy.clone()))
+                    .or_else(|| {
+                        self.created.borrow().iter().find_map(|(_, s)| {
+                            (s.metadata.name.as_deref() == Some(name))
+                                .then(|| s.spec.tag_policy.clone())
+                        })
+                    })
+                    .and_then(|p| CompiledPolicy::compile(p.as_ref()).ok());
+                ((ns.clone(), name.clone()), policy)
+            })
+            .collect();
+        Writes {
+            claims: self.claims.into_inner(),
+            latest,
+            created: self.created.into_inner(),
+            policies,
+        }
+    }
+}
+
+impl Ledger for Plan<'_> {
+    type Error = String;
+
+    fn latest(&self, namespace: &str, stage: &str) -> Result<Option<SeenTag>, String> {
+        let key = (namespace.to_string(), stage.to_string());
+        if let Some(seen) = self.latest.borrow().get(&key) {
+            return Ok(Some(seen.clone()));
+        }
+        Ok(self.index.stage(namespace, stage).and_then(|s| {
+            s.0.as_ref()
+                .ok()
+                .and_then(|s| s.status.as_ref()?.latest.clone())
+        }))
+    }
+
+    fn record_latest(&self, namespace: &str, stage: &str, seen: &SeenTag) -> Result<(), String> {
+        self.latest
+            .borrow_mut()
+            .insert((namespace.to_string(), stage.to_string()), seen.clone());
+        Ok(())
+    }
+}
+
+impl Book for Plan<'_> {
+    fn claim(&self, key: &str, _source: &str) -> Result<bool, String> {
+        let mut claims = self.claims.borrow_mut();
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(key) || claims.iter().any(|c| c == key) {
+            return Ok(false);
+        }
+        claims.push(key.to_string());
+        Ok(true)
+    }
+
+    fn catalog(&self) -> Result<Catalog, String> {
+        let stages = self
+            .index
+            .stages
+            .state()
+            .iter()
+            .filter_map(|s| {
+                let s = s.0.as_ref().ok()?;
+                Some(StageRef {
+                    namespace: s.metadata.namespace.clone().unwrap_or_default(),
+                    name: s.metadata.name.clone().unwrap_or_default(),
+                    project: s.spec.project_ref.clone(),
+                    policy: CompiledPolicy::compile(s.spec.tag_policy.as_ref()).ok(),
+                })
+            })
+            .collect();
+        Ok(Catalog {
+            projects: self.index.projects()?,
+            stages,
+        })
+    }
+
+    fn auto_create(
+        &self,
+        catalog: &mut Catalog,
+        repository: &str,
+    ) -> Option<Result<ProjectRef, String>> {
+        let namespace = self.auto_create?.namespace.clone();
+        let base = crate::ingest::base_name(repository);
+        let taken = |n: &str| {
+            catalog
+                .projects
+                .iter()
+                .any(|p| p.namespace == namespace && p.name == n)
+                || catalog
+                    .stages
+                    .iter()
+                    .any(|s| s.namespace == namespace && s.name == format!("{n}-dev"))
+        };
+        let name = (1..)
+            .map(|i| {
+                if i == 1 {
+                    base.clone()
+                } else {
+                    format!("{base}-{i}")
+                }
+            })
+            .find(|n| !taken(n))
+            .expect("some suffix is free");
+        let spec = ProjectSpec {
+            image: repository.to_string(),
+            ..Default::default()
+        };
+        let mut project = Project::new(&name, spec.clone());
+        project.metadata.namespace = Some(namespace.clone());
+        let stage_name = format!("{name}-dev");
+        let mut stage = Stage::new(
+            &stage_name,
+            StageSpec {
+                project_ref: name.clone(),
+                auto_deploy: true,
+                ..Default::default()
+            },
+        );
+        stage.metadata.namespace = Some(namespace.clone());
+        for meta in [&mut project.metadata, &mut stage.metadata] {
+            meta.annotations = Some(BTreeMap::from([(
+                "tinyforge.dev/created-for".to_string(),
+                repository.to_string(),
+            )]));
+        }
+        self.created.borrow_mut().push((project, stage));
+        let created = ProjectRef {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            spec,
+        };
+        catalog.projects.push(created.clone());
+        catalog.stages.push(StageRef {
+            namespace,
+            name: stage_name,
+            project: name,
+            policy: CompiledPolicy::compile(None).ok(),
+        });
+        Some(Ok(created))
+    }
+}
+
+/// Makes a batch's writes: created Projects and Stages first, then each Stage's `latest`,
+/// compared again against the Stage as the API server has it whenever another writer came
+/// between.
+async fn commit(client: &Client, index: &ClusterIndex, writes: &Writes) -> Result<(), String> {
+    for (project, stage) in &writes.created {
+        let ns = project.metadata.namespace.as_deref().unwrap_or_default();
+        let projects: Api<Project> = Api::namespaced(client.clone(), ns);
+        let stages: Api<Stage> = Api::namespaced(client.clone(), ns);
+        for result in [
+            projects
+                .create(&PostParams::default(), project)
+                .await
+                .map(drop),
+            stages.create(&PostParams::default(), stage).await.map(drop),
+        ] {
+            match result {
+                Ok(()) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(format!("cannot create a Project for a new image: {e}")),
+            }
+        }
+        tracing::info!(project = %format!("{ns}/{}", project.metadata.name.as_deref().unwrap_or_default()), "created a Project for a new image");
+    }
+    let writes_done = futures::future::join_all(writes.latest.iter().map(|((ns, name), seen)| {
+        let policy = writes
+            .policies
+            .get(&(ns.clone(), name.clone()))
+            .cloned()
+            .flatten();
+        write_latest(client, index, ns, name, seen, policy)
+    }))
+    .await;
+    writes_done.into_iter().collect()
+}
+
+async fn write_latest(
+    client: &Client,
+    index: &ClusterIndex,
+    namespace: &str,
+    name: &str,
+    seen: &SeenTag,
+    policy: Option<CompiledPolicy>,
+) -> Result<(), String> {
+    let api: Api<Stage> = Api::namespaced(client.clone(), namespace);
+    let shown = format!("Stage {namespace}/{name}");
+    // The cache's view first; the API server's after a conflict (or when the cache lacks it).
+    let mut current: Option<Stage> = index
+        .stage(namespace, name)
+        .and_then(|s| s.0.as_ref().ok().cloned());
+    for _ in 0..5 {
+        let stage = match current.take() {
+            Some(s) => s,
+            None => match api.get_opt(name).await {
+                Ok(Some(s)) => s,
+                // Deleted since: nothing to record on.
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(format!("cannot read {shown}: {e}")),
+            },
+        };
+        let existing = stage.status.as_ref().and_then(|s| s.latest.as_ref());
+        if existing == Some(seen) {
+            return Ok(());
+        }
+        if let Some(policy) = &policy
+            && existing.is_some()
+            && !policy.is_better(seen, existing)
+        {
+            // Another writer recorded a tag the policy prefers meanwhile.
+            return Ok(());
+        }
+        let version = stage.metadata.resource_version.clone().unwrap_or_default();
+        match status::apply_latest(&api, name, &version, seen).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+            Err(e) => return Err(format!("cannot record the tag on {shown}: {e}")),
+        }
+    }
+    Err(format!(
+        "{shown} kept changing while recording the tag; retry"
+    ))
+}

@@ -1,0 +1,326 @@
+//! Kubernetes mode: Projects and Stages are custom resources, status lives in their status
+//! subresource, and the same engine as standalone mode drives Docker.
+//!
+//! Every replica watches Projects, Stages and its own namespace's Secrets and answers webhooks;
+//! the replica holding the Lease also runs the controllers (and so is the only one that deploys
+//! and writes status other than `latest`).
+
+pub mod containers;
+pub mod controller;
+pub mod ingest;
+pub mod secrets;
+pub mod status;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use kube::Client;
+use kube::api::Api;
+use kube::core::DeserializeGuard;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::watch;
+
+use crate::api::{Project, Stage};
+use crate::docker::DockerRuntime;
+use crate::engine::{Reconciler, Runtime as _};
+use crate::probe::NetProber;
+use crate::proxy::npm::{Npm, NpmConfig};
+use crate::webhook::{metrics::Metrics, server};
+use controller::{Ctx, ProjectView};
+
+/// Settings of `tiny-forge run --kubernetes`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Watch one namespace; None: all.
+    pub namespace: Option<String>,
+    /// Where the controller's Secrets and Lease live; None: the kubeconfig's (in a Pod: its own).
+    pub controller_namespace: Option<String>,
+    pub instance: String,
+    pub docker_host: Option<String>,
+    pub resync: Duration,
+    pub concurrency: usize,
+    pub webhook: Option<server::Config>,
+    /// Name of the Secret holding the webhook URL secret (made when missing).
+    pub webhook_secret: String,
+    /// Create a Project and a `<name>-dev` Stage for pushed images nobody uses.
+    pub auto_create: bool,
+    pub npm: Option<NpmConfig>,
+    pub leader_election: bool,
+    pub lease_name: String,
+    /// This replica's name in the Lease (the Pod name).
+    pub identity: String,
+}
+
+impl Options {
+    pub fn new(instance: &str) -> Options {
+        Options {
+            namespace: None,
+            controller_namespace: None,
+            instance: instance.to_string(),
+            docker_host: None,
+            resync: Duration::from_secs(30),
+            concurrency: 4,
+            webhook: None,
+            webhook_secret: "tiny-forge-webhook".into(),
+            auto_create: false,
+            npm: None,
+            leader_election: true,
+            lease_name: "tiny-forge".into(),
+            identity: default_identity(),
+        }
+    }
+}
+
+/// `$POD_NAME`, else the host name with a random suffix (two processes on one machine differ).
+pub fn default_identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "tiny-forge".into());
+        format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    })
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(
+    opts: Options,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API (in a Pod: its service account; else KUBECONFIG or ~/.kube/config)")?;
+    let controller_namespace = opts
+        .controller_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    tracing::info!(
+        watch = opts.namespace.as_deref().unwrap_or("all namespaces"),
+        namespace = %controller_namespace,
+        instance = %opts.instance,
+        "Kubernetes mode"
+    );
+    tokio::pin!(shutdown);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let index = ingest::ClusterIndex::start(
+        client.clone(),
+        opts.namespace.as_deref(),
+        &controller_namespace,
+        &opts.webhook_secret,
+    );
+    let listener = match &opts.webhook {
+        None => None,
+        Some(config) => {
+            let keeper = tokio::spawn(ingest::keep_url_secret(client.clone(), index.clone()));
+            let recorder = ingest::spawn_recorder(
+                client.clone(),
+                index.clone(),
+                opts.auto_create.then(|| ingest::AutoCreate {
+                    namespace: opts
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| controller_namespace.clone()),
+                }),
+            );
+            let server = server::start(
+                config.clone(),
+                index.clone(),
+                Arc::new(index.secrets.clone()),
+                Arc::new(Metrics::default()),
+                recorder,
+                stopped(stop_rx.clone()),
+            )
+            .await?;
+            tracing::info!(listen = %server.local_addr, secret = %format!("{controller_namespace}/{}", opts.webhook_secret), "webhook listener up");
+            Some((server, keeper))
+        }
+    };
+
+    let result = async {
+        let runtime = loop {
+            match DockerRuntime::connect(opts.docker_host.as_deref()).await {
+                Ok(rt) => break rt,
+                Err(e) => tracing::error!(error = %e, "cannot reach Docker; retrying in 5s"),
+            }
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        };
+        tracing::info!(endpoint = runtime.endpoint(), "connected to Docker");
+        let npm = match opts.npm.clone() {
+            Some(config) => {
+                anyhow::ensure!(
+                    !config.password.is_empty(),
+                    "Nginx Proxy Manager: no password (TINY_FORGE_NPM_PASSWORD, from the chart's npm.credentialsSecret)"
+                );
+                Some(Npm::new(config)?)
+            }
+            None => None,
+        };
+        let ctx = Arc::new(Ctx {
+            client: client.clone(),
+            engine: Arc::new(Reconciler {
+                runtime,
+                prober: NetProber::new(),
+                sink: status::KubeSink {
+                    client: client.clone(),
+                },
+                secrets: index.secrets.clone(),
+                proxy: npm,
+                host_name: "default".into(),
+                instance: opts.instance.clone(),
+            }),
+            containers: containers::ContainerCache::new(
+                &opts.instance,
+                (opts.resync / 2).clamp(Duration::from_secs(1), Duration::from_secs(10)),
+            ),
+            projects: ProjectView::new(index.projects.clone(), client.clone()),
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "tiny-forge".into(),
+                    instance: Some(opts.identity.clone()),
+                },
+            ),
+            resync: opts.resync,
+            failures: Mutex::default(),
+        });
+        if !opts.leader_election {
+            tokio::select! {
+                _ = &mut shutdown => {}
+                _ = controllers(ctx.clone(), &opts, stop_rx.clone()) => {}
+            }
+            return Ok(());
+        }
+        lead(&client, &controller_namespace, &opts, ctx, &mut shutdown, stop_rx.clone()).await
+    }
+    .await;
+    let _ = stop_tx.send(true);
+    if let Some((server, keeper)) = listener {
+        server.join().await;
+        keeper.abort();
+    }
+    result
+}
+
+/// Runs the controllers while this replica holds the Lease.
+async fn lead(
+    client: &Client,
+    namespace: &str,
+    opts: &Options,
+    ctx: Arc<Ctx>,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let manager = LeaseManagerBuilder::new(client.clone(), &opts.lease_name)
+        .with_namespace(namespace)
+        .with_identity(&opts.identity)
+        .with_duration(15)
+        .with_grace(5)
+        .with_field_manager("tiny-forge-lease")
+        .build()
+        .await
+        .context("setting up leader election")?;
+    let (mut leader, lease_task) = manager.watch().await;
+    tracing::info!(lease = %format!("{namespace}/{}", opts.lease_name), identity = %opts.identity, "waiting for leadership");
+    loop {
+        tokio::select! {
+            _ = &mut *shutdown => break,
+            r = leader.wait_for(|l| *l) => if r.is_err() { anyhow::bail!("leader election ended") },
+        }
+        tracing::info!("leading: starting the controllers");
+        let (quit_tx, quit_rx) = watch::channel(false);
+        let run = controllers(ctx.clone(), opts, quit_rx);
+        tokio::pin!(run);
+        tokio::select! {
+            _ = &mut *shutdown => {
+                let _ = quit_tx.send(true);
+                // In-flight reconciles finish (bounded); each step is safe to interrupt anyway.
+                let _ = tokio::time::timeout(Duration::from_secs(30), &mut run).await;
+                break;
+            }
+            _ = leader.wait_for(|l| !*l) => {
+                // Another replica may already act: stop at once rather than finish a deploy.
+                tracing::warn!("lost leadership: stopping the controllers");
+            }
+            _ = &mut run => {}
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+    // Dropping the receiver makes the lease task release the Lease for the next replica.
+    drop(leader);
+    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "releasing the Lease"),
+        Err(_) => tracing::warn!("releasing the Lease timed out"),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The Stage and Project controllers, until `quit` says true.
+async fn controllers(ctx: Arc<Ctx>, opts: &Options, quit: watch::Receiver<bool>) {
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let stages: Api<DeserializeGuard<Stage>> =
+        ingest::scoped(&ctx.client, opts.namespace.as_deref());
+    let projects: Api<DeserializeGuard<Project>> =
+        ingest::scoped(&ctx.client, opts.namespace.as_deref());
+    let config = kube::runtime::controller::Config::default()
+        .concurrency(opts.concurrency.min(u16::MAX as usize) as u16);
+    let stage_controller =
+        Controller::new(stages, watcher::Config::default()).with_config(config.clone());
+    let stage_store = stage_controller.store();
+    let mapper_ctx = ctx.clone();
+    let stage_run = stage_controller
+        .watches(
+            projects.clone(),
+            watcher::Config::default(),
+            move |project| {
+                // The Project's Stages, once the cache they read it from is told what to wait for.
+                mapper_ctx.projects.saw(&project);
+                let meta = kube::Resource::meta(&project);
+                let (ns, name) = (
+                    meta.namespace.clone(),
+                    meta.name.clone().unwrap_or_default(),
+                );
+                stage_store
+                    .state()
+                    .into_iter()
+                    .filter(|s| {
+                        s.0.as_ref()
+                            .is_ok_and(|s| s.spec.project_ref == name && s.metadata.namespace == ns)
+                    })
+                    .map(|s| ObjectRef::from_obj(&*s))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(stopped(quit.clone()))
+        .run(
+            controller::reconcile_stage,
+            controller::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| std::future::ready(()));
+    let project_run = Controller::new(projects, watcher::Config::default())
+        .with_config(config)
+        .graceful_shutdown_on(stopped(quit))
+        .run(
+            controller::reconcile_project,
+            controller::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| std::future::ready(()));
+    futures::join!(stage_run, project_run);
+}
