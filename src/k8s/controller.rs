@@ -463,7 +463,8 @@ where
     let namespace = meta.namespace.clone().unwrap_or_default();
     let name = meta.name.clone().unwrap_or_default();
     let kind = K::kind(&()).to_string();
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    // Guarded: the answers of these calls are the same unreadable object.
+    let api: Api<DeserializeGuard<K>> = Api::namespaced(ctx.client.clone(), &namespace);
     let has_finalizer = meta.finalizers.iter().flatten().any(|f| f == FINALIZER);
     if meta.deletion_timestamp.is_some() {
         if has_finalizer {
@@ -477,7 +478,12 @@ where
         }
         return Ok(Action::await_change());
     }
-    let message = format!("cannot read this {kind}: {}", invalid.error);
+    let message = format!(
+        "cannot read this {kind}: {}",
+        locate::<K>(&ctx.client, &namespace, &name)
+            .await
+            .unwrap_or_else(|| invalid.error.clone())
+    );
     tracing::warn!(object = %format!("{namespace}/{name}"), error = %invalid.error, "invalid object");
     let generation = meta.generation;
     let mut conditions = Vec::new();
@@ -505,6 +511,24 @@ where
     };
     publish(ctx, &reference, EventType::Warning, "InvalidSpec", message).await;
     Ok(Action::await_change())
+}
+
+/// The unreadable field, as a path (`spec.healthCheck.intervalSeconds: …`), read again from the
+/// API server: the watch's own error does not say where.
+async fn locate<K>(client: &Client, namespace: &str, name: &str) -> Option<String>
+where
+    K: Resource<DynamicType = ()> + serde::de::DeserializeOwned,
+{
+    let api: Api<kube::core::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        namespace,
+        &kube::core::ApiResource::erase::<K>(&()),
+    );
+    let object = serde_json::to_value(api.get(name).await.ok()?).ok()?;
+    match serde_path_to_error::deserialize::<_, K>(object) {
+        Ok(_) => None,
+        Err(e) => Some(format!("{}: {}", e.path(), e.inner())),
+    }
 }
 
 /// Removes our finalizer from an object we cannot parse (kube's finalizer helper needs a typed

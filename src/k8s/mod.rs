@@ -324,3 +324,6 @@ async fn controllers(ctx: Arc<Ctx>, opts: &Options, quit: watch::Receiver<bool>)
         .for_each(|_| std::future::ready(()));
     futures::join!(stage_run, project_run);
 }
+
+#[cfg(test)]
+mod mock_tests;
