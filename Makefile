@@ -12,10 +12,11 @@ MANAGED_LABEL := app.kubernetes.io/managed-by=tiny-forge
 # Exports DOCKER_HOST from docker-up.sh into the current recipe line (fails if docker-up fails).
 WITH_DOCKER_HOST = host=$$(scripts/docker-up.sh); export "$$host"
 
-.PHONY: help build docker-up docker-down demo-images run test lint bench crds clean-demo
+.PHONY: help build docker-up docker-down demo-images run test lint bench crds clean-demo kube-up kube-down
 
 help:
 	@echo "make build | run | test | lint | bench | crds | demo-images | docker-up | docker-down | clean-demo"
+	@echo "     chart-crds | manifests | chart-check | image | kube-up | kube-down"
 
 build:
 	$(CARGO) build --release
@@ -25,6 +26,14 @@ docker-up:
 
 docker-down:
 	@scripts/docker-down.sh
+
+# A real kube-apiserver + etcd on loopback (prints the KUBECONFIG line); built on first use.
+kube-up:
+	@test -x $${KUBE_TEST_HOME:-$$HOME/.cache/kube-test}/bin/kube-apiserver || scripts/kube-build.sh
+	@scripts/kube-up.sh
+
+kube-down:
+	@scripts/kube-down.sh
 
 demo-images:
 	@$(WITH_DOCKER_HOST); scripts/demo-images.sh
@@ -40,9 +49,12 @@ run: build demo-images
 	echo; \
 	exec target/release/tiny-forge run --manifests $(MANIFESTS) --state-dir $(STATE_DIR)
 
-# Stops the private engine afterwards only if this invocation started it; keeps cargo's status.
-test:
-	scripts/with-docker.sh bash -c 'scripts/demo-images.sh && TINY_FORGE_TEST_DOCKER=1 $(CARGO) test --workspace --no-fail-fast'
+# Real parts: a private Docker engine (scripts/with-docker.sh) and a real kube-apiserver with etcd
+# (scripts/with-kube.sh, built once from Debian's source package). Each is stopped afterwards only
+# if this invocation started it; cargo's status is kept. The chart checks come first: the
+# Kubernetes tests apply manifests/ as rendered.
+test: chart-check
+	scripts/with-kube.sh scripts/with-docker.sh bash -c 'scripts/demo-images.sh && TINY_FORGE_TEST_DOCKER=1 $(CARGO) test --workspace --no-fail-fast'
 
 lint:
 	$(CARGO) fmt --all --check
@@ -57,6 +69,7 @@ crds:
 	$(CARGO) run --quiet -- crds > crds/tinyforge.dev.yaml.tmp
 	@mv crds/tinyforge.dev.yaml.tmp crds/tinyforge.dev.yaml
 	@echo "wrote crds/tinyforge.dev.yaml"
+	@scripts/chart-crds.sh
 
 clean-demo:
 	@$(WITH_DOCKER_HOST); \
