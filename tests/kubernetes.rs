@@ -676,6 +676,91 @@ async fn a_webhook_delivery_becomes_status_latest_and_deploys() {
         .filter_map(|m| m.manager.clone())
         .collect();
     assert_eq!(owner_of_latest, ["tiny-forge-webhook"]);
+
+    // Rotation: delete the Secret; a new URL secret is made and the old URL stops working.
+    secrets
+        .delete("tiny-forge-webhook", &DeleteParams::default())
+        .await
+        .unwrap();
+    let rotated = eventually("a new URL secret", 30, || async {
+        let s = secrets.get_opt("tiny-forge-webhook").await.ok()??;
+        let v = String::from_utf8(s.data?.get("url-secret")?.0.clone()).ok()?;
+        (v != url_secret).then_some(v)
+    })
+    .await;
+    ready_listener(controller.port).await;
+    let old = post(
+        format!("{base}/api/webhook/{url_secret}"),
+        r#"{"image":"tiny-forge-demo:1.1.0"}"#,
+    )
+    .await;
+    assert_eq!(old.0, 404, "{}", old.1);
+    let new = post(
+        format!("{base}/api/webhook/{rotated}"),
+        r#"{"image":"tiny-forge-demo:1.1.0"}"#,
+    )
+    .await;
+    assert!((200..300).contains(&new.0), "{} {}", new.0, new.1);
+    remove_everything(&client, &docker, ns, instance).await;
+}
+
+/// With auto-creation on, a push of an image no Project uses creates a Project and a `-dev`
+/// Stage in the watched namespace, which deploys it; deleting the Project then removes what its
+/// Stages ran, and the Stage says its Project is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_image_creates_a_project_and_deleting_it_stops_its_stages() {
+    let Some((client, docker)) = cluster().await else {
+        return;
+    };
+    let (ns, instance) = (unique("tf-autocreate"), unique("kube-autocreate"));
+    let (ns, instance) = (ns.as_str(), instance.as_str());
+    namespace(&client, ns).await;
+    let controller = Controller::start(ns, instance, &["--auto-create", "true"], None);
+    ready_listener(controller.port).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = secrets.get("tiny-forge-webhook").await.unwrap();
+    let url_secret = String::from_utf8(secret.data.unwrap()["url-secret"].0.clone()).unwrap();
+    let answer = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/api/webhook/{url_secret}",
+            controller.port
+        ))
+        .header("content-type", "application/json")
+        .body(r#"{"image":"tiny-forge-demo:1.0.0"}"#)
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = (answer.status().as_u16(), answer.text().await.unwrap());
+    assert!((200..300).contains(&code), "{code} {body}");
+    assert!(body.contains("tiny-forge-demo"), "{body}");
+    let projects: Api<tiny_forge::api::Project> = Api::namespaced(client.clone(), ns);
+    let project = projects.get("tiny-forge-demo").await.unwrap();
+    assert_eq!(project.spec.image, "tiny-forge-demo");
+    let stages: Api<Stage> = Api::namespaced(client.clone(), ns);
+    stage_when(&stages, "tiny-forge-demo-dev", 90, |s| {
+        s.status
+            .as_ref()
+            .and_then(|st| st.current.as_ref())
+            .is_some_and(|c| c.tag == "1.0.0")
+    })
+    .await;
+    assert_eq!(containers_of(&docker, instance).await.len(), 1);
+
+    projects
+        .delete("tiny-forge-demo", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the Project gone and its container removed", 60, || async {
+        (projects.get_opt("tiny-forge-demo").await.ok()?.is_none()
+            && containers_of(&docker, instance).await.is_empty())
+        .then_some(())
+    })
+    .await;
+    stage_when(&stages, "tiny-forge-demo-dev", 30, |s| {
+        ready(s).as_deref() == Some("False/ProjectNotFound")
+    })
+    .await;
+    drop(controller);
     remove_everything(&client, &docker, ns, instance).await;
 }
 
@@ -882,5 +967,56 @@ async fn a_second_replica_takes_over_when_the_leader_dies() {
         1
     );
     drop(b);
+    remove_everything(&client, &docker, ns, instance).await;
+}
+
+/// A Stage that vanished without its finalizer running (deleted and force-finalized while no
+/// controller ran): its container is collected by label once the orphan grace has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_of_a_stage_gone_without_its_finalizer_are_collected() {
+    let Some((client, docker)) = cluster().await else {
+        return;
+    };
+    let (ns, instance) = (unique("tf-orphan"), unique("kube-orphan"));
+    let (ns, instance) = (ns.as_str(), instance.as_str());
+    namespace(&client, ns).await;
+    kubectl_apply(&project_yaml(ns), None).unwrap();
+    kubectl_apply(
+        &stage_yaml(ns, "web", "{projectRef: demo, pinnedTag: \"1.0.0\"}"),
+        None,
+    )
+    .unwrap();
+    let stages: Api<Stage> = Api::namespaced(client.clone(), ns);
+    let mut controller = Controller::start(ns, instance, &[], None);
+    stage_when(&stages, "web", 90, |s| {
+        ready(s).as_deref() == Some("True/Healthy")
+    })
+    .await;
+    controller.stop();
+    // Force-finalize and delete behind the controller's back.
+    let unfinalize = serde_json::json!({"metadata": {"finalizers": null}});
+    stages
+        .patch("web", &PatchParams::default(), &Patch::Merge(&unfinalize))
+        .await
+        .unwrap();
+    stages
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(containers_of(&docker, instance).await.len(), 1);
+    let controller = Controller::start(ns, instance, &[], None);
+    eventually("the orphan removed", 60, || async {
+        containers_of(&docker, instance)
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        controller.log().contains("no longer exists"),
+        "{}",
+        controller.log()
+    );
+    drop(controller);
     remove_everything(&client, &docker, ns, instance).await;
 }

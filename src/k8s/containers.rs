@@ -15,7 +15,18 @@ use tokio::time::Instant;
 use crate::api::labels;
 use crate::engine::{ContainerInfo, Runtime, RuntimeError};
 
-type ByStage = HashMap<(String, String), Vec<ContainerInfo>>;
+/// Containers by (namespace, Stage).
+pub type ByStage = HashMap<(String, String), Vec<ContainerInfo>>;
+
+fn group(containers: Vec<ContainerInfo>) -> ByStage {
+    let mut by_stage = ByStage::new();
+    for c in containers {
+        let ns = c.label(labels::NAMESPACE).unwrap_or_default().to_string();
+        let st = c.label(labels::STAGE).unwrap_or_default().to_string();
+        by_stage.entry((ns, st)).or_default().push(c);
+    }
+    by_stage
+}
 
 struct Listing {
     taken: Instant,
@@ -84,18 +95,29 @@ impl ContainerCache {
         let containers = runtime
             .list_managed(&[(labels::INSTANCE, self.instance.as_str())])
             .await?;
-        let mut by_stage = ByStage::new();
-        for c in containers {
-            let ns = c.label(labels::NAMESPACE).unwrap_or_default().to_string();
-            let st = c.label(labels::STAGE).unwrap_or_default().to_string();
-            by_stage.entry((ns, st)).or_default().push(c);
-        }
+        let by_stage = group(containers);
         let found = pick(&by_stage);
         *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(Listing {
             taken,
             by_stage: Arc::new(by_stage),
         });
         Ok(found)
+    }
+
+    /// Every container of this instance, grouped by Stage, from a fresh listing (also shared with
+    /// the reconciles that follow).
+    pub async fn all<R: Runtime>(&self, runtime: &R) -> Result<Arc<ByStage>, RuntimeError> {
+        let _one_at_a_time = self.listing.lock().await;
+        let taken = Instant::now();
+        let containers = runtime
+            .list_managed(&[(labels::INSTANCE, self.instance.as_str())])
+            .await?;
+        let by_stage = Arc::new(group(containers));
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(Listing {
+            taken,
+            by_stage: by_stage.clone(),
+        });
+        Ok(by_stage)
     }
 
     /// Marks the Stage's containers changed now: later reconciles of it need a newer listing.

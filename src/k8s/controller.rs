@@ -449,6 +449,72 @@ async fn cleanup(ctx: &Ctx, namespace: &str, scope: Scope<'_>) -> Result<(), Err
     Ok(())
 }
 
+/// Containers (and proxy hosts) of this instance whose Stage is gone although its finalizer never
+/// ran (a namespace force-deleted, a finalizer removed by hand, a Stage deleted while no
+/// controller ran and then force-finalized): removed once they have been orphans for two resync
+/// periods and the API server confirms the Stage does not exist. Only namespaces this controller
+/// watches are judged.
+pub async fn collect_orphans(
+    ctx: Arc<Ctx>,
+    stages: Store<DeserializeGuard<Stage>>,
+    namespace: Option<String>,
+    mut quit: tokio::sync::watch::Receiver<bool>,
+) {
+    let grace = (ctx.resync * 2).max(Duration::from_secs(10));
+    let mut since: HashMap<(String, String), tokio::time::Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = quit.wait_for(|q| *q) => return,
+            _ = tokio::time::sleep(ctx.resync) => {}
+        }
+        if !super::ingest::listed(&stages) {
+            continue;
+        }
+        let instance = ctx.engine.instance.clone();
+        let mut suspects: Vec<(String, String)> =
+            match ctx.containers.all(&ctx.engine.runtime).await {
+                Ok(by_stage) => by_stage.keys().cloned().collect(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "orphan collection: cannot list containers");
+                    continue;
+                }
+            };
+        match ctx.engine.proxy.owned(&instance).await {
+            Ok(owners) => suspects.extend(owners.into_iter().map(|o| (o.namespace, o.stage))),
+            Err(e) => tracing::debug!(error = %e, "orphan collection: cannot list proxy hosts"),
+        }
+        suspects.sort();
+        suspects.dedup();
+        suspects.retain(|(ns, name)| {
+            namespace.as_ref().is_none_or(|n| n == ns)
+                && stages.get(&ObjectRef::new(name).within(ns)).is_none()
+        });
+        since.retain(|k, _| suspects.contains(k));
+        for (ns, name) in suspects {
+            let first = *since
+                .entry((ns.clone(), name.clone()))
+                .or_insert_with(tokio::time::Instant::now);
+            if first.elapsed() < grace {
+                continue;
+            }
+            let api: Api<DeserializeGuard<Stage>> = Api::namespaced(ctx.client.clone(), &ns);
+            if !matches!(api.get_opt(&name).await, Ok(None)) {
+                continue;
+            }
+            tracing::info!(stage = %format!("{ns}/{name}"), "removing the containers and proxy host of a Stage that no longer exists");
+            match cleanup(&ctx, &ns, Scope::Stage(&name)).await {
+                Ok(()) => {
+                    since.remove(&(ns.clone(), name.clone()));
+                    ctx.containers.forget(&ns, &name);
+                }
+                Err(e) => {
+                    tracing::warn!(stage = %format!("{ns}/{name}"), error = %e, "cannot remove orphans")
+                }
+            }
+        }
+    }
+}
+
 /// An object the API server accepted but this version cannot read (the CRD's schema is looser
 /// than the controller, or the object predates a CRD change): say so on the object and wait for
 /// an edit. Deleting it still cleans up, by labels.

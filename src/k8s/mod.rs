@@ -282,6 +282,12 @@ async fn controllers(ctx: Arc<Ctx>, opts: &Options, quit: watch::Receiver<bool>)
     let stage_controller =
         Controller::new(stages, watcher::Config::default()).with_config(config.clone());
     let stage_store = stage_controller.store();
+    let orphans = controller::collect_orphans(
+        ctx.clone(),
+        stage_store.clone(),
+        opts.namespace.clone(),
+        quit.clone(),
+    );
     let mapper_ctx = ctx.clone();
     let stage_run = stage_controller
         .watches(
@@ -322,7 +328,7 @@ async fn controllers(ctx: Arc<Ctx>, opts: &Options, quit: watch::Receiver<bool>)
             ctx.clone(),
         )
         .for_each(|_| std::future::ready(()));
-    futures::join!(stage_run, project_run);
+    futures::join!(stage_run, project_run, orphans);
 }
 
 #[cfg(test)]

@@ -37,9 +37,21 @@ where
         "status": status,
     });
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch_status(name, &params, &Patch::Apply(&patch))
-        .await?;
+    bounded(api.patch_status(name, &params, &Patch::Apply(&patch))).await?;
     Ok(())
+}
+
+/// How long a status write may take: a stuck API server must not hold a reconcile (and its
+/// Stage) forever; the write is retried with the reconcile.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+async fn bounded<T>(write: impl Future<Output = kube::Result<T>>) -> kube::Result<T> {
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(result) => result,
+        Err(_) => Err(kube::Error::Service(
+            format!("status write timed out after {}s", WRITE_TIMEOUT.as_secs()).into(),
+        )),
+    }
 }
 
 /// Whether applying `new` would change what the object shows (`latest` aside).
@@ -67,7 +79,7 @@ pub async fn apply_latest(
         "status": {"latest": seen},
     });
     let params = PatchParams::apply(WEBHOOK_FIELD_MANAGER).force();
-    api.patch_status(name, &params, &Patch::Apply(&patch)).await
+    bounded(api.patch_status(name, &params, &Patch::Apply(&patch))).await
 }
 
 /// Intermediate status during a deploy (`Deploying`, the new container's id), so a crash or a
