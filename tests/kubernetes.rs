@@ -473,6 +473,18 @@ async fn a_stage_becomes_ready_keeps_its_status_across_restarts_and_is_cleaned_u
         String::from_utf8_lossy(&wait.stderr)
     );
 
+    // What an operator scrapes: reconciles by outcome, and who leads.
+    let metrics = eventually("a converged reconcile counted", 20, || async {
+        common::get(&format!("http://127.0.0.1:{}/metrics", controller.port))
+            .await
+            .ok()
+            .filter(|m| {
+                m.contains(r#"tiny_forge_reconciles_total{kind="Stage",outcome="converged"}"#)
+            })
+    })
+    .await;
+    assert!(metrics.contains("tiny_forge_leader 1"), "{metrics}");
+
     // Restart: the same container keeps serving, the status (transition time included) stays.
     controller.stop();
     let mut controller = Controller::start(ns, instance, &[], None);

@@ -47,6 +47,23 @@ pub struct Ctx {
     pub resync: Duration,
     /// Consecutive transient failures per object, for the backoff.
     pub failures: Mutex<HashMap<String, u32>>,
+    pub metrics: Arc<crate::webhook::metrics::Metrics>,
+}
+
+/// Counts a finished reconcile by its outcome (a static label).
+fn count(
+    ctx: &Ctx,
+    kind: &'static str,
+    started: std::time::Instant,
+    result: &Result<Action, Error>,
+) {
+    let outcome = match result {
+        Err(_) => "error",
+        Ok(a) if *a == Action::await_change() => "waiting",
+        Ok(a) if *a == Action::requeue(ctx.resync) => "converged",
+        Ok(_) => "retry",
+    };
+    ctx.metrics.reconciled(kind, outcome, started.elapsed());
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +137,8 @@ impl ProjectView {
                 Some(p) if wanted.is_none_or(|w| p.meta().generation.unwrap_or(0) >= w) => {
                     return Ok(usable(&p));
                 }
-                None if super::ingest::listed(&self.store) && wanted.is_none() => {
+                // Deleted, or too new for the cache: the API server knows which.
+                None if super::ingest::listed(&self.store) => {
                     return self.read(namespace, name).await;
                 }
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -154,6 +172,14 @@ pub async fn reconcile_stage(
     obj: Arc<DeserializeGuard<Stage>>,
     ctx: Arc<Ctx>,
 ) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = stage(obj, &ctx).await;
+    count(&ctx, "Stage", started, &result);
+    result
+}
+
+async fn stage(obj: Arc<DeserializeGuard<Stage>>, ctx: &Arc<Ctx>) -> Result<Action, Error> {
+    let ctx = ctx.clone();
     let stage = match &obj.0 {
         Ok(stage) => stage,
         Err(invalid) => return invalid_object::<Stage>(invalid, &ctx).await,
@@ -342,6 +368,14 @@ pub async fn reconcile_project(
     obj: Arc<DeserializeGuard<Project>>,
     ctx: Arc<Ctx>,
 ) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = project(obj, &ctx).await;
+    count(&ctx, "Project", started, &result);
+    result
+}
+
+async fn project(obj: Arc<DeserializeGuard<Project>>, ctx: &Arc<Ctx>) -> Result<Action, Error> {
+    let ctx = ctx.clone();
     let project = match &obj.0 {
         Ok(p) => p,
         Err(invalid) => return invalid_object::<Project>(invalid, &ctx).await,

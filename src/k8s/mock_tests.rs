@@ -295,6 +295,7 @@ async fn ctx(client: Client, docker: &FakeDocker, projects: Vec<Project>) -> Arc
         ),
         resync: Duration::from_secs(30),
         failures: Mutex::default(),
+        metrics: Default::default(),
     })
 }
 

@@ -116,6 +116,7 @@ pub async fn run(
         &controller_namespace,
         &opts.webhook_secret,
     );
+    let metrics = Arc::new(Metrics::default());
     let listener = match &opts.webhook {
         None => None,
         Some(config) => {
@@ -134,7 +135,7 @@ pub async fn run(
                 config.clone(),
                 index.clone(),
                 Arc::new(index.secrets.clone()),
-                Arc::new(Metrics::default()),
+                metrics.clone(),
                 recorder,
                 stopped(stop_rx.clone()),
             )
@@ -193,11 +194,19 @@ pub async fn run(
             ),
             resync: opts.resync,
             failures: Mutex::default(),
+            metrics: metrics.clone(),
         });
         if !opts.leader_election {
+            metrics.set_leader(true);
+            let run = controllers(ctx.clone(), &opts, stop_rx.clone());
+            tokio::pin!(run);
             tokio::select! {
-                _ = &mut shutdown => {}
-                _ = controllers(ctx.clone(), &opts, stop_rx.clone()) => {}
+                _ = &mut shutdown => {
+                    let _ = stop_tx.send(true);
+                    // In-flight reconciles finish (bounded); each step is safe to interrupt.
+                    let _ = tokio::time::timeout(Duration::from_secs(30), &mut run).await;
+                }
+                _ = &mut run => {}
             }
             return Ok(());
         }
@@ -238,6 +247,7 @@ async fn lead(
             r = leader.wait_for(|l| *l) => if r.is_err() { anyhow::bail!("leader election ended") },
         }
         tracing::info!("leading: starting the controllers");
+        ctx.metrics.set_leader(true);
         let (quit_tx, quit_rx) = watch::channel(false);
         let run = controllers(ctx.clone(), opts, quit_rx);
         tokio::pin!(run);
@@ -254,6 +264,7 @@ async fn lead(
             }
             _ = &mut run => {}
         }
+        ctx.metrics.set_leader(false);
         if *stop.borrow() {
             break;
         }
