@@ -96,7 +96,8 @@ impl Error {
 pub struct ProjectView {
     pub store: Store<DeserializeGuard<Project>>,
     pub api_client: Client,
-    wanted: Mutex<HashMap<(String, String), i64>>,
+    /// The newest (uid, generation) the Stage controller's Project watch saw, by name.
+    wanted: Mutex<HashMap<(String, String), Seen>>,
 }
 
 impl ProjectView {
@@ -115,10 +116,16 @@ impl ProjectView {
             meta.namespace.clone().unwrap_or_default(),
             meta.name.clone().unwrap_or_default(),
         );
-        let generation = meta.generation.unwrap_or(0);
+        let seen = (meta.uid.clone(), meta.generation.unwrap_or(0));
         let mut wanted = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = wanted.entry(key).or_insert(generation);
-        *entry = (*entry).max(generation);
+        match wanted.get_mut(&key) {
+            // The same object, edited again.
+            Some(w) if w.0 == seen.0 => w.1 = w.1.max(seen.1),
+            // New, or deleted and created again: generations start over.
+            _ => {
+                wanted.insert(key, seen);
+            }
+        }
     }
 
     /// The Project `namespace/name`: None when it does not exist (or is being deleted), Err
@@ -130,11 +137,15 @@ impl ProjectView {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-            .copied();
+            .cloned();
         let oref = ObjectRef::new(name).within(namespace);
         for _ in 0..40 {
             match self.store.get(&oref) {
-                Some(p) if wanted.is_none_or(|w| p.meta().generation.unwrap_or(0) >= w) => {
+                Some(p)
+                    if wanted.as_ref().is_none_or(|(uid, generation)| {
+                        p.meta().uid == *uid && p.meta().generation.unwrap_or(0) >= *generation
+                    }) =>
+                {
                     return Ok(usable(&p));
                 }
                 // Deleted, or too new for the cache: the API server knows which.
@@ -157,6 +168,9 @@ impl ProjectView {
         }
     }
 }
+
+/// A Project's uid and generation.
+type Seen = (Option<String>, i64);
 
 /// A Project Stages may use: present, readable, not being deleted.
 fn usable(p: &DeserializeGuard<Project>) -> Option<ProjectSpec> {
@@ -188,7 +202,7 @@ async fn stage(obj: Arc<DeserializeGuard<Stage>>, ctx: &Arc<Ctx>) -> Result<Acti
     let api: Api<Stage> = Api::namespaced(ctx.client.clone(), &namespace);
     let action = finalizer(&api, FINALIZER, Arc::new(stage.clone()), |event| async {
         match event {
-            Finalizer::Apply(stage) => apply_stage(&stage, &api, &ctx).await,
+            Finalizer::Apply(stage) => apply_stage(&stage, &ctx).await,
             Finalizer::Cleanup(stage) => {
                 cleanup(&ctx, &namespace, Scope::Stage(&stage.name_any())).await?;
                 publish(
@@ -212,11 +226,14 @@ async fn stage(obj: Arc<DeserializeGuard<Stage>>, ctx: &Arc<Ctx>) -> Result<Acti
     Ok(action)
 }
 
-async fn apply_stage(stage: &Stage, api: &Api<Stage>, ctx: &Ctx) -> Result<Action, Error> {
+async fn apply_stage(stage: &Stage, ctx: &Ctx) -> Result<Action, Error> {
     let namespace = stage.namespace().unwrap_or_default();
     let name = stage.name_any();
     let generation = stage.metadata.generation.unwrap_or(1);
-    let before = stage.status.clone();
+    let sink = &ctx.engine.sink;
+    let before = sink
+        .written
+        .recall(&namespace, &name, stage.status.as_ref());
     let reference = stage.object_ref(&());
 
     let project = match ctx.projects.get(&namespace, &stage.spec.project_ref).await {
@@ -235,7 +252,7 @@ async fn apply_stage(stage: &Stage, api: &Api<Stage>, ctx: &Ctx) -> Result<Actio
         Err(e) => {
             let mut status = before.clone().unwrap_or_default();
             if report_unreachable(&mut status, generation, &e) {
-                status::apply(api, "Stage", &name, &status).await?;
+                sink.write(&namespace, &name, &status).await?;
                 publish(
                     ctx,
                     &reference,
@@ -264,7 +281,7 @@ async fn apply_stage(stage: &Stage, api: &Api<Stage>, ctx: &Ctx) -> Result<Actio
         .await;
     ctx.containers.touched(&namespace, &name);
     if status::differs(before.as_ref(), &reconciled.status) {
-        status::apply(api, "Stage", &name, &reconciled.status).await?;
+        sink.write(&namespace, &name, &reconciled.status).await?;
         for (type_, reason, note) in transitions(before.as_ref(), &reconciled.status) {
             publish(ctx, &reference, type_, reason, note).await;
         }
@@ -456,8 +473,17 @@ async fn cleanup(ctx: &Ctx, namespace: &str, scope: Scope<'_>) -> Result<(), Err
         .iter()
         .filter_map(|c| c.label(labels::STAGE).map(str::to_string))
         .collect();
-    if let Scope::Stage(name) = scope {
-        stages.push(name.to_string());
+    match scope {
+        Scope::Stage(name) => stages.push(name.to_string()),
+        // Stages without a container (never deployed, or removed) may still have a proxy host.
+        Scope::Project(project) => {
+            let api: Api<DeserializeGuard<Stage>> = Api::namespaced(ctx.client.clone(), namespace);
+            let listed = api.list(&kube::api::ListParams::default()).await?;
+            stages.extend(listed.items.iter().filter_map(|s| {
+                let s = s.0.as_ref().ok()?;
+                (s.spec.project_ref == project).then(|| s.name_any())
+            }));
+        }
     }
     stages.sort();
     stages.dedup();
@@ -478,7 +504,14 @@ async fn cleanup(ctx: &Ctx, namespace: &str, scope: Scope<'_>) -> Result<(), Err
         engine.runtime.remove(&c.id).await?;
     }
     for stage in &stages {
-        ctx.containers.touched(namespace, stage);
+        match scope {
+            // Gone for good: nothing to remember about it.
+            Scope::Stage(_) => {
+                ctx.containers.forget(namespace, stage);
+                engine.sink.written.forget(namespace, stage);
+            }
+            Scope::Project(_) => ctx.containers.touched(namespace, stage),
+        }
     }
     Ok(())
 }
@@ -578,28 +611,42 @@ where
         }
         return Ok(Action::await_change());
     }
+    let (located, existing) = locate::<K>(&ctx.client, &namespace, &name).await;
     let message = format!(
         "cannot read this {kind}: {}",
-        locate::<K>(&ctx.client, &namespace, &name)
-            .await
-            .unwrap_or_else(|| invalid.error.clone())
+        located.unwrap_or_else(|| invalid.error.clone())
     );
     tracing::warn!(object = %format!("{namespace}/{name}"), error = %invalid.error, "invalid object");
-    let generation = meta.generation;
-    let mut conditions = Vec::new();
+    // The rest of the status stays: it still describes what runs (and what to roll back to).
+    let mut status = match existing {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    status.remove("latest");
+    let before = status.clone();
+    let mut conds: Vec<crate::api::Condition> = status
+        .get("conditions")
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .unwrap_or_default();
     conditions::set(
-        &mut conditions,
+        &mut conds,
         READY,
         false,
         "InvalidSpec",
         &message,
-        generation,
+        meta.generation,
     );
-    let status = serde_json::json!({
-        "observedGeneration": generation,
-        "conditions": conditions,
-        "message": if kind == "Stage" { Some(&message) } else { None },
-    });
+    status.insert("conditions".into(), serde_json::json!(conds));
+    status.insert(
+        "observedGeneration".into(),
+        serde_json::json!(meta.generation),
+    );
+    if kind == "Stage" {
+        status.insert("message".into(), serde_json::json!(message));
+    }
+    if status == before {
+        return Ok(Action::await_change());
+    }
     status::apply(&api, &kind, &name, &status).await?;
     let reference = k8s_openapi::api::core::v1::ObjectReference {
         api_version: Some(K::api_version(&()).to_string()),
@@ -613,9 +660,13 @@ where
     Ok(Action::await_change())
 }
 
-/// The unreadable field, as a path (`spec.healthCheck.intervalSeconds: …`), read again from the
-/// API server: the watch's own error does not say where.
-async fn locate<K>(client: &Client, namespace: &str, name: &str) -> Option<String>
+/// The unreadable field, as a path (`spec.healthCheck.intervalSeconds: …`), and the object's
+/// current status, read again from the API server: the watch's own error does not say where.
+async fn locate<K>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> (Option<String>, serde_json::Value)
 where
     K: Resource<DynamicType = ()> + serde::de::DeserializeOwned,
 {
@@ -624,10 +675,16 @@ where
         namespace,
         &kube::core::ApiResource::erase::<K>(&()),
     );
-    let object = serde_json::to_value(api.get(name).await.ok()?).ok()?;
-    match serde_path_to_error::deserialize::<_, K>(object) {
-        Ok(_) => None,
-        Err(e) => Some(format!("{}: {}", e.path(), e.inner())),
+    let Ok(object) = api.get(name).await else {
+        return (None, serde_json::Value::Null);
+    };
+    let status = object.data.get("status").cloned().unwrap_or_default();
+    let Ok(value) = serde_json::to_value(object) else {
+        return (None, status);
+    };
+    match serde_path_to_error::deserialize::<_, K>(value) {
+        Ok(_) => (None, status),
+        Err(e) => (Some(format!("{}: {}", e.path(), e.inner())), status),
     }
 }
 

@@ -30,6 +30,8 @@ use crate::ingest::{Catalog, Ledger, ProjectRef, StageRef};
 use crate::webhook::recorder::{self, Answer, Book, Job};
 use crate::webhook::server::Index;
 
+/// Annotation on auto-created Projects and Stages: the image they were made for.
+const CREATED_FOR: &str = "tinyforge.dev/created-for";
 /// Key of the URL secret inside its Secret.
 pub const URL_SECRET_KEY: &str = "url-secret";
 /// Delivery ids remembered per replica (redeliveries come within hours; a redelivery that
@@ -114,9 +116,11 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+    // Field ownership is the API server's business: not kept in memory for every object.
+    let events = watcher(api, watcher::Config::default())
         .default_backoff()
-        .touched_objects();
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None);
+    let stream = reflector::reflector(writer, events).touched_objects();
     tokio::spawn(async move {
         stream
             .for_each(|event| {
@@ -253,38 +257,51 @@ pub fn spawn_recorder(
                 seen: &seen,
                 auto_create: auto_create.as_ref(),
                 claims: RefCell::default(),
+                claimed: RefCell::default(),
                 latest: RefCell::default(),
                 created: RefCell::default(),
+                touched: RefCell::default(),
             };
             let mut catalog = None;
-            let answers: Vec<Result<Answer, String>> = jobs
-                .iter()
-                .map(|job| recorder::process(&book, job, &mut catalog))
-                .collect();
-            let plan = book.into_writes();
-            match commit(&client, &index, &plan).await {
-                Ok(()) => {
-                    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-                    for key in plan.claims {
-                        seen.insert(key);
+            // What each delivery claimed and which Stages it wrote to: it succeeds or fails on
+            // its own writes only.
+            let mut planned: Vec<Planned> = Vec::new();
+            for job in &jobs {
+                let answer = recorder::process(&book, job, &mut catalog);
+                let claims = std::mem::take(&mut *book.claims.borrow_mut());
+                let touched = std::mem::take(&mut *book.touched.borrow_mut());
+                book.claimed.borrow_mut().extend(claims.iter().cloned());
+                planned.push((answer, claims, touched));
+            }
+            let writes = book.into_writes();
+            let failed = commit(&client, &index, &writes).await;
+            let mut remembered = Vec::new();
+            for (job, (answer, claims, touched)) in jobs.into_iter().zip(planned) {
+                let answer = match touched.iter().find_map(|k| failed.get(k)) {
+                    // The sender retries; nothing of it is remembered, so the retry counts.
+                    Some(e) => Err(e.clone()),
+                    None => {
+                        remembered.extend(claims);
+                        answer
                     }
-                    drop(seen);
-                    for (job, answer) in jobs.into_iter().zip(answers) {
-                        let _ = job.respond.send(answer);
-                    }
-                }
-                Err(e) => {
-                    // Nothing is remembered: the senders' retries are recorded afresh.
-                    tracing::warn!(error = %e, "cannot record deliveries in the cluster");
-                    for job in jobs {
-                        let _ = job.respond.send(Err(e.clone()));
-                    }
-                }
+                };
+                let _ = job.respond.send(answer);
+            }
+            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            for key in remembered {
+                seen.insert(key);
             }
         }
     });
     tx
 }
+
+/// A Stage, by (namespace, name).
+type Key = (String, String);
+
+/// One delivery planned: its answer if its writes succeed, the ids it claimed, the Stages it
+/// writes to.
+type Planned = (Result<Answer, String>, Vec<String>, Vec<Key>);
 
 /// Delivery keys seen, oldest first out.
 #[derive(Default)]
@@ -315,14 +332,18 @@ struct Plan<'a> {
     index: &'a ClusterIndex,
     seen: &'a Mutex<Remembered>,
     auto_create: Option<&'a AutoCreate>,
+    /// Claimed by the delivery being planned.
     claims: RefCell<Vec<String>>,
-    latest: RefCell<HashMap<(String, String), SeenTag>>,
+    /// Claimed by the deliveries planned before it in this batch.
+    claimed: RefCell<Vec<String>>,
+    latest: RefCell<HashMap<Key, SeenTag>>,
     created: RefCell<Vec<(Project, Stage)>>,
+    /// Stages the delivery being planned records on (or creates).
+    touched: RefCell<Vec<Key>>,
 }
 
 /// What a batch wants written.
 struct Writes {
-    claims: Vec<String>,
     latest: HashMap<(String, String), SeenTag>,
     created: Vec<(Project, Stage)>,
     policies: HashMap<(String, String), Option<CompiledPolicy>>,
@@ -349,7 +370,6 @@ impl Plan<'_> {
             })
             .collect();
         Writes {
-            claims: self.claims.into_inner(),
             latest,
             created: self.created.into_inner(),
             policies,
@@ -373,9 +393,9 @@ impl Ledger for Plan<'_> {
     }
 
     fn record_latest(&self, namespace: &str, stage: &str, seen: &SeenTag) -> Result<(), String> {
-        self.latest
-            .borrow_mut()
-            .insert((namespace.to_string(), stage.to_string()), seen.clone());
+        let key = (namespace.to_string(), stage.to_string());
+        self.touched.borrow_mut().push(key.clone());
+        self.latest.borrow_mut().insert(key, seen.clone());
         Ok(())
     }
 }
@@ -384,7 +404,10 @@ impl Book for Plan<'_> {
     fn claim(&self, key: &str, _source: &str) -> Result<bool, String> {
         let mut claims = self.claims.borrow_mut();
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.contains(key) || claims.iter().any(|c| c == key) {
+        if seen.contains(key)
+            || claims.iter().any(|c| c == key)
+            || self.claimed.borrow().iter().any(|c| c == key)
+        {
             return Ok(false);
         }
         claims.push(key.to_string());
@@ -458,10 +481,13 @@ impl Book for Plan<'_> {
         stage.metadata.namespace = Some(namespace.clone());
         for meta in [&mut project.metadata, &mut stage.metadata] {
             meta.annotations = Some(BTreeMap::from([(
-                "tinyforge.dev/created-for".to_string(),
+                CREATED_FOR.to_string(),
                 repository.to_string(),
             )]));
         }
+        self.touched
+            .borrow_mut()
+            .push((namespace.clone(), stage_name.clone()));
         self.created.borrow_mut().push((project, stage));
         let created = ProjectRef {
             namespace: namespace.clone(),
@@ -479,39 +505,116 @@ impl Book for Plan<'_> {
     }
 }
 
+/// How long one API call of the recorder may take: a hung connection must not hold every
+/// sender behind it.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn bounded<T>(call: impl Future<Output = kube::Result<T>>) -> Result<T, String> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {}s", CALL_TIMEOUT.as_secs())),
+    }
+}
+
 /// Makes a batch's writes: created Projects and Stages first, then each Stage's `latest`,
 /// compared again against the Stage as the API server has it whenever another writer came
-/// between.
-async fn commit(client: &Client, index: &ClusterIndex, writes: &Writes) -> Result<(), String> {
+/// between. Returns the Stages whose writes failed, and why.
+async fn commit(client: &Client, index: &ClusterIndex, writes: &Writes) -> HashMap<Key, String> {
+    let mut failed = HashMap::new();
     for (project, stage) in &writes.created {
-        let ns = project.metadata.namespace.as_deref().unwrap_or_default();
-        let projects: Api<Project> = Api::namespaced(client.clone(), ns);
-        let stages: Api<Stage> = Api::namespaced(client.clone(), ns);
-        for result in [
-            projects
-                .create(&PostParams::default(), project)
-                .await
-                .map(drop),
-            stages.create(&PostParams::default(), stage).await.map(drop),
-        ] {
-            match result {
-                Ok(()) => {}
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
-                Err(e) => return Err(format!("cannot create a Project for a new image: {e}")),
-            }
+        let ns = project.metadata.namespace.clone().unwrap_or_default();
+        let stage_name = stage.metadata.name.clone().unwrap_or_default();
+        if let Err(e) = create(client, project, stage).await {
+            tracing::warn!(error = %e, "cannot create a Project for a new image");
+            failed.insert((ns, stage_name), e);
+        } else {
+            tracing::info!(project = %format!("{ns}/{}", project.metadata.name.as_deref().unwrap_or_default()), "created a Project for a new image");
         }
-        tracing::info!(project = %format!("{ns}/{}", project.metadata.name.as_deref().unwrap_or_default()), "created a Project for a new image");
     }
-    let writes_done = futures::future::join_all(writes.latest.iter().map(|((ns, name), seen)| {
+    let mut pending = Vec::new();
+    for ((ns, name), seen) in &writes.latest {
+        if failed.contains_key(&(ns.clone(), name.clone())) {
+            continue;
+        }
         let policy = writes
             .policies
             .get(&(ns.clone(), name.clone()))
             .cloned()
             .flatten();
-        write_latest(client, index, ns, name, seen, policy)
-    }))
-    .await;
-    writes_done.into_iter().collect()
+        pending.push(write_one(client, index, ns, name, seen, policy));
+    }
+    let results: Vec<(Key, Result<(), String>)> = futures::stream::iter(pending)
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for (key, result) in results {
+        if let Err(e) = result {
+            tracing::warn!(stage = %format!("{}/{}", key.0, key.1), error = %e, "cannot record a pushed tag");
+            failed.insert(key, e);
+        }
+    }
+    failed
+}
+
+/// Creates an auto-created Project and its Stage. Either may exist already (another replica, a
+/// retry): fine when it was made for the same image, an error otherwise, so a push never lands
+/// on someone else's Stage.
+async fn create(client: &Client, project: &Project, stage: &Stage) -> Result<(), String> {
+    let ns = project.metadata.namespace.as_deref().unwrap_or_default();
+    let mine = |meta: &kube::core::ObjectMeta| {
+        meta.annotations.as_ref().and_then(|a| a.get(CREATED_FOR))
+            == project
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(CREATED_FOR))
+    };
+    let projects: Api<Project> = Api::namespaced(client.clone(), ns);
+    let stages: Api<Stage> = Api::namespaced(client.clone(), ns);
+    let project_name = project.metadata.name.as_deref().unwrap_or_default();
+    let stage_name = stage.metadata.name.as_deref().unwrap_or_default();
+    match bounded(projects.create(&PostParams::default(), project)).await {
+        Ok(_) => {}
+        Err(e)
+            if e.contains("409") || e.contains("AlreadyExists") || e.contains("already exists") =>
+        {
+            let existing = bounded(projects.get(project_name)).await?;
+            if !mine(&existing.metadata) {
+                return Err(format!(
+                    "Project {ns}/{project_name} exists and was not made for this image"
+                ));
+            }
+        }
+        Err(e) => return Err(format!("cannot create Project {ns}/{project_name}: {e}")),
+    }
+    match bounded(stages.create(&PostParams::default(), stage)).await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.contains("409") || e.contains("AlreadyExists") || e.contains("already exists") =>
+        {
+            let existing = bounded(stages.get(stage_name)).await?;
+            if mine(&existing.metadata) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "Stage {ns}/{stage_name} exists and was not made for this image"
+                ))
+            }
+        }
+        Err(e) => Err(format!("cannot create Stage {ns}/{stage_name}: {e}")),
+    }
+}
+
+async fn write_one(
+    client: &Client,
+    index: &ClusterIndex,
+    namespace: &str,
+    name: &str,
+    seen: &SeenTag,
+    policy: Option<CompiledPolicy>,
+) -> (Key, Result<(), String>) {
+    let result = write_latest(client, index, namespace, name, seen, policy).await;
+    ((namespace.to_string(), name.to_string()), result)
 }
 
 async fn write_latest(
@@ -531,7 +634,7 @@ async fn write_latest(
     for _ in 0..5 {
         let stage = match current.take() {
             Some(s) => s,
-            None => match api.get_opt(name).await {
+            None => match bounded(api.get_opt(name)).await {
                 Ok(Some(s)) => s,
                 // Deleted since: nothing to record on.
                 Ok(None) => return Ok(()),
@@ -539,7 +642,14 @@ async fn write_latest(
             },
         };
         let existing = stage.status.as_ref().and_then(|s| s.latest.as_ref());
-        if existing == Some(seen) {
+        // The same delivery again (a redelivery that reached another replica, or came after a
+        // restart): already recorded.
+        if existing.is_some_and(|e| {
+            e == seen
+                || (e.delivery_id.is_some()
+                    && e.delivery_id == seen.delivery_id
+                    && e.tag == seen.tag)
+        }) {
             return Ok(());
         }
         if let Some(policy) = &policy

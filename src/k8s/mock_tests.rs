@@ -273,9 +273,7 @@ async fn ctx(client: Client, docker: &FakeDocker, projects: Vec<Project>) -> Arc
         engine: Arc::new(Reconciler {
             runtime,
             prober: NetProber::new(),
-            sink: KubeSink {
-                client: client.clone(),
-            },
+            sink: KubeSink::new(client.clone()),
             secrets: ClusterSecrets {
                 store: secrets,
                 namespace: "tiny-forge".into(),
@@ -402,7 +400,7 @@ async fn status_apply_targets_the_kind_and_reports_api_errors() {
 #[tokio::test]
 async fn kube_sink_saves_to_the_stage_namespace_and_names_the_stage_on_failure() {
     let (client, mut handle) = mock_api();
-    let sink = KubeSink { client };
+    let sink = KubeSink::new(client);
     let key = StageKey {
         namespace: NS.into(),
         project: "shop".into(),

@@ -172,9 +172,7 @@ pub async fn run(
             engine: Arc::new(Reconciler {
                 runtime,
                 prober: NetProber::new(),
-                sink: status::KubeSink {
-                    client: client.clone(),
-                },
+                sink: status::KubeSink::new(client.clone()),
                 secrets: index.secrets.clone(),
                 proxy: npm,
                 host_name: "default".into(),
@@ -230,45 +228,81 @@ async fn lead(
     shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let manager = LeaseManagerBuilder::new(client.clone(), &opts.lease_name)
-        .with_namespace(namespace)
-        .with_identity(&opts.identity)
-        .with_duration(15)
-        .with_grace(5)
-        .with_field_manager("tiny-forge-lease")
-        .build()
-        .await
-        .context("setting up leader election")?;
-    let (mut leader, lease_task) = manager.watch().await;
-    tracing::info!(lease = %format!("{namespace}/{}", opts.lease_name), identity = %opts.identity, "waiting for leadership");
-    loop {
+    // The API server may be away at start: webhooks keep being answered meanwhile.
+    let manager = loop {
+        let built = LeaseManagerBuilder::new(client.clone(), &opts.lease_name)
+            .with_namespace(namespace)
+            .with_identity(&opts.identity)
+            .with_duration(15)
+            .with_grace(5)
+            .with_field_manager("tiny-forge-lease")
+            .build()
+            .await;
+        match built {
+            Ok(m) => break m,
+            Err(e) => tracing::warn!(error = %e, "cannot set up leader election; retrying in 5s"),
+        }
         tokio::select! {
-            _ = &mut *shutdown => break,
-            r = leader.wait_for(|l| *l) => if r.is_err() { anyhow::bail!("leader election ended") },
+            _ = &mut *shutdown => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    };
+    let (mut leader, lease_task) = manager.watch().await;
+    let (confirmed_tx, mut confirmed) = watch::channel(false);
+    let dog = tokio::spawn(watchdog(
+        Api::namespaced(client.clone(), namespace),
+        opts.lease_name.clone(),
+        opts.identity.clone(),
+        confirmed_tx,
+    ));
+    let leading = |l: &watch::Receiver<bool>, c: &watch::Receiver<bool>| *l.borrow() && *c.borrow();
+    tracing::info!(lease = %format!("{namespace}/{}", opts.lease_name), identity = %opts.identity, "waiting for leadership");
+    'terms: loop {
+        while !leading(&leader, &confirmed) {
+            tokio::select! {
+                _ = &mut *shutdown => break 'terms,
+                r = leader.changed() => if r.is_err() {
+                    dog.abort();
+                    anyhow::bail!("leader election ended")
+                },
+                _ = confirmed.changed() => {}
+            }
         }
         tracing::info!("leading: starting the controllers");
         ctx.metrics.set_leader(true);
+        ctx.engine.sink.written.clear();
         let (quit_tx, quit_rx) = watch::channel(false);
         let run = controllers(ctx.clone(), opts, quit_rx);
         tokio::pin!(run);
-        tokio::select! {
-            _ = &mut *shutdown => {
-                let _ = quit_tx.send(true);
-                // In-flight reconciles finish (bounded); each step is safe to interrupt anyway.
-                let _ = tokio::time::timeout(Duration::from_secs(30), &mut run).await;
+        loop {
+            tokio::select! {
+                _ = &mut *shutdown => {
+                    let _ = quit_tx.send(true);
+                    // In-flight reconciles finish (bounded); each step is safe to interrupt.
+                    let _ = tokio::time::timeout(Duration::from_secs(30), &mut run).await;
+                    ctx.metrics.set_leader(false);
+                    break 'terms;
+                }
+                r = leader.changed() => if r.is_err() {
+                    tracing::error!("leader election ended: stopping the controllers");
+                    ctx.metrics.set_leader(false);
+                    break 'terms;
+                },
+                _ = confirmed.changed() => {}
+                _ = &mut run => break,
+            }
+            if !leading(&leader, &confirmed) {
+                // Another replica may act any moment: stop at once rather than finish a deploy.
+                tracing::warn!("lost leadership: stopping the controllers");
                 break;
             }
-            _ = leader.wait_for(|l| !*l) => {
-                // Another replica may already act: stop at once rather than finish a deploy.
-                tracing::warn!("lost leadership: stopping the controllers");
-            }
-            _ = &mut run => {}
         }
         ctx.metrics.set_leader(false);
         if *stop.borrow() {
             break;
         }
     }
+    dog.abort();
     // Dropping the receiver makes the lease task release the Lease for the next replica.
     drop(leader);
     match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
@@ -277,6 +311,35 @@ async fn lead(
         _ => {}
     }
     Ok(())
+}
+
+/// Says whether this replica was seen holding the Lease within the last 10 s (of a 15 s Lease).
+/// kube-lease-manager reports a lost Lease only once it has read that another replica holds it:
+/// a leader cut off from the API server would go on deploying while another takes over. This
+/// makes it stop before the Lease can expire for the others.
+async fn watchdog(
+    leases: Api<k8s_openapi::api::coordination::v1::Lease>,
+    name: String,
+    identity: String,
+    confirmed: watch::Sender<bool>,
+) {
+    const FRESH: Duration = Duration::from_secs(10);
+    let mut last_seen: Option<tokio::time::Instant> = None;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), leases.get_opt(&name)).await {
+            Ok(Ok(lease)) => {
+                let holder = lease.and_then(|l| l.spec?.holder_identity);
+                last_seen =
+                    (holder.as_deref() == Some(identity.as_str())).then(tokio::time::Instant::now);
+            }
+            // Unknown: only time decides.
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the Lease"),
+            Err(_) => tracing::debug!("reading the Lease timed out"),
+        }
+        let fresh = last_seen.is_some_and(|t| t.elapsed() < FRESH);
+        confirmed.send_if_modified(|c| std::mem::replace(c, fresh) != fresh);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 /// The Stage and Project controllers, until `quit` says true.

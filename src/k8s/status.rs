@@ -3,6 +3,9 @@
 //! controller never sends it: a push recorded while a deploy runs cannot be overwritten by the
 //! deploy's older view of it.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde::Serialize;
@@ -82,18 +85,137 @@ pub async fn apply_latest(
     bounded(api.patch_status(name, &params, &Patch::Apply(&patch))).await
 }
 
+/// What the leader last wrote to each Stage's status, by (namespace, name). It is the only writer
+/// of those fields, so this is never older than the watch cache, which may lag: a reconcile
+/// that starts right after a deploy must not take the cache's `Deploying` for the truth and
+/// deploy again.
+#[derive(Clone, Default)]
+pub struct Written(Arc<Mutex<HashMap<(String, String), StageStatus>>>);
+
+impl Written {
+    pub fn remember(&self, namespace: &str, name: &str, status: &StageStatus) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((namespace.to_string(), name.to_string()), status.clone());
+    }
+
+    /// The status to start from: what was last written, with the cache's `latest` (written by
+    /// the webhook side), unless the cache describes a newer generation (the object was
+    /// recreated, or another leader wrote since).
+    pub fn recall(
+        &self,
+        namespace: &str,
+        name: &str,
+        cached: Option<&StageStatus>,
+    ) -> Option<StageStatus> {
+        let written = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned();
+        match (written, cached) {
+            (Some(mut w), Some(c)) if w.observed_generation >= c.observed_generation => {
+                w.latest = c.latest.clone();
+                Some(w)
+            }
+            (Some(w), None) => Some(w),
+            (_, c) => c.cloned(),
+        }
+    }
+
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// A new term of leadership: another leader may have written meanwhile.
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
 /// Intermediate status during a deploy (`Deploying`, the new container's id), so a crash or a
 /// leader change resumes from it.
 #[derive(Clone)]
 pub struct KubeSink {
     pub client: kube::Client,
+    pub written: Written,
+}
+
+impl KubeSink {
+    pub fn new(client: kube::Client) -> KubeSink {
+        KubeSink {
+            client,
+            written: Written::default(),
+        }
+    }
+
+    /// Applies a Stage's status and remembers it.
+    pub async fn write(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &StageStatus,
+    ) -> kube::Result<()> {
+        let api: Api<crate::api::Stage> = Api::namespaced(self.client.clone(), namespace);
+        apply(&api, "Stage", name, status).await?;
+        self.written.remember(namespace, name, status);
+        Ok(())
+    }
 }
 
 impl StatusSink for KubeSink {
     async fn save(&self, key: &StageKey, status: &StageStatus) -> Result<(), String> {
-        let api: Api<crate::api::Stage> = Api::namespaced(self.client.clone(), &key.namespace);
-        apply(&api, "Stage", &key.stage, status)
+        self.write(&key.namespace, &key.stage, status)
             .await
             .map_err(|e| format!("cannot write the status of {key}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Phase;
+
+    fn status(phase: Phase, generation: i64, latest: Option<&str>) -> StageStatus {
+        StageStatus {
+            phase: Some(phase),
+            observed_generation: Some(generation),
+            latest: latest.map(|t| SeenTag {
+                tag: t.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_last_write_wins_over_a_lagging_cache_but_not_over_a_newer_generation() {
+        let written = Written::default();
+        let cached = status(Phase::Deploying, 3, Some("1.2"));
+        assert_eq!(
+            written.recall("ns", "web", Some(&cached)),
+            Some(cached.clone())
+        );
+        written.remember("ns", "web", &status(Phase::Healthy, 3, Some("1.1")));
+        let recalled = written.recall("ns", "web", Some(&cached)).unwrap();
+        assert_eq!(
+            recalled.phase,
+            Some(Phase::Healthy),
+            "not the cache's Deploying"
+        );
+        assert_eq!(
+            recalled.latest.unwrap().tag,
+            "1.2",
+            "latest is the webhook side's"
+        );
+        let newer = status(Phase::Pending, 4, None);
+        assert_eq!(written.recall("ns", "web", Some(&newer)), Some(newer));
+        written.forget("ns", "web");
+        assert_eq!(written.recall("ns", "web", None), None);
     }
 }
