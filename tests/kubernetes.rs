@@ -579,10 +579,55 @@ async fn a_malformed_stage_is_reported_and_does_not_stall_the_others() {
         "{projectRef: demo, pinnedTag: \"1.0.0\", healthCheck: {intervalSeconds: 1}}",
     );
     kubectl_apply(&fixed, None).unwrap();
-    stage_when(&stages, "broken", 90, |s| {
+    let healthy = stage_when(&stages, "broken", 90, |s| {
         ready(s).as_deref() == Some("True/Healthy")
     })
     .await;
+
+    // Broken again after it deployed: reported, and the rest of its status (what serves, what to
+    // roll back to) stays.
+    kubectl_apply(&bad, None).unwrap();
+    let reported = eventually("the Stage reported again", 30, || async {
+        let o = raw.get("broken").await.ok()?;
+        (o.data["status"]["conditions"][0]["reason"] == "InvalidSpec").then_some(o)
+    })
+    .await;
+    let current = &reported.data["status"]["current"];
+    assert_eq!(
+        current["containerId"].as_str(),
+        healthy
+            .status
+            .unwrap()
+            .current
+            .unwrap()
+            .container_id
+            .as_deref(),
+        "{current}"
+    );
+
+    // A Project the controller cannot read says so too (Projects have no `message`).
+    let odd = project_yaml(ns)
+        .replace("name: demo", "name: odd")
+        .replace("stopTimeoutSeconds: 1", "stopTimeoutSeconds: 5000000000");
+    kubectl_apply(&odd, None).unwrap();
+    let projects: Api<kube::core::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &kube::core::ApiResource::erase::<tiny_forge::api::Project>(&()),
+    );
+    let condition = eventually("the unreadable Project reported", 30, || async {
+        let o = projects.get("odd").await.ok()?;
+        let c = o.data["status"]["conditions"][0].clone();
+        (c["reason"] == "InvalidSpec").then_some(c)
+    })
+    .await;
+    assert!(
+        condition["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.container.stopTimeoutSeconds"),
+        "{condition}"
+    );
     remove_everything(&client, &docker, ns, instance).await;
 }
 
