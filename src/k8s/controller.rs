@@ -109,21 +109,33 @@ impl ProjectView {
         }
     }
 
-    /// Called by the Stage controller's Project watch before it triggers the Project's Stages.
-    pub fn saw(&self, project: &DeserializeGuard<Project>) {
+    /// Called by the Stage controller's Project watch before it triggers the Project's Stages:
+    /// true when the Stages should look again (a new Project, a spec edit, a deletion begun);
+    /// false for what does not concern them (the Project's own status write, a label).
+    pub fn saw(&self, project: &DeserializeGuard<Project>) -> bool {
         let meta = project.meta();
         let key = (
             meta.namespace.clone().unwrap_or_default(),
             meta.name.clone().unwrap_or_default(),
         );
-        let seen = (meta.uid.clone(), meta.generation.unwrap_or(0));
+        let seen = Seen {
+            uid: meta.uid.clone(),
+            generation: meta.generation.unwrap_or(0),
+            deleting: meta.deletion_timestamp.is_some(),
+        };
         let mut wanted = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
         match wanted.get_mut(&key) {
-            // The same object, edited again.
-            Some(w) if w.0 == seen.0 => w.1 = w.1.max(seen.1),
+            // The same object: only a newer generation or a deletion matters.
+            Some(w) if w.uid == seen.uid => {
+                let changed = seen.generation > w.generation || seen.deleting != w.deleting;
+                w.generation = w.generation.max(seen.generation);
+                w.deleting = seen.deleting;
+                changed
+            }
             // New, or deleted and created again: generations start over.
             _ => {
                 wanted.insert(key, seen);
+                true
             }
         }
     }
@@ -142,8 +154,8 @@ impl ProjectView {
         for _ in 0..40 {
             match self.store.get(&oref) {
                 Some(p)
-                    if wanted.as_ref().is_none_or(|(uid, generation)| {
-                        p.meta().uid == *uid && p.meta().generation.unwrap_or(0) >= *generation
+                    if wanted.as_ref().is_none_or(|w| {
+                        p.meta().uid == w.uid && p.meta().generation.unwrap_or(0) >= w.generation
                     }) =>
                 {
                     return Ok(usable(&p));
@@ -169,8 +181,13 @@ impl ProjectView {
     }
 }
 
-/// A Project's uid and generation.
-type Seen = (Option<String>, i64);
+/// A Project as the Stage controller's watch last saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    uid: Option<String>,
+    generation: i64,
+    deleting: bool,
+}
 
 /// A Project Stages may use: present, readable, not being deleted.
 fn usable(p: &DeserializeGuard<Project>) -> Option<ProjectSpec> {

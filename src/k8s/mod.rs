@@ -368,8 +368,11 @@ async fn controllers(ctx: Arc<Ctx>, opts: &Options, quit: watch::Receiver<bool>)
             projects.clone(),
             watcher::Config::default(),
             move |project| {
-                // The Project's Stages, once the cache they read it from is told what to wait for.
-                mapper_ctx.projects.saw(&project);
+                // The Project's Stages, once the cache they read it from is told what to wait for;
+                // none when the change does not concern them (e.g. the Project's status write).
+                if !mapper_ctx.projects.saw(&project) {
+                    return Vec::new();
+                }
                 let meta = kube::Resource::meta(&project);
                 let (ns, name) = (
                     meta.namespace.clone(),
