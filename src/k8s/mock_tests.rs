@@ -763,3 +763,53 @@ async fn a_stage_of_a_missing_project_reports_it_without_sending_latest() {
     );
     assert_quiet(&mut handle);
 }
+
+fn lease_json(holder: &str) -> Value {
+    json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "tiny-forge", "namespace": NS, "resourceVersion": "7"},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15},
+    })
+}
+
+/// kube-lease-manager says nothing while it cannot reach the API server; the watchdog must take
+/// leadership away before the Lease (15 s) can expire for the other replicas.
+#[tokio::test(start_paused = true)]
+async fn a_leader_cut_off_from_the_api_server_stops_within_ten_seconds() {
+    let (client, mut handle) = mock_api();
+    let (tx, mut confirmed) = tokio::sync::watch::channel(false);
+    let dog = tokio::spawn(super::watchdog(
+        Api::namespaced(client, NS),
+        "tiny-forge".into(),
+        "me".into(),
+        tx,
+    ));
+    let seen = serve(&mut handle, 200, |_| lease_json("me")).await;
+    assert_eq!(seen.method, "GET");
+    assert_eq!(
+        seen.path,
+        format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/tiny-forge")
+    );
+    confirmed.wait_for(|c| *c).await.unwrap();
+
+    // From now on every read fails.
+    let cut = tokio::time::Instant::now();
+    while *confirmed.borrow() {
+        tokio::select! {
+            _ = serve(&mut handle, 500, |_| status_error(500, "InternalError")) => {}
+            _ = confirmed.changed() => {}
+        }
+    }
+    let after = cut.elapsed();
+    assert!(
+        after >= Duration::from_secs(8) && after <= Duration::from_secs(12),
+        "stepped down after {after:?}"
+    );
+
+    // Back, but someone else holds it now: still not leading.
+    serve(&mut handle, 200, |_| lease_json("other")).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!*confirmed.borrow());
+    dog.abort();
+}
