@@ -1,26 +1,32 @@
 //! The Kubernetes controller at rest and over a resync: memory idle and with N Stages, the time a
-//! full resync of N unchanged Stages takes, and the Docker calls each resync makes.
+//! full resync of N unchanged Stages takes, and the Docker calls each resync makes — all of the
+//! shipped binary.
 //!
 //! Needs a Kubernetes API server (`KUBECONFIG`; default `~/.cache/kube-test/run/kubeconfig`,
 //! see `scripts/kube-up.sh`) and a Docker engine (`DOCKER_HOST`, a `unix://` socket) with
 //! `tiny-forge-demo:1.0.0`. `scripts/bench-k8s.sh` starts and stops what is missing.
 //!
-//! For each N (`BENCH_STAGES`, default `100,1000`), in a namespace of its own:
+//! For each N (`BENCH_STAGES`, default `100,1000`), in a namespace of its own, **the shipped
+//! binary** (`target/release/tiny-forge run --kubernetes`, leader election off, `--listen` on a
+//! port of its own) talks to Docker through a counting proxy on a unix socket of its own (every
+//! HTTP request line is recorded: `GET …/containers/json` = list, other `GET`/`HEAD` = read,
+//! anything else = write).
 //!
-//! 1. **the shipped binary** (`target/release/tiny-forge run --kubernetes`, leader election off)
-//!    talks to Docker through a counting proxy on a unix socket of its own (every HTTP request
-//!    line is recorded: `GET …/containers/json` = list, other `GET`/`HEAD` = read, anything else
-//!    = write). Its RSS is read 10 s after start with 0 Stages (idle); then a Project and N Stages
-//!    are created: `BENCH_RUNNING` (default 20) pin `tiny-forge-demo:1.0.0` and run a container,
-//!    the rest have no tag to deploy (phase Pending, reason NoTag: they are requeued every resync
-//!    like any converged Stage, and deploy nothing). Once every Stage has a status the binary is
-//!    restarted, so that every Stage is due at once: the restart wave is a full resync of N
-//!    unchanged Stages, and so is each resync period after it. Docker calls are counted per
-//!    period; the RSS is read after two periods.
-//! 2. **the same controller in-process** (the binary says nothing per reconcile): the Stage and
-//!    Project controllers wired as `tiny_forge::k8s` does, around `reconcile_stage` with a clock,
-//!    time the restart wave and the next periodic wave from first to last reconcile; they also
-//!    count the reconciles between waves (a status write would trigger one) and clean up.
+//! 1. Its RSS is read 10 s after start with 0 Stages (idle); then a Project and N Stages are
+//!    created: `BENCH_RUNNING` (default 20) pin `tiny-forge-demo:1.0.0` and run a container, the
+//!    rest have no tag to deploy (phase Pending, reason NoTag: they are requeued every resync
+//!    like any converged Stage, and deploy nothing).
+//! 2. Once every Stage has a status the binary is restarted, so that every Stage is due at once:
+//!    the restart wave is a full resync of N unchanged Stages, and so is each resync period after
+//!    it. Docker calls are counted per period; the RSS is read after two periods.
+//! 3. Meanwhile the restarted binary's `/metrics` is polled (every 20 ms from its start through
+//!    the restart wave and around each expected periodic wave, every 500 ms in between): the
+//!    increase of `tiny_forge_reconciles_total{kind="Stage"}` (by outcome) gives the reconciles
+//!    of each wave, the time of the first increase and of reaching the final count its first →
+//!    last reconcile end (to a poll interval), and `tiny_forge_reconcile_duration_seconds`
+//!    (`_sum` / `_count`, buckets) the duration of one reconcile; the increase between waves
+//!    counts the reconciles outside them (a status write would trigger one). Then the namespace
+//!    is deleted with the binary still running (its finalizers remove the containers).
 //!
 //! Prints a table and writes it between `<!-- k8s:start -->` / `<!-- k8s:end -->` in
 //! `docs/BENCHMARKS.md` (`BENCH_WRITE_DOC=0`: leave the file alone).
@@ -30,6 +36,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,24 +45,16 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::core::DeserializeGuard;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use tiny_forge::api::{Project, Stage};
-use tiny_forge::docker::DockerRuntime;
-use tiny_forge::engine::Reconciler;
-use tiny_forge::k8s::controller::{self as ctl, Ctx, ProjectView};
-use tiny_forge::k8s::{containers::ContainerCache, ingest, status::KubeSink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
 
 const START: &str = "<!-- k8s:start -->";
 const END: &str = "<!-- k8s:end -->";
 const IMAGE: &str = "tiny-forge-demo";
 const TAG: &str = "1.0.0";
-/// A wave has ended when no reconcile started for this long.
+/// A wave has ended when no reconcile finished for this long.
 const QUIET: Duration = Duration::from_secs(3);
 
 // ------------------------------------------------------------------------------------------
@@ -269,6 +268,8 @@ struct Binary {
     child: tokio::process::Child,
     pid: u32,
     started: Instant,
+    /// Its `/metrics`, polled from the start (the restarted binary only).
+    scraper: Option<Scraper>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -308,7 +309,7 @@ struct Setup {
 }
 
 impl Binary {
-    async fn start(s: &Setup, label: &str) -> Binary {
+    async fn start(s: &Setup, label: &str, scrape: bool) -> Binary {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -331,6 +332,8 @@ impl Binary {
             .spawn()
             .expect("start target/release/tiny-forge");
         let pid = child.id().expect("the controller's pid");
+        let scraper =
+            scrape.then(|| Scraper::start(format!("http://127.0.0.1:{port}/metrics"), started));
         // Up when /readyz answers 200 (its watches have listed).
         let url = format!("http://127.0.0.1:{port}/readyz");
         let http = reqwest::Client::new();
@@ -352,11 +355,15 @@ impl Binary {
             child,
             pid,
             started,
+            scraper,
         }
     }
 
     /// SIGTERM to this pid, then wait (SIGKILL after 40 s).
     async fn stop(mut self) {
+        if let Some(sc) = self.scraper.take() {
+            sc.task.abort();
+        }
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
             .status();
@@ -374,169 +381,267 @@ impl Binary {
 }
 
 // ------------------------------------------------------------------------------------------
-// The in-process controller, with a clock around each Stage reconcile.
+// The binary's `/metrics`, scraped while it runs: the reconcile waves.
 
+/// Scrape interval while a wave is expected, and between waves.
+const FAST: Duration = Duration::from_millis(20);
+const SLOW: Duration = Duration::from_millis(500);
+
+/// The Stage reconciles `/metrics` showed at one moment (`kind="Stage"` only).
 #[derive(Clone, Debug)]
-struct Reconcile {
-    start: Instant,
-    end: Instant,
-    name: String,
+struct Sample {
+    /// When the answer arrived.
+    at: Instant,
+    /// `tiny_forge_reconciles_total` by outcome (converged, retry, waiting, error).
+    outcomes: BTreeMap<String, u64>,
+    /// `tiny_forge_reconcile_duration_seconds`: `_sum`, `_count`, cumulative `_bucket`s (`le`, count).
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
 }
 
-struct InProcess {
-    quit: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-    log: Arc<Mutex<Vec<Reconcile>>>,
-    runtime: DockerRuntime,
-}
-
-impl InProcess {
-    async fn start(client: &Client, s: &Setup) -> InProcess {
-        let ns = s.namespace.clone();
-        let runtime = DockerRuntime::connect(Some(&s.proxy_host))
-            .await
-            .expect("Docker through the proxy");
-        let index =
-            ingest::ClusterIndex::start(client.clone(), Some(&ns), &ns, "tiny-forge-webhook");
-        let ctx = Arc::new(Ctx {
-            client: client.clone(),
-            engine: Arc::new(Reconciler {
-                runtime: runtime.clone(),
-                prober: tiny_forge::probe::NetProber::new(),
-                sink: KubeSink::new(client.clone()),
-                secrets: index.secrets.clone(),
-                proxy: None,
-                host_name: "default".into(),
-                instance: s.instance.clone(),
-            }),
-            containers: ContainerCache::new(
-                &s.instance,
-                (s.resync / 2).clamp(Duration::from_secs(1), Duration::from_secs(10)),
-            ),
-            projects: ProjectView::new(index.projects.clone(), client.clone()),
-            recorder: Recorder::new(
-                client.clone(),
-                Reporter {
-                    controller: "tiny-forge".into(),
-                    instance: Some("bench-k8s".into()),
-                },
-            ),
-            resync: s.resync,
-            failures: Mutex::default(),
-            metrics: Arc::new(tiny_forge::webhook::metrics::Metrics::default()),
-        });
-        let (quit, quit_rx) = watch::channel(false);
-        let log: Arc<Mutex<Vec<Reconcile>>> = Arc::default();
-        let task = tokio::spawn(controllers(ctx, ns, quit_rx, log.clone()));
-        InProcess {
-            quit,
-            task,
-            log,
-            runtime,
+impl Sample {
+    /// A fresh process: every counter at 0.
+    fn zero(at: Instant) -> Sample {
+        Sample {
+            at,
+            outcomes: BTreeMap::new(),
+            sum: 0.0,
+            count: 0,
+            buckets: Vec::new(),
         }
     }
 
-    fn reconciles(&self) -> Vec<Reconcile> {
-        self.log.lock().unwrap().clone()
+    /// From OpenMetrics text, e.g. `tiny_forge_reconciles_total{kind="Stage",outcome="converged"} 7`.
+    fn parse(at: Instant, text: &str) -> Sample {
+        let mut s = Sample::zero(at);
+        for line in text.lines() {
+            let Some((name, rest)) = line.split_once('{') else {
+                continue;
+            };
+            let Some((labels, value)) = rest.split_once('}') else {
+                continue;
+            };
+            let label = |key: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix("=\"")?.strip_suffix('"'))
+            };
+            if label("kind") != Some("Stage") {
+                continue;
+            }
+            let value = value.split_whitespace().next().unwrap_or_default();
+            let int = || {
+                value
+                    .parse::<u64>()
+                    .or_else(|_| value.parse::<f64>().map(|v| v as u64))
+                    .unwrap_or(0)
+            };
+            match name {
+                "tiny_forge_reconciles_total" => {
+                    if let Some(o) = label("outcome") {
+                        s.outcomes.insert(o.to_string(), int());
+                    }
+                }
+                "tiny_forge_reconcile_duration_seconds_sum" => s.sum = value.parse().unwrap_or(0.0),
+                "tiny_forge_reconcile_duration_seconds_count" => s.count = int(),
+                "tiny_forge_reconcile_duration_seconds_bucket" => {
+                    let le = match label("le") {
+                        Some("+Inf") => f64::INFINITY,
+                        Some(v) => v.parse().unwrap_or(f64::NAN),
+                        None => continue,
+                    };
+                    s.buckets.push((le, int()));
+                }
+                _ => {}
+            }
+        }
+        s
     }
 
-    /// Waits until `want` Stage reconciles started at or after `since`, then for `QUIET` without a
-    /// new one; the reconciles of that wave (or whatever came by `timeout`).
-    async fn wave(&self, since: Instant, want: usize, timeout: Duration) -> Vec<Reconcile> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let got: Vec<Reconcile> = self
-                .reconciles()
-                .into_iter()
-                .filter(|r| r.start >= since)
-                .collect();
-            let last = got.iter().map(|r| r.end).max();
-            if (got.len() >= want && last.is_some_and(|l| l.elapsed() >= QUIET))
-                || Instant::now() > deadline
-            {
-                return got;
+    /// Stage reconciles finished so far, all outcomes.
+    fn reconciles(&self) -> u64 {
+        self.outcomes.values().sum()
+    }
+
+    fn bucket(&self, le: f64) -> u64 {
+        self.buckets
+            .iter()
+            .find(|(b, _)| *b == le)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+/// Polls `/metrics` from the process start on (before it listens the polls fail and are
+/// skipped; its counters start at 0), every `FAST` or `SLOW`.
+struct Scraper {
+    samples: Arc<Mutex<Vec<Sample>>>,
+    every_ms: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Scraper {
+    fn start(url: String, started: Instant) -> Scraper {
+        let samples = Arc::new(Mutex::new(vec![Sample::zero(started)]));
+        let every_ms = Arc::new(AtomicU64::new(FAST.as_millis() as u64));
+        let (out, every) = (samples.clone(), every_ms.clone());
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .expect("an HTTP client");
+            loop {
+                let t = Instant::now();
+                if let Ok(r) = http.get(&url).send().await
+                    && r.status().is_success()
+                    && let Ok(text) = r.text().await
+                {
+                    out.lock()
+                        .unwrap()
+                        .push(Sample::parse(Instant::now(), &text));
+                }
+                let every = Duration::from_millis(every.load(Ordering::Relaxed));
+                tokio::time::sleep_until((t + every).into()).await;
+            }
+        });
+        Scraper {
+            samples,
+            every_ms,
+            task,
+        }
+    }
+
+    fn poll_every(&self, d: Duration) {
+        self.every_ms.store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The wave of Stage reconciles after `from`: polls fast from 1 s before `from`, waits until
+    /// `want` reconciles finished after `from` and then `QUIET` without one (or `deadline`).
+    async fn wave(&self, from: Instant, want: u64, deadline: Instant) -> Wave {
+        let early = from.checked_sub(Duration::from_secs(1)).unwrap_or(from);
+        tokio::time::sleep_until(early.into()).await;
+        self.poll_every(FAST);
+        let wave = loop {
+            let w = Wave::of(&self.samples.lock().unwrap(), from);
+            let quiet = w.last.is_some_and(|l| l.elapsed() >= QUIET);
+            if (w.reconciles >= want && quiet) || Instant::now() > deadline {
+                break w;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.quit.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+        };
+        self.poll_every(SLOW);
+        wave
     }
 }
 
-/// `tiny_forge::k8s::controllers`, with a clock around each Stage reconcile.
-async fn controllers(
-    ctx: Arc<Ctx>,
-    ns: String,
-    quit: watch::Receiver<bool>,
-    log: Arc<Mutex<Vec<Reconcile>>>,
-) {
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let stages: Api<DeserializeGuard<Stage>> = Api::namespaced(ctx.client.clone(), &ns);
-    let projects: Api<DeserializeGuard<Project>> = Api::namespaced(ctx.client.clone(), &ns);
-    let config = kube::runtime::controller::Config::default().concurrency(4);
-    let stage_controller =
-        Controller::new(stages, watcher::Config::default()).with_config(config.clone());
-    let stage_store = stage_controller.store();
-    let orphans = ctl::collect_orphans(
-        ctx.clone(),
-        stage_store.clone(),
-        Some(ns.clone()),
-        quit.clone(),
-    );
-    let mapper_ctx = ctx.clone();
-    let stage_run = stage_controller
-        .watches(
-            projects.clone(),
-            watcher::Config::default(),
-            move |project| {
-                mapper_ctx.projects.saw(&project);
-                let meta = kube::Resource::meta(&project);
-                let (ns, name) = (
-                    meta.namespace.clone(),
-                    meta.name.clone().unwrap_or_default(),
-                );
-                stage_store
-                    .state()
-                    .into_iter()
-                    .filter(|s| {
-                        s.0.as_ref()
-                            .is_ok_and(|s| s.spec.project_ref == name && s.metadata.namespace == ns)
-                    })
-                    .map(|s| ObjectRef::from_obj(&*s))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .graceful_shutdown_on(stopped(quit.clone()))
-        .run(
-            move |obj: Arc<DeserializeGuard<Stage>>, ctx: Arc<Ctx>| {
-                let log = log.clone();
-                async move {
-                    let name = obj.name_any();
-                    let start = Instant::now();
-                    let result = ctl::reconcile_stage(obj, ctx).await;
-                    log.lock().unwrap().push(Reconcile {
-                        start,
-                        end: Instant::now(),
-                        name,
-                    });
-                    result
-                }
-            },
-            ctl::error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| std::future::ready(()));
-    let project_run = Controller::new(projects, watcher::Config::default())
-        .with_config(config)
-        .graceful_shutdown_on(stopped(quit))
-        .run(ctl::reconcile_project, ctl::error_policy, ctx.clone())
-        .for_each(|_| std::future::ready(()));
-    futures::join!(stage_run, project_run, orphans);
+/// One wave of Stage reconciles, from the samples.
+#[derive(Clone, Debug, Default)]
+struct Wave {
+    /// Reconciles counted before the wave (the last sample at or before its start) and at its end.
+    before: u64,
+    after: u64,
+    reconciles: u64,
+    outcomes: BTreeMap<String, u64>,
+    /// The first sample that showed a reconcile of the wave, the first that showed its final count.
+    first: Option<Instant>,
+    last: Option<Instant>,
+    /// Bounds of the first → last reconcile end: the samples just before `first` and `last`.
+    before_first: Option<Instant>,
+    before_last: Option<Instant>,
+    /// Histogram deltas: sum (s), count, cumulative buckets.
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl Wave {
+    fn of(samples: &[Sample], from: Instant) -> Wave {
+        let Some(b) = samples.iter().rposition(|s| s.at <= from) else {
+            return Wave::default();
+        };
+        let base = &samples[b];
+        let end = samples.last().unwrap_or(base);
+        let (before, after) = (base.reconciles(), end.reconciles());
+        let after_base = || samples.iter().enumerate().skip(b + 1);
+        let first = after_base().find(|(_, s)| s.reconciles() > before);
+        let last = after_base().find(|(_, s)| s.reconciles() == after && after > before);
+        let at = |i: Option<(usize, &Sample)>| i.map(|(_, s)| s.at);
+        let prev = |i: Option<(usize, &Sample)>| i.map(|(k, _)| samples[k - 1].at);
+        Wave {
+            before,
+            after,
+            reconciles: after - before,
+            outcomes: end
+                .outcomes
+                .iter()
+                .map(|(o, n)| (o.clone(), n - base.outcomes.get(o).copied().unwrap_or(0)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            first: at(first),
+            last: at(last),
+            before_first: prev(first),
+            before_last: prev(last),
+            sum: end.sum - base.sum,
+            count: end.count - base.count,
+            buckets: end
+                .buckets
+                .iter()
+                .map(|&(le, n)| (le, n - base.bucket(le)))
+                .collect(),
+        }
+    }
+
+    /// First → last reconcile end as polled (ms), and its bounds from the neighbouring samples.
+    fn span_ms(&self) -> Option<(f64, f64, f64)> {
+        let (f, l, bf, bl) = (
+            self.first?,
+            self.last?,
+            self.before_first?,
+            self.before_last?,
+        );
+        let ms = |a: Instant, b: Instant| common::ms(b.saturating_duration_since(a));
+        Some((ms(f, l), ms(f, bl), ms(bf, l)))
+    }
+
+    fn mean_ms(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum * 1000.0 / self.count as f64)
+    }
+
+    /// The upper bound (ms) of the bucket holding quantile `q` of the wave's reconciles.
+    fn quantile_le_ms(&self, q: f64) -> Option<f64> {
+        let rank = (q * self.count as f64).ceil().max(1.0) as u64;
+        (self.count > 0).then_some(())?;
+        self.buckets
+            .iter()
+            .find(|(_, n)| *n >= rank)
+            .map(|(le, _)| le * 1000.0)
+    }
+
+    fn outcomes_cell(&self) -> String {
+        let o: Vec<String> = self
+            .outcomes
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        format!("{} ({})", self.reconciles, o.join(", "))
+    }
+
+    fn span_cell(&self) -> String {
+        self.span_ms().map_or("-".into(), |(m, lo, hi)| {
+            format!("{m:.0} ms ({lo:.0}–{hi:.0})")
+        })
+    }
+
+    fn duration_cell(&self) -> String {
+        let le = |q| {
+            self.quantile_le_ms(q)
+                .map_or("-".into(), |v| format!("≤ {v:.0}"))
+        };
+        match self.mean_ms() {
+            Some(m) => format!("{m:.2} ms; {} / {} ms", le(0.5), le(0.99)),
+            None => "-".into(),
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -707,13 +812,12 @@ struct Run {
     periods: Vec<Period>,
     steady: Memory,
     status_writes_steady: usize,
-    /// In-process.
-    wave_restart: Vec<Reconcile>,
-    wave_periodic: Vec<Reconcile>,
-    between: usize,
-    wave_restart_calls: Counts,
-    wave_periodic_calls: Counts,
-    counters: Counts,
+    /// The restarted binary's Stage reconcile waves, from its `/metrics`: the restart wave,
+    /// then the next two periodic ones; the first reconcile of the restart wave after the start;
+    /// the reconciles between consecutive waves.
+    waves: Vec<Wave>,
+    restart_first: Option<Duration>,
+    between: Vec<u64>,
     cleanup: Duration,
 }
 
@@ -743,7 +847,7 @@ async fn run_one(
     eprintln!("== N={n} ({runners} running) in namespace {}", s.namespace);
 
     // 1. The binary, idle, then with N Stages.
-    let bin = Binary::start(&s, &format!("{n}-first")).await;
+    let bin = Binary::start(&s, &format!("{n}-first"), false).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle_mem = memory(bin.pid);
     let idle_calls = Counts::of(&log.between(bin.started, Instant::now()));
@@ -758,7 +862,11 @@ async fn run_one(
     bin.stop().await;
 
     // 2. Restarted: every Stage is due at once.
-    let bin = Binary::start(&s, &format!("{n}-restart")).await;
+    let bin = Binary::start(&s, &format!("{n}-restart"), true).await;
+    let scraper = bin
+        .scraper
+        .as_ref()
+        .expect("the restarted binary is scraped");
     let (_, versions_before) = stage_view(client, &s.namespace).await;
     let period = s.resync;
     let wave_start = loop {
@@ -771,6 +879,46 @@ async fn run_one(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // Its Stage reconcile waves, from /metrics: the restart wave from the process start, then
+    // the next two, each one period after the previous one's first reconcile.
+    let want = n as u64;
+    let mut waves = vec![
+        scraper
+            .wave(bin.started, want, bin.started + Duration::from_secs(120))
+            .await,
+    ];
+    for _ in 0..2 {
+        let prev = waves
+            .last()
+            .and_then(|w| w.first)
+            .unwrap_or_else(Instant::now);
+        let from = prev + period - Duration::from_secs(2);
+        waves.push(
+            scraper
+                .wave(from, want, from + Duration::from_secs(60))
+                .await,
+        );
+    }
+    let restart_first = waves[0]
+        .first
+        .map(|t| t.saturating_duration_since(bin.started));
+    let between: Vec<u64> = waves
+        .windows(2)
+        .map(|w| w[1].before.saturating_sub(w[0].after))
+        .collect();
+    eprintln!(
+        "   waves (/metrics): {}; between: {between:?}",
+        waves
+            .iter()
+            .map(|w| format!(
+                "{} in {}, {}",
+                w.reconciles,
+                w.span_cell(),
+                w.duration_cell()
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
     // Bins of one period centred on each wave: the restart wave, then two periodic ones.
     let half = period / 2;
     tokio::time::sleep_until((wave_start + 2 * period + half + Duration::from_secs(1)).into())
@@ -799,57 +947,9 @@ async fn run_one(
         mib(steady.rss_kib),
         periods.iter().map(|p| p.calls).collect::<Vec<_>>()
     );
-    bin.stop().await;
-
-    // 3. In-process: the waves, timed per reconcile.
-    let started = Instant::now();
-    let inproc = InProcess::start(client, &s).await;
-    let wave_restart = inproc.wave(started, n, Duration::from_secs(120)).await;
-    let restart_end = wave_restart.iter().map(|r| r.end).max().unwrap_or(started);
-    let first = wave_restart
-        .iter()
-        .map(|r| r.start)
-        .min()
-        .unwrap_or(started);
-    // The next wave: one period after the first reconciles.
-    let next_from = first + period - Duration::from_secs(2).min(half);
-    let wave_periodic = inproc
-        .wave(next_from, n, period + Duration::from_secs(30))
-        .await;
-    let between = inproc
-        .reconciles()
-        .iter()
-        .filter(|r| r.start > restart_end && r.start < next_from)
-        .count();
-    let p_first = wave_periodic
-        .iter()
-        .map(|r| r.start)
-        .min()
-        .unwrap_or(next_from);
-    let p_last = wave_periodic
-        .iter()
-        .map(|r| r.end)
-        .max()
-        .unwrap_or(next_from);
-    let wave_restart_calls =
-        Counts::of(&log.between(started, restart_end + Duration::from_millis(1)));
-    let wave_periodic_calls = Counts::of(&log.between(p_first, p_last + Duration::from_millis(1)));
-    let c = inproc.runtime.calls();
-    let counters = Counts {
-        list: c.list.load(std::sync::atomic::Ordering::Relaxed) as usize,
-        read: c.read.load(std::sync::atomic::Ordering::Relaxed) as usize,
-        write: c.write.load(std::sync::atomic::Ordering::Relaxed) as usize,
-    };
-    eprintln!(
-        "   in-process: restart wave {} reconciles in {:.0} ms, periodic {} in {:.0} ms",
-        wave_restart.len(),
-        span_ms(&wave_restart),
-        wave_periodic.len(),
-        span_ms(&wave_periodic)
-    );
     // Clean up with the controller still running: its finalizers remove the containers.
     let cleanup = delete_namespace(client, &s.namespace, n).await;
-    inproc.stop().await;
+    bin.stop().await;
     eprintln!("   cleaned up in {:.1} s", cleanup.as_secs_f64());
     Run {
         n,
@@ -864,45 +964,11 @@ async fn run_one(
         periods,
         steady,
         status_writes_steady,
-        wave_restart,
-        wave_periodic,
+        waves,
+        restart_first,
         between,
-        wave_restart_calls,
-        wave_periodic_calls,
-        counters,
         cleanup,
     }
-}
-
-fn span_ms(w: &[Reconcile]) -> f64 {
-    let (Some(a), Some(b)) = (
-        w.iter().map(|r| r.start).min(),
-        w.iter().map(|r| r.end).max(),
-    ) else {
-        return f64::NAN;
-    };
-    common::ms(b - a)
-}
-
-fn distinct(w: &[Reconcile]) -> usize {
-    let mut names: Vec<&str> = w.iter().map(|r| r.name.as_str()).collect();
-    names.sort_unstable();
-    names.dedup();
-    names.len()
-}
-
-fn per_reconcile_us(w: &[Reconcile]) -> (f64, f64) {
-    let d: Vec<f64> = w
-        .iter()
-        .map(|r| (r.end - r.start).as_secs_f64() * 1e6)
-        .collect();
-    if d.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    (
-        common::median(&d),
-        common::percentile_nearest_rank(&d, 0.99),
-    )
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1094,57 +1160,51 @@ fn render(
         each(&|r| r.status_writes_steady.to_string()),
         None,
     );
+    let names = [
+        "restart wave (from the process start)",
+        "periodic resync wave 1",
+        "periodic resync wave 2",
+    ];
+    for (k, name) in names.iter().enumerate() {
+        let wave = |r: &Run| r.waves.get(k).cloned().unwrap_or_default();
+        row(
+            &format!("**binary** {name}: Stage reconciles (by outcome)"),
+            each(&|r| wave(r).outcomes_cell()),
+            ratio(&|r| wave(r).reconciles as f64),
+        );
+        if k == 0 {
+            row(
+                "… first reconcile done, after the process start",
+                each(&|r| {
+                    r.restart_first
+                        .map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64()))
+                }),
+                ratio(&|r| r.restart_first.map_or(0.0, |d| d.as_secs_f64())),
+            );
+        }
+        row(
+            &format!(
+                "… first → last reconcile end, ±{} ms polling (bounds)",
+                FAST.as_millis()
+            ),
+            each(&|r| wave(r).span_cell()),
+            ratio(&|r| wave(r).span_ms().map_or(0.0, |(m, _, _)| m)),
+        );
+        row(
+            "… one reconcile: mean; median / p99 bucket (4 run concurrently)",
+            each(&|r| wave(r).duration_cell()),
+            ratio(&|r| wave(r).mean_ms().unwrap_or(0.0)),
+        );
+    }
     row(
-        "**in-process** restart wave: reconciles (distinct Stages)",
-        each(&|r| format!("{} ({})", r.wave_restart.len(), distinct(&r.wave_restart))),
-        ratio(&|r| r.wave_restart.len() as f64),
-    );
-    row(
-        "… first reconcile start → last reconcile end",
-        each(&|r| format!("{:.0} ms", span_ms(&r.wave_restart))),
-        ratio(&|r| span_ms(&r.wave_restart)),
-    );
-    row(
-        "… Docker calls, list / read / write",
-        each(&|r| r.wave_restart_calls.cell()),
-        None,
-    );
-    row(
-        "**in-process** periodic resync wave: reconciles (distinct Stages)",
-        each(&|r| format!("{} ({})", r.wave_periodic.len(), distinct(&r.wave_periodic))),
-        ratio(&|r| r.wave_periodic.len() as f64),
-    );
-    row(
-        "… first reconcile start → last reconcile end",
-        each(&|r| format!("{:.0} ms", span_ms(&r.wave_periodic))),
-        ratio(&|r| span_ms(&r.wave_periodic)),
-    );
-    row(
-        "… per Stage (wall time / N)",
-        each(&|r| format!("{:.0} µs", span_ms(&r.wave_periodic) * 1000.0 / r.n as f64)),
-        None,
-    );
-    row(
-        "… one reconcile, median / p99 (4 run concurrently)",
+        "Stage reconciles between the waves (restart–1 / 1–2; none expected)",
         each(&|r| {
-            let (m, p) = per_reconcile_us(&r.wave_periodic);
-            format!("{m:.0} / {p:.0} µs")
+            r.between
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" / ")
         }),
-        None,
-    );
-    row(
-        "… Docker calls, list / read / write",
-        each(&|r| r.wave_periodic_calls.cell()),
-        None,
-    );
-    row(
-        "reconciles between the two waves (none expected)",
-        each(&|r| r.between.to_string()),
-        None,
-    );
-    row(
-        "`DockerRuntime::calls()` of the in-process run, list / read / write",
-        each(&|r| r.counters.cell()),
         None,
     );
     row(
@@ -1212,10 +1272,20 @@ that records each request line (`GET …/containers/json` = list, other GET/HEAD
 else = write); memory is `VmRSS` / `VmHWM` of its `/proc/<pid>/status`. Once every Stage has a \
 status the binary is restarted, so every Stage is due at once: the first reconciles after a \
 restart are a full resync of N unchanged Stages, and each resync period after it repeats that \
-wave (the periods below are windows of one period centred on each wave). The binary logs nothing \
-per reconcile, so the waves are timed **in-process**: the same Stage and Project controllers \
-wired as `tiny_forge::k8s` wires them (`reconcile_stage`, `ContainerCache`, the watch caches), \
-with a clock around each Stage reconcile, restarted on the same objects. Single noisy machine: \
+wave (the periods below are windows of one period centred on each wave). The waves are timed \
+from the same restarted binary's Prometheus metrics (`--listen 127.0.0.1:<port>`, `GET /metrics`), \
+polled every {fast} ms from the process start through the restart wave and from 1 s before each \
+expected periodic wave (one period after the previous wave's first reconcile) until {quiet} s \
+without a new reconcile, every {slow} ms in between: the Stage reconciles of a wave are the \
+increase of `tiny_forge_reconciles_total{{kind=\"Stage\"}}` (by `outcome`); first → last is \
+from the first poll that showed a reconcile of the wave to the first that showed its final count \
+(the counters move when a reconcile ends, so this is first end → last end, each end known to one \
+poll interval: the bounds in brackets are the spans the neighbouring polls allow); the duration \
+of one reconcile is the wave's increase of `tiny_forge_reconcile_duration_seconds` `_sum` / \
+`_count` (mean) and, for median and p99, the upper bound of the bucket they fall in; the \
+reconciles between waves are the increase from one wave's final count to the next wave's start \
+(a status write would trigger one). The restart wave's first reconcile includes the process \
+start and the watches' initial lists. Single noisy machine: \
 compare the columns, not the absolute milliseconds.\n\n\
 {t}\n\
 Docker requests per window:\n\n{details}\n\n\
@@ -1237,5 +1307,8 @@ steady periods.\n\
             (true, false) => "not met",
         },
         lists = lists.join("; "),
+        fast = FAST.as_millis(),
+        slow = SLOW.as_millis(),
+        quiet = QUIET.as_secs(),
     )
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The Kubernetes controller benchmark (benches/k8s.rs): memory idle and with N Stages, a full
-# resync of N unchanged Stages and the Docker calls it makes. Results go to docs/BENCHMARKS.md
-# between <!-- k8s:start --> and <!-- k8s:end -->.
+# The Kubernetes controller benchmark (benches/k8s.rs), all of the shipped binary: memory idle and
+# with N Stages, a full resync of N unchanged Stages (timed from its /metrics) and the Docker calls
+# it makes. Results go to docs/BENCHMARKS.md between <!-- k8s:start --> and <!-- k8s:end -->.
 #
 # Reuses a running kube-apiserver (scripts/kube-up.sh's pid file) or starts one, and reuses a
 # reachable Docker engine or starts the private one (scripts/with-docker.sh); stops only what
