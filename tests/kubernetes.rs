@@ -87,9 +87,15 @@ async fn namespace(client: &Client, name: &str) {
 }
 
 fn kubectl() -> String {
-    let cached = dirs::home_dir()
-        .unwrap_or_default()
-        .join(".cache/kube-test/bin/kubectl-1.20");
+    // The kubectl matching the test server, extracted by scripts/kube-build.sh.
+    let home = std::env::var_os("KUBE_TEST_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            dirs::home_dir()
+                .unwrap_or_default()
+                .join(".cache/kube-test")
+        });
+    let cached = home.join("bin/kubectl-1.20");
     if cached.exists() {
         cached.display().to_string()
     } else {
