@@ -20,11 +20,10 @@ use tokio::time::{Instant, sleep, sleep_until};
 use crate::api::{Project, StageSpec, StageStatus, labels};
 use crate::crypto::SecretBox;
 use crate::docker::DockerRuntime;
-use crate::engine::conditions::{self, READY};
-use crate::engine::spec::describe_errors;
+use crate::engine::spec::assess_project;
 use crate::engine::{
-    ContainerInfo, Effective, Reconciled, Reconciler, Requeue, Runtime, RuntimeError, StageInput,
-    StageKey, StatusSink,
+    ContainerInfo, Reconciled, Reconciler, Requeue, Runtime, RuntimeError, StageInput, StageKey,
+    StatusSink,
 };
 use crate::probe::NetProber;
 use crate::proxy::Proxy as _;
@@ -606,28 +605,10 @@ pub fn sync_manifests(
         present.insert(("Project", ns.clone(), name.clone()));
         // A Project is Ready when its own part of the spec is valid.
         let mut status = db.project_status(&ns, &name)?;
-        let probe = StageSpec {
-            project_ref: name.clone(),
-            ..Default::default()
-        };
-        let (ok, reason, message) = match Effective::new(&l.resource.spec, &probe) {
-            Ok(_) => (true, "Valid", String::new()),
-            Err(e) => {
-                let message = describe_errors(&e);
-                errors.push(format!("{source} Project/{name}: {message}"));
-                (false, "InvalidSpec", message)
-            }
-        };
         let before = status.clone();
-        status.observed_generation = Some(generation);
-        conditions::set(
-            &mut status.conditions,
-            READY,
-            ok,
-            reason,
-            message,
-            Some(generation),
-        );
+        if let Some(problem) = assess_project(&name, &l.resource.spec, generation, &mut status) {
+            errors.push(format!("{source} Project/{name}: {problem}"));
+        }
         if status != before {
             db.save_project_status(&ns, &name, &status)?;
         }

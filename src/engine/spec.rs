@@ -40,6 +40,37 @@ pub fn describe_errors(errors: &[FieldError]) -> String {
         .join("; ")
 }
 
+/// A Project's status from its own part of the spec: `Ready` when its Stages can use it. Returns
+/// the problem, when there is one, for the caller to report where it reports.
+pub fn assess_project(
+    name: &str,
+    spec: &crate::api::ProjectSpec,
+    generation: i64,
+    status: &mut crate::api::ProjectStatus,
+) -> Option<String> {
+    let probe = StageSpec {
+        project_ref: name.to_string(),
+        ..Default::default()
+    };
+    let problem = Effective::new(spec, &probe)
+        .err()
+        .map(|e| describe_errors(&e));
+    let (ok, reason) = match problem {
+        None => (true, "Valid"),
+        Some(_) => (false, "InvalidSpec"),
+    };
+    status.observed_generation = Some(generation);
+    super::conditions::set(
+        &mut status.conditions,
+        super::conditions::READY,
+        ok,
+        reason,
+        problem.clone().unwrap_or_default(),
+        Some(generation),
+    );
+    problem
+}
+
 /// Where a Stage lives: namespace, project and stage names. Also the key of its containers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StageKey {

@@ -22,12 +22,12 @@ use kube::{Client, Resource, ResourceExt};
 use super::containers::ContainerCache;
 use super::secrets::ClusterSecrets;
 use super::status::{self, KubeSink};
-use crate::api::{Phase, Project, ProjectSpec, Stage, StageSpec, StageStatus, labels};
+use crate::api::{Phase, Project, ProjectSpec, Stage, StageStatus, labels};
 use crate::docker::DockerRuntime;
 use crate::engine::conditions::{self, READY};
 use crate::engine::reconcile::report_unreachable;
-use crate::engine::spec::describe_errors;
-use crate::engine::{Effective, Reconciler, Requeue, Runtime, RuntimeError, StageInput, StageKey};
+use crate::engine::spec::assess_project;
+use crate::engine::{Reconciler, Requeue, Runtime, RuntimeError, StageInput, StageKey};
 use crate::probe::NetProber;
 use crate::proxy::npm::Npm;
 use crate::proxy::{Owner, Proxy};
@@ -420,27 +420,11 @@ async fn project(obj: Arc<DeserializeGuard<Project>>, ctx: &Arc<Ctx>) -> Result<
         match event {
             Finalizer::Apply(p) => {
                 let generation = p.metadata.generation.unwrap_or(1);
-                let probe = StageSpec {
-                    project_ref: p.name_any(),
-                    ..Default::default()
-                };
-                let (ok, reason, message) = match Effective::new(&p.spec, &probe) {
-                    Ok(_) => (true, "Valid", String::new()),
-                    Err(e) => (false, "InvalidSpec", describe_errors(&e)),
-                };
                 let mut status = p.status.clone().unwrap_or_default();
-                status.observed_generation = Some(generation);
-                conditions::set(
-                    &mut status.conditions,
-                    READY,
-                    ok,
-                    reason,
-                    &message,
-                    Some(generation),
-                );
+                let problem = assess_project(&p.name_any(), &p.spec, generation, &mut status);
                 if p.status.as_ref() != Some(&status) {
                     status::apply(&api, "Project", &p.name_any(), &status).await?;
-                    if !ok {
+                    if let Some(message) = problem {
                         publish(
                             &ctx,
                             &p.object_ref(&()),

@@ -76,16 +76,6 @@ impl Secrets for ClusterSecrets {
     }
 }
 
-impl crate::webhook::server::SecretLookup for ClusterSecrets {
-    fn webhook_secret(
-        &self,
-        project: &crate::ingest::ProjectRef,
-    ) -> Option<Result<Vec<u8>, String>> {
-        let r = project.spec.webhook.as_ref()?.secret_ref.as_ref()?;
-        Some(self.get(&project.namespace, r).map(String::into_bytes))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,6 +53,19 @@ pub trait SecretLookup: Send + Sync + 'static {
     fn webhook_secret(&self, project: &ProjectRef) -> Option<Result<Vec<u8>, String>>;
 }
 
+/// Wherever the engine reads its secrets (the sealed store, a Secret of the cluster), the
+/// listener reads the Projects' webhook secrets too, by the same rules.
+impl<S: crate::engine::Secrets + 'static> SecretLookup for S {
+    fn webhook_secret(&self, project: &ProjectRef) -> Option<Result<Vec<u8>, String>> {
+        let r = project.spec.webhook.as_ref()?.secret_ref.as_ref()?;
+        let source = crate::engine::spec::EnvValueSource::Secret(r);
+        Some(
+            self.value(&project.namespace, &source)
+                .map(String::into_bytes),
+        )
+    }
+}
+
 /// What the listener authenticates against: the URL secret and the Projects (with the secrets
 /// they name). The embedded store in standalone mode, watch caches in Kubernetes mode.
 pub trait Index: Send + Sync + 'static {
