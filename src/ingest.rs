@@ -313,6 +313,20 @@ pub fn base_name(repository: &str) -> String {
     }
 }
 
+/// `base`, else `base-2`, `base-3`, … : the first name not `taken`.
+pub fn free_name(base: &str, taken: impl Fn(&str) -> bool) -> String {
+    (1..)
+        .map(|i| {
+            if i == 1 {
+                base.to_string()
+            } else {
+                format!("{base}-{i}")
+            }
+        })
+        .find(|n| !taken(n))
+        .expect("some suffix is free")
+}
+
 /// Creates a Project with a `dev` Stage (autoDeploy, any tag) for an image nobody uses yet: in
 /// the store, and as a manifest file under `<manifests>/auto-created/` so the directory stays the
 /// truth and the user can edit or delete it. Returns the new Project.
@@ -331,16 +345,7 @@ pub fn auto_create(
             || catalog.stages.iter().any(|s| s.namespace == n)
             || dir.join(format!("{n}.yaml")).exists()
     };
-    let name = (1..)
-        .map(|i| {
-            if i == 1 {
-                base.clone()
-            } else {
-                format!("{base}-{i}")
-            }
-        })
-        .find(|n| !taken(n))
-        .expect("some suffix is free");
+    let name = free_name(&base, taken);
     let spec = ProjectSpec {
         image: repository.to_string(),
         ..Default::default()

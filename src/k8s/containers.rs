@@ -68,46 +68,36 @@ impl ContainerCache {
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
             .copied();
-        let usable =
-            |l: &Listing| l.taken.elapsed() <= self.max_age && since.is_none_or(|t| l.taken > t);
         let pick = |by: &ByStage| by.get(&key).cloned().unwrap_or_default();
-        if let Some(l) = self
-            .latest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            && usable(l)
-        {
-            return Ok(pick(&l.by_stage));
+        if let Some(by_stage) = self.usable(since) {
+            return Ok(pick(&by_stage));
         }
         let _one_at_a_time = self.listing.lock().await;
         // Someone else may have listed while this one waited.
-        if let Some(l) = self
-            .latest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            && usable(l)
-        {
-            return Ok(pick(&l.by_stage));
-        }
-        let taken = Instant::now();
-        let containers = runtime
-            .list_managed(&[(labels::INSTANCE, self.instance.as_str())])
-            .await?;
-        let by_stage = group(containers);
-        let found = pick(&by_stage);
-        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(Listing {
-            taken,
-            by_stage: Arc::new(by_stage),
-        });
-        Ok(found)
+        let by_stage = match self.usable(since) {
+            Some(by_stage) => by_stage,
+            None => self.list(runtime).await?,
+        };
+        Ok(pick(&by_stage))
     }
 
     /// Every container of this instance, grouped by Stage, from a fresh listing (also shared with
     /// the reconciles that follow).
     pub async fn all<R: Runtime>(&self, runtime: &R) -> Result<Arc<ByStage>, RuntimeError> {
         let _one_at_a_time = self.listing.lock().await;
+        self.list(runtime).await
+    }
+
+    /// The latest listing, if it is recent and was taken after `since`.
+    fn usable(&self, since: Option<Instant>) -> Option<Arc<ByStage>> {
+        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let l = latest.as_ref()?;
+        (l.taken.elapsed() <= self.max_age && since.is_none_or(|t| l.taken > t))
+            .then(|| l.by_stage.clone())
+    }
+
+    /// Lists and keeps the listing; the caller holds `listing`.
+    async fn list<R: Runtime>(&self, runtime: &R) -> Result<Arc<ByStage>, RuntimeError> {
         let taken = Instant::now();
         let containers = runtime
             .list_managed(&[(labels::INSTANCE, self.instance.as_str())])

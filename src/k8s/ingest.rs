@@ -453,16 +453,7 @@ impl Book for Plan<'_> {
                     .iter()
                     .any(|s| s.namespace == namespace && s.name == format!("{n}-dev"))
         };
-        let name = (1..)
-            .map(|i| {
-                if i == 1 {
-                    base.clone()
-                } else {
-                    format!("{base}-{i}")
-                }
-            })
-            .find(|n| !taken(n))
-            .expect("some suffix is free");
+        let name = crate::ingest::free_name(&base, taken);
         let spec = ProjectSpec {
             image: repository.to_string(),
             ..Default::default()
@@ -541,7 +532,10 @@ async fn commit(client: &Client, index: &ClusterIndex, writes: &Writes) -> HashM
             .get(&(ns.clone(), name.clone()))
             .cloned()
             .flatten();
-        pending.push(write_one(client, index, ns, name, seen, policy));
+        pending.push(async move {
+            let result = write_latest(client, index, ns, name, seen, policy).await;
+            ((ns.clone(), name.clone()), result)
+        });
     }
     let results: Vec<(Key, Result<(), String>)> = futures::stream::iter(pending)
         .buffer_unordered(16)
@@ -603,18 +597,6 @@ async fn create(client: &Client, project: &Project, stage: &Stage) -> Result<(),
         }
         Err(e) => Err(format!("cannot create Stage {ns}/{stage_name}: {e}")),
     }
-}
-
-async fn write_one(
-    client: &Client,
-    index: &ClusterIndex,
-    namespace: &str,
-    name: &str,
-    seen: &SeenTag,
-    policy: Option<CompiledPolicy>,
-) -> (Key, Result<(), String>) {
-    let result = write_latest(client, index, namespace, name, seen, policy).await;
-    ((namespace.to_string(), name.to_string()), result)
 }
 
 async fn write_latest(
