@@ -280,6 +280,11 @@ fn ready(stage: &Stage) -> Option<String> {
         .map(|c| format!("{}/{}", c.status, c.reason))
 }
 
+/// Ready, and what serves passed its health check.
+fn healthy(stage: &Stage) -> bool {
+    ready(stage).as_deref() == Some("True/Healthy")
+}
+
 async fn stage_when(
     api: &Api<Stage>,
     name: &str,
@@ -324,6 +329,28 @@ async fn events_of(client: &Client, namespace: &str, name: &str) -> Vec<(String,
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
         .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
         .collect()
+}
+
+/// The test cluster, a namespace made for this test and an instance name of its own (`base`
+/// names both), or None when the run has no cluster (see [`cluster`]).
+async fn scenario(base: &str) -> Option<(Client, DockerRuntime, String, String)> {
+    let (client, docker) = cluster().await?;
+    let (ns, instance) = (
+        unique(&format!("tf-{base}")),
+        unique(&format!("kube-{base}")),
+    );
+    namespace(&client, &ns).await;
+    Some((client, docker, ns, instance))
+}
+
+/// The demo Project and its Stage `web`, pinned to 1.0.0.
+fn apply_pinned_web(ns: &str) {
+    kubectl_apply(&project_yaml(ns), None).unwrap();
+    kubectl_apply(
+        &stage_yaml(ns, "web", "{projectRef: demo, pinnedTag: \"1.0.0\"}"),
+        None,
+    )
+    .unwrap();
 }
 
 /// A namespace name of its own for this run (a namespace being deleted cannot be reused).
@@ -424,25 +451,15 @@ async fn crds_and_examples_are_accepted_by_the_api_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_becomes_ready_keeps_its_status_across_restarts_and_is_cleaned_up_on_delete() {
-    let Some((client, docker)) = cluster().await else {
+    let Some((client, docker, ns, instance)) = scenario("lifecycle").await else {
         return;
     };
-    let (ns, instance) = (unique("tf-lifecycle"), unique("kube-lifecycle"));
     let (ns, instance) = (ns.as_str(), instance.as_str());
-    namespace(&client, ns).await;
-    kubectl_apply(&project_yaml(ns), None).unwrap();
-    kubectl_apply(
-        &stage_yaml(ns, "web", "{projectRef: demo, pinnedTag: \"1.0.0\"}"),
-        None,
-    )
-    .unwrap();
+    apply_pinned_web(ns);
     let stages: Api<Stage> = Api::namespaced(client.clone(), ns);
 
     let mut controller = Controller::start(ns, instance, &[], None);
-    let stage = stage_when(&stages, "web", 90, |s| {
-        ready(s).as_deref() == Some("True/Healthy")
-    })
-    .await;
+    let stage = stage_when(&stages, "web", 90, healthy).await;
     let status = stage.status.clone().unwrap();
     assert_eq!(status.current.as_ref().unwrap().tag, "1.0.0");
     assert!(
@@ -532,12 +549,10 @@ async fn a_stage_becomes_ready_keeps_its_status_across_restarts_and_is_cleaned_u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_stage_is_reported_and_does_not_stall_the_others() {
-    let Some((client, docker)) = cluster().await else {
+    let Some((client, docker, ns, instance)) = scenario("malformed").await else {
         return;
     };
-    let (ns, instance) = (unique("tf-malformed"), unique("kube-malformed"));
     let (ns, instance) = (ns.as_str(), instance.as_str());
-    namespace(&client, ns).await;
     kubectl_apply(&project_yaml(ns), None).unwrap();
     // Valid for the CRD schema (an integer, no maximum given) but not for the controller (u32).
     let bad = stage_yaml(
@@ -558,10 +573,7 @@ async fn a_malformed_stage_is_reported_and_does_not_stall_the_others() {
         &kube::core::ApiResource::erase::<Stage>(&()),
     );
     let _controller = Controller::start(ns, instance, &[], None);
-    stage_when(&stages, "fine", 90, |s| {
-        ready(s).as_deref() == Some("True/Healthy")
-    })
-    .await;
+    stage_when(&stages, "fine", 90, healthy).await;
     let broken = eventually("the malformed Stage reported", 30, || async {
         let o = raw.get("broken").await.ok()?;
         let c = o.data["status"]["conditions"][0].clone();
@@ -585,10 +597,7 @@ async fn a_malformed_stage_is_reported_and_does_not_stall_the_others() {
         "{projectRef: demo, pinnedTag: \"1.0.0\", healthCheck: {intervalSeconds: 1}}",
     );
     kubectl_apply(&fixed, None).unwrap();
-    let healthy = stage_when(&stages, "broken", 90, |s| {
-        ready(s).as_deref() == Some("True/Healthy")
-    })
-    .await;
+    let deployed = stage_when(&stages, "broken", 90, healthy).await;
 
     // Broken again after it deployed: reported, and the rest of its status (what serves, what to
     // roll back to) stays.
@@ -601,7 +610,7 @@ async fn a_malformed_stage_is_reported_and_does_not_stall_the_others() {
     let current = &reported.data["status"]["current"];
     assert_eq!(
         current["containerId"].as_str(),
-        healthy
+        deployed
             .status
             .unwrap()
             .current
@@ -639,12 +648,10 @@ async fn a_malformed_stage_is_reported_and_does_not_stall_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_delivery_becomes_status_latest_and_deploys() {
-    let Some((client, docker)) = cluster().await else {
+    let Some((client, docker, ns, instance)) = scenario("webhook").await else {
         return;
     };
-    let (ns, instance) = (unique("tf-webhook"), unique("kube-webhook"));
     let (ns, instance) = (ns.as_str(), instance.as_str());
-    namespace(&client, ns).await;
     kubectl_apply(&project_yaml(ns), None).unwrap();
     kubectl_apply(
         &stage_yaml(
@@ -772,12 +779,10 @@ async fn a_webhook_delivery_becomes_status_latest_and_deploys() {
 /// Stages ran, and the Stage says its Project is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_image_creates_a_project_and_deleting_it_stops_its_stages() {
-    let Some((client, docker)) = cluster().await else {
+    let Some((client, docker, ns, instance)) = scenario("autocreate").await else {
         return;
     };
-    let (ns, instance) = (unique("tf-autocreate"), unique("kube-autocreate"));
     let (ns, instance) = (ns.as_str(), instance.as_str());
-    namespace(&client, ns).await;
     let controller = Controller::start(ns, instance, &["--auto-create", "true"], None);
     ready_listener(controller.port).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -833,10 +838,9 @@ async fn an_unknown_image_creates_a_project_and_deleting_it_stops_its_stages() {
 /// cannot read Secrets outside its namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_charts_rbac_is_enough_and_no_more() {
-    let Some((client, docker)) = cluster().await else {
+    let Some((client, docker, ns, instance)) = scenario("rbac").await else {
         return;
     };
-    let (ns, instance) = (unique("tf-rbac"), unique("kube-rbac"));
     let (ns, instance) = (ns.as_str(), instance.as_str());
     let manifests = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/tiny-forge.yaml"),
@@ -845,7 +849,6 @@ async fn the_charts_rbac_is_enough_and_no_more() {
     let out = kubectl_apply(&manifests, None)
         .unwrap_or_else(|e| panic!("kubectl apply -f manifests/: {e}"));
     assert!(out.contains("clusterrole"), "{out}");
-    namespace(&client, ns).await;
     let sa_ns = "tiny-forge";
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), sa_ns);
     let sa = sas
@@ -899,12 +902,7 @@ async fn the_charts_rbac_is_enough_and_no_more() {
         "may list namespaces"
     );
 
-    kubectl_apply(&project_yaml(ns), None).unwrap();
-    kubectl_apply(
-        &stage_yaml(ns, "web", "{projectRef: demo, pinnedTag: \"1.0.0\"}"),
-        None,
-    )
-    .unwrap();
+    apply_pinned_web(ns);
     let controller = Controller::start(
         ns,
         instance,
@@ -921,10 +919,7 @@ async fn the_charts_rbac_is_enough_and_no_more() {
         Some(&kubeconfig),
     );
     let stages: Api<Stage> = Api::namespaced(client.clone(), ns);
-    let stage = stage_when(&stages, "web", 120, |s| {
-        ready(s).as_deref() == Some("True/Healthy")
-    })
-    .await;
+    let stage = stage_when(&stages, "web", 120, healthy).await;
     assert!(stage.status.unwrap().current.is_some());
     event_seen(&client, ns, "web", "Deployed").await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), sa_ns);
@@ -962,18 +957,11 @@ async fn the_charts_rbac_is_enough_and_no_more() {
 /// over once the Lease expires and acts on the next change. Both answer webhooks meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_replica_takes_over_when_the_leader_dies() {
-    let Some((client, docker)) = cluster().await else {
+    let Some((client, docker, ns, instance)) = scenario("leader").await else {
         return;
     };
-    let (ns, instance) = (unique("tf-leader"), unique("kube-leader"));
     let (ns, instance) = (ns.as_str(), instance.as_str());
-    namespace(&client, ns).await;
-    kubectl_apply(&project_yaml(ns), None).unwrap();
-    kubectl_apply(
-        &stage_yaml(ns, "web", "{projectRef: demo, pinnedTag: \"1.0.0\"}"),
-        None,
-    )
-    .unwrap();
+    apply_pinned_web(ns);
     let args = [
         "--leader-election",
         "true",
@@ -982,10 +970,7 @@ async fn a_second_replica_takes_over_when_the_leader_dies() {
     ];
     let mut a = Controller::start(ns, instance, &args, None);
     let stages: Api<Stage> = Api::namespaced(client.clone(), ns);
-    stage_when(&stages, "web", 90, |s| {
-        ready(s).as_deref() == Some("True/Healthy")
-    })
-    .await;
+    stage_when(&stages, "web", 90, healthy).await;
     let b = Controller::start(ns, instance, &args, None);
     let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
     let holder = || async {
@@ -1038,24 +1023,14 @@ async fn a_second_replica_takes_over_when_the_leader_dies() {
 /// controller ran): its container is collected by label once the orphan grace has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_of_a_stage_gone_without_its_finalizer_are_collected() {
-    let Some((client, docker)) = cluster().await else {
+    let Some((client, docker, ns, instance)) = scenario("orphan").await else {
         return;
     };
-    let (ns, instance) = (unique("tf-orphan"), unique("kube-orphan"));
     let (ns, instance) = (ns.as_str(), instance.as_str());
-    namespace(&client, ns).await;
-    kubectl_apply(&project_yaml(ns), None).unwrap();
-    kubectl_apply(
-        &stage_yaml(ns, "web", "{projectRef: demo, pinnedTag: \"1.0.0\"}"),
-        None,
-    )
-    .unwrap();
+    apply_pinned_web(ns);
     let stages: Api<Stage> = Api::namespaced(client.clone(), ns);
     let mut controller = Controller::start(ns, instance, &[], None);
-    stage_when(&stages, "web", 90, |s| {
-        ready(s).as_deref() == Some("True/Healthy")
-    })
-    .await;
+    stage_when(&stages, "web", 90, healthy).await;
     controller.stop();
     // Force-finalize and delete behind the controller's back.
     let unfinalize = serde_json::json!({"metadata": {"finalizers": null}});
