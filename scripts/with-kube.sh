@@ -36,7 +36,10 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-line=$("$SCRIPTS/kube-up.sh" 2>"${TMPDIR:-/tmp}/tiny-forge-kube-up.log" | tail -n1) || {
+up() { "$SCRIPTS/kube-up.sh" 2>>"${TMPDIR:-/tmp}/tiny-forge-kube-up.log" | tail -n1; }
+: >"${TMPDIR:-/tmp}/tiny-forge-kube-up.log"
+# A cold start has been seen to lose the apiserver once (empty log, etcd fine): one more try.
+line=$(up) || { "$SCRIPTS/kube-down.sh" "$STATE" >/dev/null 2>&1 || true; line=$(up); } || {
     cat "${TMPDIR:-/tmp}/tiny-forge-kube-up.log" >&2
     exit 1
 }
