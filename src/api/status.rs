@@ -15,6 +15,10 @@ pub enum Phase {
     Failed,
     /// The desired tag failed; the previous container kept (or went back to) serving.
     RolledBack,
+    /// The Stage ran healthy and cannot converge now (an image that cannot be pulled, Docker
+    /// unreachable, a spec that became invalid): `Ready` says why, the last deployed container
+    /// is left as it was.
+    Degraded,
 }
 
 impl Phase {
@@ -25,6 +29,7 @@ impl Phase {
             Phase::Healthy => "Healthy",
             Phase::Failed => "Failed",
             Phase::RolledBack => "RolledBack",
+            Phase::Degraded => "Degraded",
         }
     }
 }

@@ -230,12 +230,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             }
             status.phase = Some(Phase::Healthy);
             status.last_failure = None;
-            let cur = status
-                .current
-                .as_ref()
-                .map(|c| c.tag.clone())
-                .unwrap_or_default();
-            let message = format!("{cur} is serving");
+            let message = serving_message(status);
             report(status, true, "Healthy", message, generation);
             // The container side converged; the proxy catches up with backoff.
             return Ok(if proxied.is_ok() {
@@ -403,7 +398,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                 }
                 status.last_failure = None;
                 status.phase = Some(Phase::Healthy);
-                let message = format!("{tag} is serving ({note})");
+                let message = serving_message(status);
                 report(status, true, "Healthy", message, generation);
                 Ok(if proxy_pending {
                     Requeue::Retry
@@ -433,6 +428,21 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                     tracing::error!(error = %e, "could not point the proxy back at the previous container");
                 }
                 let (phase, outcome, cond_reason, message) = match (&restored, &status.current) {
+                    // With a fixed host port the old container stopped before the new one
+                    // started: clients met the failed tag (or nothing) on the port meanwhile.
+                    (Some(_), Some(cur)) if handover => (
+                        Phase::RolledBack,
+                        Outcome::RolledBack,
+                        "RolledBack",
+                        format!(
+                            "{tag} {what} ({reason}); {} serves again on host port {}, which \
+                             {tag} held for {:.1}s (a fixed host port is handed over before \
+                             the health check)",
+                            cur.tag,
+                            spec.host_port.unwrap_or_default(),
+                            handover_started.elapsed().as_secs_f64()
+                        ),
+                    ),
                     (Some(_), Some(cur)) => (
                         Phase::RolledBack,
                         Outcome::RolledBack,
@@ -737,14 +747,40 @@ pub fn report_unreachable(status: &mut StageStatus, generation: i64, e: &Runtime
     *status != before
 }
 
+/// "X is serving (how its deploy went)", from status alone: a resync or a restart writes the very
+/// message the deploy wrote, so a converged status is never rewritten.
+fn serving_message(status: &StageStatus) -> String {
+    let Some(cur) = &status.current else {
+        return String::new();
+    };
+    let deploy = status.history.iter().find(|r| {
+        r.outcome == Outcome::Succeeded
+            && r.tag == cur.tag
+            && r.digest.as_deref() == Some(cur.digest.as_str())
+    });
+    match deploy {
+        Some(r) => format!("{} is serving ({})", cur.tag, r.message),
+        None => format!("{} is serving", cur.tag),
+    }
+}
+
 /// Sets the `Ready` condition and the one-line `message` together: they always say the same.
+/// Phase and conditions tell one story: a Stage that was `Healthy` and cannot converge now is
+/// `Degraded`, and the message names what is still deployed.
 fn report(
     status: &mut StageStatus,
     ok: bool,
     reason: &str,
-    message: String,
+    mut message: String,
     generation: Option<i64>,
 ) {
+    if !ok
+        && matches!(status.phase, Some(Phase::Healthy | Phase::Degraded))
+        && let Some(cur) = &status.current
+    {
+        status.phase = Some(Phase::Degraded);
+        message = format!("{message}; {} is still the deployed version", cur.tag);
+    }
     conditions::set(
         &mut status.conditions,
         READY,
