@@ -47,6 +47,9 @@ pub struct Options {
     pub instance: String,
     /// The webhook listener; None: no listener.
     pub webhook: Option<crate::webhook::server::Config>,
+    /// Base URL senders reach the listener at (a TLS proxy in front, say) [default: the bound
+    /// address]; `webhook url` prints it.
+    pub public_url: Option<String>,
     /// Create a Project (and a `dev` Stage) for pushed images no Project uses.
     pub auto_create: bool,
     /// Key of the secrets sealed in the store [default: `<state-dir>/secret.key`].
@@ -68,6 +71,7 @@ impl Options {
             concurrency: 4,
             instance: "standalone".into(),
             webhook: None,
+            public_url: None,
             auto_create: true,
             secret_key_file: None,
             npm: None,
@@ -155,8 +159,11 @@ pub async fn run(
                 },
             )
             .await?;
+            let base = webhook::public_base(opts.public_url.as_deref(), server.local_addr);
+            webhook::record_public_base(&db, &base).map_err(anyhow::Error::msg)?;
             tracing::info!(
                 listen = %server.local_addr,
+                public = %base,
                 "webhook listener up (`tiny-forge webhook url` prints the URL to give senders)"
             );
             Some(server)
