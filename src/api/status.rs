@@ -15,8 +15,8 @@ pub enum Phase {
     Failed,
     /// The desired tag failed; the previous container kept (or went back to) serving.
     RolledBack,
-    /// The Stage ran healthy and cannot converge now (an image that cannot be pulled, Docker
-    /// unreachable, a spec that became invalid): `Ready` says why, the last deployed container
+    /// A Stage with a deployed container cannot converge now (an image that cannot be pulled,
+    /// Docker unreachable, a spec that became invalid): `Ready` says why, the deployed container
     /// is left as it was.
     Degraded,
 }

@@ -113,7 +113,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             if status.current.is_none() {
                 status.phase = Some(Phase::Pending);
             }
-            report(&mut status, false, reason, message, generation);
+            report_stuck(&mut status, reason, message, generation);
             Reconciled {
                 status,
                 requeue: Requeue::WaitForChange,
@@ -142,7 +142,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             Ok(requeue) => Reconciled { status, requeue },
             Err(e) => {
                 tracing::warn!(reason = e.reason, message = %e.message, "reconcile step failed");
-                report(&mut status, false, e.reason, e.message, generation);
+                report_stuck(&mut status, e.reason, e.message, generation);
                 Reconciled {
                     status,
                     requeue: if e.transient {
@@ -743,7 +743,7 @@ fn short(digest: &str) -> &str {
 /// true when that changed something.
 pub fn report_unreachable(status: &mut StageStatus, generation: i64, e: &RuntimeError) -> bool {
     let before = status.clone();
-    report(status, false, e.reason(), e.to_string(), Some(generation));
+    report_stuck(status, e.reason(), e.to_string(), Some(generation));
     *status != before
 }
 
@@ -764,23 +764,28 @@ fn serving_message(status: &StageStatus) -> String {
     }
 }
 
+/// `Ready=False` for a Stage that cannot converge now (a step failed, the spec became unusable,
+/// Docker is away). Phase and conditions tell one story: with a deployed container the phase is
+/// `Degraded` — never `Healthy` beside `Ready=False` — and the message names what is deployed.
+fn report_stuck(status: &mut StageStatus, reason: &str, message: String, generation: Option<i64>) {
+    let message = match &status.current {
+        Some(cur) => {
+            status.phase = Some(Phase::Degraded);
+            format!("{message}; {} is still the deployed version", cur.tag)
+        }
+        None => message,
+    };
+    report(status, false, reason, message, generation);
+}
+
 /// Sets the `Ready` condition and the one-line `message` together: they always say the same.
-/// Phase and conditions tell one story: a Stage that was `Healthy` and cannot converge now is
-/// `Degraded`, and the message names what is still deployed.
 fn report(
     status: &mut StageStatus,
     ok: bool,
     reason: &str,
-    mut message: String,
+    message: String,
     generation: Option<i64>,
 ) {
-    if !ok
-        && matches!(status.phase, Some(Phase::Healthy | Phase::Degraded))
-        && let Some(cur) = &status.current
-    {
-        status.phase = Some(Phase::Degraded);
-        message = format!("{message}; {} is still the deployed version", cur.tag);
-    }
     conditions::set(
         &mut status.conditions,
         READY,
