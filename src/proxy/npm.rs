@@ -380,7 +380,8 @@ impl Proxy for Npm {
         Err(ProxyError::Other(last_uncertain))
     }
 
-    async fn remove(&self, owner: &Owner) -> Result<(), ProxyError> {
+    async fn remove(&self, owner: &Owner) -> Result<bool, ProxyError> {
+        let mut removed = false;
         for host in self.hosts().await? {
             if owner_of(&host).as_ref() == Some(owner) {
                 let id = host["id"].as_i64().unwrap_or_default();
@@ -397,9 +398,10 @@ impl Proxy for Npm {
                     }
                 }
                 tracing::info!(host_id = id, stage = %owner, "removed proxy host");
+                removed = true;
             }
         }
-        Ok(())
+        Ok(removed)
     }
 
     async fn owned(&self, instance: &str) -> Result<Vec<Owner>, ProxyError> {
