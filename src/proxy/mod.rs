@@ -80,14 +80,13 @@ impl ProxyError {
         }
     }
 
-    /// Whether a switch to this route must be undone: anything but the proxy being away or the
-    /// domain taken (then nothing changed and the containers may converge without it). A proxy
-    /// that keeps failing its writes may be serving the old target still: keep the old container.
+    /// Whether a switch to this route must be undone: nginx or NPM refused the route itself
+    /// (retrying it would fail the same way). Anything else — the proxy away (also its nginx
+    /// answering 502/503/504 for a restarting backend), credentials refused, the domain taken,
+    /// writes that kept failing — is no verdict on the new container: it waits beside the old
+    /// one, which may be what the proxy still routes to, and the switch is tried again.
     pub fn route_at_fault(&self) -> bool {
-        !matches!(
-            self,
-            ProxyError::Unreachable(_) | ProxyError::Auth(_) | ProxyError::DomainInUse { .. }
-        )
+        matches!(self, ProxyError::NginxOffline(_) | ProxyError::Rejected(_))
     }
 }
 
