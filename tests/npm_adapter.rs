@@ -51,6 +51,12 @@ async fn one_host_per_stage_written_only_when_it_differs() {
     assert_eq!(host["meta"]["managed_by"], "tiny-forge");
     assert_eq!(host["meta"]["stage"], "default/prod");
     assert_eq!(host["forward_host"], "172.17.0.5");
+    // What NPM's UI shows of it: the "Advanced" tab starts with a marker.
+    let advanced = host["advanced_config"].as_str().unwrap();
+    assert!(
+        advanced.starts_with("# managed by tiny-forge (Stage default/prod"),
+        "{advanced}"
+    );
 
     let writes = double.writes();
     let again = npm.ensure(&r).await.unwrap();

@@ -514,7 +514,7 @@ fn desired_body(route: &Route) -> Value {
         "block_exploits": flag(s.block_exploits),
         "caching_enabled": flag(s.caching_enabled),
         "allow_websocket_upgrade": flag(s.allow_websocket_upgrade),
-        "advanced_config": s.advanced_config.clone().unwrap_or_default(),
+        "advanced_config": advanced_config(route),
         "meta": {
             "managed_by": MANAGED_BY,
             "instance": route.owner.instance,
@@ -528,6 +528,19 @@ fn desired_body(route: &Route) -> Value {
         body["certificate_id"] = json!(c);
     }
     body
+}
+
+/// The host's advanced configuration: a comment NPM's UI shows (the host's "Advanced" tab) that
+/// marks the host as tiny-forge's — NPM has no other free-text field — then the Stage's own.
+fn advanced_config(route: &Route) -> String {
+    let marker = format!(
+        "# managed by tiny-forge (Stage {}, instance {}): edit the Stage, not this host; changes made here are reverted",
+        route.owner, route.owner.instance
+    );
+    match route.settings.advanced_config.as_deref() {
+        Some(own) if !own.trim().is_empty() => format!("{marker}\n{own}"),
+        _ => marker,
+    }
 }
 
 /// The fields of `desired` that `host` does not have (a partial PUT body).
@@ -606,6 +619,12 @@ mod tests {
             "no certificate: NPM would force it off"
         );
         assert!(desired.get("certificate_id").is_none());
+        let marker = desired["advanced_config"].as_str().unwrap();
+        assert!(
+            marker.starts_with("# managed by tiny-forge (Stage default/prod, instance standalone)")
+                && !marker.contains('\n'),
+            "{marker}"
+        );
         let mut stored = desired.clone();
         stored["id"] = json!(7);
         stored["domain_names"] = json!(["APP.example.com"]);
