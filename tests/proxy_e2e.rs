@@ -345,7 +345,10 @@ spec: {{projectRef: demo, pinnedTag: \"1.0.0\", domains: [taken.test]}}
     let table = String::from_utf8_lossy(&out.stdout);
     let row = table.lines().nth(1).unwrap_or_default();
     assert!(
-        row.starts_with("other ") && row.contains(" False ") && row.contains("not served"),
+        row.starts_with("other ")
+            && row.contains(" False ")
+            && row.contains(" DomainInUse ")
+            && row.contains("not served"),
         "{table}"
     );
 
