@@ -810,7 +810,12 @@ fn held_failure<'s>(status: &'s StageStatus, tag: &str, inputs: &str) -> Option<
         (Some(a), Some(d)) => a == d,
         _ => true,
     };
-    (f.tag == tag && f.inputs.as_deref() == Some(inputs) && same_digest).then_some(f)
+    // Recorded by versions that rolled back when NPM merely failed to answer (say a 502 while
+    // its backend restarted): not a verdict on the tag, so not held — it is tried again.
+    let proxy_away = f.reason == "ProxySwitchFailed"
+        && f.message
+            .contains("could not take over the proxy route (the proxy answered: ");
+    (f.tag == tag && f.inputs.as_deref() == Some(inputs) && same_digest && !proxy_away).then_some(f)
 }
 
 /// What a failure is held against: the Stage's spec and its Project's, so an edit of either
@@ -936,4 +941,39 @@ fn report(
         generation,
     );
     status.message = Some(message);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_switch_that_failed_because_npm_did_not_answer_is_not_held() {
+        let failure = |reason: &str, message: &str| StageStatus {
+            last_failure: Some(FailedDeploy {
+                tag: "1.1.0".into(),
+                digest: None,
+                generation: Some(2),
+                inputs: Some("abc".into()),
+                reason: reason.into(),
+                message: message.into(),
+            }),
+            ..Default::default()
+        };
+        // What earlier versions recorded for a 502 from NPM's nginx: retried.
+        let away = failure(
+            "ProxySwitchFailed",
+            "1.1.0 could not take over the proxy route (the proxy answered: HTTP 502); 1.0.0 keeps serving",
+        );
+        assert!(held_failure(&away, "1.1.0", "abc").is_none());
+        // nginx rejecting the route, or a broken image: held until something changes.
+        let rejected = failure(
+            "ProxySwitchFailed",
+            "1.1.0 could not take over the proxy route (nginx did not accept the new configuration: x); 1.0.0 keeps serving",
+        );
+        assert!(held_failure(&rejected, "1.1.0", "abc").is_some());
+        assert!(held_failure(&rejected, "1.1.0", "changed").is_none());
+        let broken = failure("HealthCheckFailed", "1.1.0 failed its health check");
+        assert!(held_failure(&broken, "1.1.0", "abc").is_some());
+    }
 }
