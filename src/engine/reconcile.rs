@@ -976,4 +976,30 @@ mod tests {
         let broken = failure("HealthCheckFailed", "1.1.0 failed its health check");
         assert!(held_failure(&broken, "1.1.0", "abc").is_some());
     }
+
+    #[test]
+    fn domains_are_not_served_when_taken_rejected_or_never_routed() {
+        let routed = StageStatus {
+            proxy: Some(ProxyRoute {
+                host_id: 1,
+                domains: vec!["a.example.com".into()],
+                target: "http://172.17.0.2:8080".into(),
+                settings: None,
+            }),
+            ..Default::default()
+        };
+        let unrouted = StageStatus::default();
+        let taken = ProxyError::DomainInUse {
+            domain: "a.example.com".into(),
+            host_id: 3,
+        };
+        let offline = ProxyError::NginxOffline("nginx: [emerg] ...".into());
+        let away = ProxyError::Unreachable("http://npm:81: HTTP 502".into());
+        for e in [&taken, &offline] {
+            assert!(unserved(&routed, e) && unserved(&unrouted, e), "{e}");
+        }
+        // NPM away: the route in place still stands; without one, nothing is served.
+        assert!(!unserved(&routed, &away));
+        assert!(unserved(&unrouted, &away));
+    }
 }
