@@ -196,6 +196,10 @@ pub struct ProxyRoute {
     pub domains: Vec<String>,
     /// `scheme://host:port` the proxy forwards to.
     pub target: String,
+    /// The proxy settings (`spec.proxy`) this route was last written with and nginx accepted:
+    /// when nginx rejects new ones, the host is put back with these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<super::ProxySettings>,
 }
 
 /// Kubernetes 1.20 rejects a CRD whose schema gives a string the default `""`, and its
