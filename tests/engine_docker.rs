@@ -280,6 +280,54 @@ async fn an_interrupted_deploy_resumes_without_a_duplicate_container() {
     f.cleanup(&r.runtime).await;
 }
 
+/// Release 0.1 named containers by another hash: a container it created and recorded as serving
+/// is adopted as it is — an upgrade redeploys nothing.
+#[tokio::test]
+async fn a_container_named_by_the_previous_release_is_adopted_not_redeployed() {
+    let Some(rt) = docker().await else { return };
+    let r = reconciler(Recording::new(rt));
+    let mut f = Fixture::new("t-upgrade", pinned("1.0.0"));
+    f.cleanup(&r.runtime).await;
+    let eff = Effective::new(&f.project, &f.stage).unwrap();
+    let image = r
+        .runtime
+        .ensure_image("tiny-forge-demo:1.0.0", tiny_forge::engine::Pull::Never)
+        .await
+        .unwrap();
+    let mut old = eff.container_spec(&f.key, "test", "1.0.0", &image, &Default::default());
+    assert_ne!(old.previous_names[0], old.name);
+    old.name = old.previous_names[0].clone();
+    let id = r.runtime.create(&old).await.unwrap();
+    r.runtime.start(&id).await.unwrap();
+    f.status.current = Some(tiny_forge::api::Deployed {
+        tag: "1.0.0".into(),
+        digest: image.digest().to_string(),
+        container_id: Some(id.clone()),
+        container_name: Some(old.name.clone()),
+        since: None,
+    });
+    r.runtime.take();
+
+    let out = f.reconcile(&r).await;
+    assert_eq!(
+        out.status.phase,
+        Some(Phase::Healthy),
+        "{:?}",
+        out.status.message
+    );
+    let steps = r.runtime.take();
+    assert!(
+        !steps
+            .iter()
+            .any(|s| s.starts_with("create") || s.starts_with("stop")),
+        "{steps:?}"
+    );
+    let now = f.containers(&r.runtime).await;
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_eq!(now[0].id, id, "the same container keeps serving");
+    f.cleanup(&r.runtime).await;
+}
+
 #[tokio::test]
 async fn a_missing_image_is_a_clear_retryable_error_and_the_serving_container_stays() {
     let Some(rt) = docker().await else { return };

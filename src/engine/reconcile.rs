@@ -226,8 +226,11 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
         let image = self.runtime.ensure_image(&reference, pull).await?;
         let secrets = self.resolve_secrets(&input.key.namespace, eff)?;
         let spec = eff.container_spec(&input.key, &self.instance, &tag, &image, &secrets);
-        let target = observed.iter().find(|c| c.name == spec.name);
-        let others: Vec<&ContainerInfo> = observed.iter().filter(|c| c.name != spec.name).collect();
+        let target = observed.iter().find(|c| spec.is_named(&c.name));
+        let others: Vec<&ContainerInfo> = observed
+            .iter()
+            .filter(|c| !spec.is_named(&c.name))
+            .collect();
 
         if let Some(c) = target
             && c.running

@@ -110,6 +110,16 @@ pub struct ContainerSpec {
     pub nano_cpus: Option<i64>,
     pub network: Option<String>,
     pub stop_timeout: u32,
+    /// Names an existing container of exactly this spec may have from an earlier release's
+    /// naming: adopted as this spec's container, so an upgrade redeploys nothing.
+    pub previous_names: Vec<String>,
+}
+
+impl ContainerSpec {
+    /// Whether a container named `name` is this spec's container.
+    pub fn is_named(&self, name: &str) -> bool {
+        self.name == name || self.previous_names.iter().any(|n| n == name)
+    }
 }
 
 /// The verbs the engine needs from a container runtime. Every verb is safe to repeat.

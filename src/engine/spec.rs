@@ -278,10 +278,12 @@ impl Effective {
             nano_cpus: self.nano_cpus,
             network: self.settings.network.clone(),
             stop_timeout: self.settings.stop_timeout_seconds.unwrap_or(10),
+            previous_names: Vec::new(),
         };
         spec.labels
             .insert(labels::INSTANCE.into(), instance.to_string());
         let hash = spec_hash(key, &spec);
+        spec.previous_names = vec![container_name(key, &v1::hash(key, &spec))];
         spec.name = container_name(key, &hash);
         spec.labels.extend([
             (labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into()),
@@ -606,13 +608,121 @@ fn restart_policy_name(p: RestartPolicy) -> &'static str {
     }
 }
 
+/// Version of the container-name hash. A container's name is its identity across restarts and
+/// upgrades: a new hash means a redeploy of every container. So the hashed form is a versioned,
+/// explicit serialisation (pinned by a golden test), in which a setting at its default is left
+/// out — a new field added with a default renames nothing. Changing what is hashed needs a new
+/// version, and [`ContainerSpec::previous_names`] keeps recognising the names of the old one.
+const NAME_HASH_VERSION: u32 = 2;
+
+/// What a container's name is a hash of: everything that shapes the container. The name and the
+/// ownership labels are derived from the hash, so they are not part of it.
+#[derive(serde::Serialize)]
+struct NameInput<'a> {
+    v: u32,
+    namespace: &'a str,
+    project: &'a str,
+    stage: &'a str,
+    image: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    env: &'a [(String, String)],
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    labels: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    args: Option<&'a Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_ip: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    binds: &'a [String],
+    restart_policy: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_bytes: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nano_cpus: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<&'a str>,
+    stop_timeout: u32,
+}
+
 fn spec_hash(key: &StageKey, spec: &ContainerSpec) -> String {
-    let mut h = Sha256::new();
-    // Debug output of the spec is stable for a given build and covers every field; the name
-    // and ownership labels are derived from the hash, so they are not part of it.
-    h.update(format!("{key:?}\n{spec:?}").as_bytes());
-    let digest = h.finalize();
+    let input = NameInput {
+        v: NAME_HASH_VERSION,
+        namespace: &key.namespace,
+        project: &key.project,
+        stage: &key.stage,
+        image: &spec.image,
+        env: &spec.env,
+        labels: &spec.labels,
+        args: spec.args.as_ref(),
+        port: spec.port,
+        host_port: spec.host_port,
+        host_ip: spec.host_ip.as_deref(),
+        binds: &spec.binds,
+        restart_policy: &spec.restart_policy,
+        memory_bytes: spec.memory_bytes,
+        nano_cpus: spec.nano_cpus,
+        network: spec.network.as_deref(),
+        stop_timeout: spec.stop_timeout,
+    };
+    let json = serde_json::to_vec(&input).expect("plain data serialises");
+    short_hash(&json)
+}
+
+fn short_hash(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Names of release 0.1 (hash version 1): a hash of the `Debug` text of the key and of the spec
+/// as it was then, reproduced field for field so containers created by 0.1 are recognised and an
+/// upgrade redeploys nothing. Frozen: never add fields here.
+mod v1 {
+    use super::{BTreeMap, StageKey, short_hash};
+
+    // The struct's name and fields are part of the hashed text; they are only ever read by
+    // `Debug`.
+    #[allow(dead_code)]
+    #[derive(Debug)]
+    struct ContainerSpec<'a> {
+        name: &'a str,
+        image: &'a str,
+        env: &'a Vec<(String, String)>,
+        labels: &'a BTreeMap<String, String>,
+        args: &'a Option<Vec<String>>,
+        port: Option<u16>,
+        host_port: Option<u16>,
+        host_ip: &'a Option<String>,
+        binds: &'a Vec<String>,
+        restart_policy: &'a str,
+        memory_bytes: Option<i64>,
+        nano_cpus: Option<i64>,
+        network: &'a Option<String>,
+        stop_timeout: u32,
+    }
+
+    pub(super) fn hash(key: &StageKey, spec: &crate::engine::ContainerSpec) -> String {
+        let old = ContainerSpec {
+            name: "",
+            image: &spec.image,
+            env: &spec.env,
+            labels: &spec.labels,
+            args: &spec.args,
+            port: spec.port,
+            host_port: spec.host_port,
+            host_ip: &spec.host_ip,
+            binds: &spec.binds,
+            restart_policy: &spec.restart_policy,
+            memory_bytes: spec.memory_bytes,
+            nano_cpus: spec.nano_cpus,
+            network: &spec.network,
+            stop_timeout: spec.stop_timeout,
+        };
+        short_hash(format!("{key:?}\n{old:?}").as_bytes())
+    }
 }
 
 /// `tf-<namespace>-<project>-<stage>-<hash>`: deterministic, so a retry after a crash finds the
@@ -828,5 +938,72 @@ mod tests {
         assert!(Effective::new(&p, &stage()).is_err());
         p.image = "tiny-forge-demo".into();
         assert!(Effective::new(&p, &stage()).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod names {
+    use super::*;
+
+    fn demo(host_port: bool) -> ContainerSpec {
+        let key = StageKey {
+            namespace: "default".into(),
+            project: "demo".into(),
+            stage: "prod".into(),
+        };
+        let mut project = ProjectSpec {
+            image: "tiny-forge-demo".into(),
+            ..Default::default()
+        };
+        let mut stage = StageSpec {
+            project_ref: "demo".into(),
+            ..Default::default()
+        };
+        if host_port {
+            project.container.port = Some(8080);
+            project.container.env = vec![crate::api::EnvVar {
+                name: "GREETING".into(),
+                value: Some("hi".into()),
+                value_from: None,
+            }];
+            stage.host_port = Some(8081);
+            stage.host_ip = Some("127.0.0.1".into());
+        }
+        let image = ImageInfo {
+            id: "sha256:260232b8e896".into(),
+            repo_digest: None,
+            exposed_ports: vec![],
+            has_healthcheck: false,
+        };
+        Effective::new(&project, &stage).unwrap().container_spec(
+            &key,
+            "standalone",
+            "1.0.0",
+            &image,
+            &Default::default(),
+        )
+    }
+
+    /// The names are the containers' identity: a change here redeploys every container on
+    /// upgrade. Bump NAME_HASH_VERSION and keep the old names in `previous_names` instead.
+    #[test]
+    fn names_are_pinned() {
+        assert_eq!(demo(true).name, "tf-default-demo-prod-a965e9adec08");
+        assert_eq!(demo(false).name, "tf-default-demo-prod-61efb030128c");
+    }
+
+    /// What release 0.1 named these very containers (computed by its code): still recognised.
+    #[test]
+    fn names_of_release_0_1_are_recognised() {
+        assert_eq!(
+            demo(true).previous_names,
+            ["tf-default-demo-prod-aba140874068"]
+        );
+        assert_eq!(
+            demo(false).previous_names,
+            ["tf-default-demo-prod-c0c660a3eecd"]
+        );
+        assert!(demo(true).is_named("tf-default-demo-prod-aba140874068"));
+        assert!(!demo(true).is_named("tf-default-demo-prod-c0c660a3eecd"));
     }
 }
