@@ -3,11 +3,13 @@
 
 pub mod conditions;
 pub mod health;
+pub mod reasons;
 pub mod reconcile;
 pub mod runtime;
 pub mod spec;
 pub mod tags;
 
+pub use reasons::Reason;
 pub use reconcile::{Reconciled, Reconciler, Requeue, Secrets, StageInput, StatusSink};
 pub use runtime::{
     ContainerInfo, ContainerSpec, ContainerState, ImageInfo, Pull, Runtime, RuntimeError,

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::conditions::{self, READY, now};
 use super::health::{self, Check, Prober, Reach};
+use super::reasons::Reason;
 use super::runtime::{ContainerInfo, ContainerSpec, ImageInfo, Pull, Runtime, RuntimeError};
 use super::spec::{Effective, EnvValueSource, StageKey, describe_errors};
 use crate::api::{
@@ -92,7 +93,7 @@ enum Config {
 
 /// A failed step: its condition reason and whether retrying may help.
 struct StepError {
-    reason: &'static str,
+    reason: Reason,
     message: String,
     transient: bool,
 }
@@ -118,8 +119,8 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
     ) -> Reconciled {
         let generation = Some(input.generation);
         status.observed_generation = generation;
-        let invalid = |mut status: StageStatus, reason: &str, message: String| {
-            tracing::warn!(reason, %message, "stage cannot be reconciled");
+        let invalid = |mut status: StageStatus, reason: Reason, message: String| {
+            tracing::warn!(%reason, %message, "stage cannot be reconciled");
             if status.current.is_none() {
                 status.phase = Some(Phase::Pending);
             }
@@ -134,7 +135,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                 "Project {:?} not found in namespace {:?}",
                 input.stage.project_ref, input.key.namespace
             );
-            return invalid(status, "ProjectNotFound", message);
+            return invalid(status, Reason::ProjectNotFound, message);
         };
         let host = input.stage.docker_host.as_deref().unwrap_or("default");
         if host != self.host_name {
@@ -142,16 +143,16 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                 "spec.dockerHost: unknown Docker host {host:?} (this instance drives {:?})",
                 self.host_name
             );
-            return invalid(status, "UnknownDockerHost", message);
+            return invalid(status, Reason::UnknownDockerHost, message);
         }
         let eff = match Effective::new(project, input.stage) {
             Ok(eff) => eff,
-            Err(errors) => return invalid(status, "InvalidSpec", describe_errors(&errors)),
+            Err(errors) => return invalid(status, Reason::InvalidSpec, describe_errors(&errors)),
         };
         match self.converge(input, &eff, observed, &mut status).await {
             Ok(requeue) => Reconciled { status, requeue },
             Err(e) => {
-                tracing::warn!(reason = e.reason, message = %e.message, "reconcile step failed");
+                tracing::warn!(reason = %e.reason, message = %e.message, "reconcile step failed");
                 report_stuck(&mut status, e.reason, e.message, generation);
                 Reconciled {
                     status,
@@ -181,7 +182,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                 eff.policy.describe()
             );
             status.phase = Some(Phase::Pending);
-            report(status, false, "NoTag", message, generation);
+            report(status, false, Reason::NoTag, message, generation);
             return Ok(Requeue::Resync);
         };
 
@@ -191,7 +192,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
         // nginx rejected the proxy settings: keep the host on those it last accepted.
         let config = if held
             .as_ref()
-            .is_some_and(|f| proxy_config_failure(&f.reason))
+            .is_some_and(|f| Reason::parse(&f.reason).is_some_and(Reason::is_proxy_config))
         {
             Config::LastAccepted
         } else {
@@ -269,7 +270,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                         digest: Some(serving.digest),
                         generation,
                         inputs: Some(inputs_hash(input)),
-                        reason: rejected.reason().into(),
+                        reason: rejected.reason().as_str().into(),
                         message: message.clone(),
                     });
                     status.phase = Some(Phase::Degraded);
@@ -301,7 +302,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             status.phase = Some(Phase::Healthy);
             status.last_failure = None;
             let message = serving_message(status);
-            report(status, true, "Healthy", message, generation);
+            report(status, true, Reason::Healthy, message, generation);
             // The container side converged; the proxy catches up with backoff.
             return Ok(if proxied.is_ok() {
                 Requeue::Resync
@@ -342,7 +343,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
         };
         tracing::info!(%tag, digest = %digest, container = %spec.name, "{message}");
         status.phase = Some(Phase::Deploying);
-        report(status, false, "Deploying", message, generation);
+        report(status, false, Reason::Deploying, message, generation);
         self.save(&input.key, status).await;
 
         // The rollback target: what status says serves, else the newest other container.
@@ -374,9 +375,9 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
         };
         // Err((what failed, why)): the CamelCase reason and the sentence that go into status.
         let verdict = match Check::choose(&eff.health, spec.port, image.has_healthcheck) {
-            Err(e) => Err(("InvalidHealthCheck", "has no usable health check", e)),
+            Err(e) => Err((Reason::InvalidHealthCheck, "has no usable health check", e)),
             Ok(check) => match self.runtime.start(&id).await {
-                Err(e) => Err(("StartFailed", "did not start", e.to_string())),
+                Err(e) => Err((Reason::StartFailed, "did not start", e.to_string())),
                 Ok(()) => health::wait_healthy(
                     &self.runtime,
                     &self.prober,
@@ -386,7 +387,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                     reach(&spec),
                 )
                 .await
-                .map_err(|e| ("HealthCheckFailed", "failed its health check", e)),
+                .map_err(|e| (Reason::HealthCheckFailed, "failed its health check", e)),
             },
         };
 
@@ -410,7 +411,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                     Ok(took)
                 }
                 Err(e) if e.route_at_fault() && !drift_restart => Err((
-                    "ProxySwitchFailed",
+                    Reason::ProxySwitchFailed,
                     "could not take over the proxy route",
                     e.to_string(),
                 )),
@@ -437,7 +438,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                     .unwrap_or_default();
                 let message =
                     format!("{tag} is healthy; waiting for the proxy to switch to it ({why})");
-                report(status, false, "ProxyPending", message, generation);
+                report(status, false, Reason::ProxyPending, message, generation);
                 Ok(Requeue::Retry)
             }
             Ok(took) => {
@@ -490,7 +491,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                     }
                     None => {
                         let message = serving_message(status);
-                        report(status, true, "Healthy", message, generation);
+                        report(status, true, Reason::Healthy, message, generation);
                     }
                 }
                 Ok(if proxy_pending {
@@ -502,7 +503,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             Err((_, _, reason)) if drift_restart => {
                 // Nothing better to go back to: leave it to Docker's restart policy, say so.
                 Err(StepError {
-                    reason: "Unhealthy",
+                    reason: Reason::Unhealthy,
                     message: format!("{tag} was restarted but is not healthy: {reason}"),
                     transient: true,
                 })
@@ -515,7 +516,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                 // Back to the previous container, with the proxy settings nginx last accepted
                 // (the new ones may be what it rejected: NPM then took the host offline).
                 let mut pointed_back = Ok(());
-                if failure == "ProxySwitchFailed"
+                if failure == Reason::ProxySwitchFailed
                     && let Some(old) = restored
                     && let Err(e) = self
                         .sync_proxy(
@@ -537,7 +538,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                     (Some(_), Some(cur)) if handover => (
                         Phase::RolledBack,
                         Outcome::RolledBack,
-                        "RolledBack",
+                        Reason::RolledBack,
                         format!(
                             "{tag} {what} ({reason}); {} serves again on host port {}, which \
                              {tag} held for {:.1}s (a fixed host port is handed over before \
@@ -550,7 +551,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                     (Some(_), Some(cur)) => (
                         Phase::RolledBack,
                         Outcome::RolledBack,
-                        "RolledBack",
+                        Reason::RolledBack,
                         match &pointed_back {
                             Ok(()) => format!("{tag} {what} ({reason}); {} keeps serving", cur.tag),
                             Err(e) => format!(
@@ -562,7 +563,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                     _ => (
                         Phase::Failed,
                         Outcome::Failed,
-                        "DeployFailed",
+                        Reason::DeployFailed,
                         format!("{tag} {what} ({reason}); nothing to roll back to"),
                     ),
                 };
@@ -571,7 +572,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                     digest: Some(digest.clone()),
                     generation,
                     inputs: Some(inputs_hash(input)),
-                    reason: failure.into(),
+                    reason: failure.as_str().into(),
                     message: message.clone(),
                 });
                 record(status, &tag, Some(&digest), started_at, outcome, &message);
@@ -626,12 +627,12 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             return Ok(false);
         };
         let fail = |status: &mut StageStatus, e: ProxyError| {
-            tracing::warn!(stage = %owner, reason = e.reason(), error = %e, "proxy not converged");
+            tracing::warn!(stage = %owner, reason = %e.reason(), error = %e, "proxy not converged");
             conditions::set(
                 &mut status.conditions,
                 PROXY_READY,
                 false,
-                e.reason(),
+                e.reason().as_str(),
                 e.to_string(),
                 generation,
             );
@@ -687,7 +688,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                     &mut status.conditions,
                     PROXY_READY,
                     true,
-                    "Routed",
+                    Reason::Routed.as_str(),
                     message,
                     generation,
                 );
@@ -743,7 +744,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                     .value(namespace, &source)
                     .map(|v| (var.name.clone(), v))
                     .map_err(|e| StepError {
-                        reason: "SecretUnavailable",
+                        reason: Reason::SecretUnavailable,
                         message: format!("env {}: {e}", var.name),
                         transient: true,
                     })
@@ -778,14 +779,6 @@ fn accepted_settings(status: &StageStatus) -> Option<ProxySettings> {
     status.proxy.as_ref().and_then(|p| p.settings.clone())
 }
 
-/// A held failure caused by the proxy settings (nginx or NPM refused them), not the image.
-fn proxy_config_failure(reason: &str) -> bool {
-    matches!(
-        reason,
-        "ProxySwitchFailed" | "NginxConfigError" | "ProxyRejected"
-    )
-}
-
 /// Whether a proxy error means the Stage's domains do not reach its container: the domain is
 /// another host's, nginx does not take the host's configuration, or no route exists at all.
 /// (NPM away while a route exists: that route still stands.)
@@ -815,7 +808,7 @@ fn held_failure<'s>(status: &'s StageStatus, tag: &str, inputs: &str) -> Option<
     };
     // Recorded by versions that rolled back when NPM merely failed to answer (say a 502 while
     // its backend restarted): not a verdict on the tag, so not held — it is tried again.
-    let proxy_away = f.reason == "ProxySwitchFailed"
+    let proxy_away = Reason::ProxySwitchFailed == f.reason.as_str()
         && f.message
             .contains("could not take over the proxy route (the proxy answered: ");
     (f.tag == tag && f.inputs.as_deref() == Some(inputs) && same_digest && !proxy_away).then_some(f)
@@ -916,7 +909,12 @@ fn serving_message(status: &StageStatus) -> String {
 /// `Ready=False` for a Stage that cannot converge now (a step failed, the spec became unusable,
 /// Docker is away). Phase and conditions tell one story: with a deployed container the phase is
 /// `Degraded` — never `Healthy` beside `Ready=False` — and the message names what is deployed.
-fn report_stuck(status: &mut StageStatus, reason: &str, message: String, generation: Option<i64>) {
+fn report_stuck(
+    status: &mut StageStatus,
+    reason: Reason,
+    message: String,
+    generation: Option<i64>,
+) {
     let message = match &status.current {
         Some(cur) => {
             status.phase = Some(Phase::Degraded);
@@ -931,7 +929,7 @@ fn report_stuck(status: &mut StageStatus, reason: &str, message: String, generat
 fn report(
     status: &mut StageStatus,
     ok: bool,
-    reason: &str,
+    reason: Reason,
     message: String,
     generation: Option<i64>,
 ) {
@@ -939,7 +937,7 @@ fn report(
         &mut status.conditions,
         READY,
         ok,
-        reason,
+        reason.as_str(),
         &message,
         generation,
     );

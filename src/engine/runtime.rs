@@ -1,6 +1,7 @@
 //! The container runtime as the engine sees it: a handful of idempotent verbs. The real
 //! implementation is `crate::docker::DockerRuntime`; the engine never sees bollard types.
 
+use super::reasons::Reason;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
@@ -23,13 +24,13 @@ pub enum RuntimeError {
 
 impl RuntimeError {
     /// Stable label for metrics and condition reasons.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            RuntimeError::Unreachable { .. } => "DockerUnreachable",
-            RuntimeError::NotFound(_) => "NotFound",
-            RuntimeError::Conflict(_) => "Conflict",
-            RuntimeError::Image { .. } => "ImageUnavailable",
-            RuntimeError::Other(_) => "DockerError",
+            RuntimeError::Unreachable { .. } => Reason::DockerUnreachable,
+            RuntimeError::NotFound(_) => Reason::NotFound,
+            RuntimeError::Conflict(_) => Reason::Conflict,
+            RuntimeError::Image { .. } => Reason::ImageUnavailable,
+            RuntimeError::Other(_) => Reason::DockerError,
         }
     }
 }

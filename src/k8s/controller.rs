@@ -24,6 +24,7 @@ use super::secrets::ClusterSecrets;
 use super::status::{self, KubeSink};
 use crate::api::{Phase, Project, ProjectSpec, Stage, StageStatus, labels};
 use crate::docker::DockerRuntime;
+use crate::engine::Reason;
 use crate::engine::conditions::{self, READY};
 use crate::engine::reconcile::report_unreachable;
 use crate::engine::spec::assess_project;
@@ -83,7 +84,7 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
-            Error::Runtime(e) => e.reason(),
+            Error::Runtime(e) => e.reason().as_str(),
             Error::Proxy(_) => "proxy",
             Error::Finalizer(_) => "finalizer",
         }
@@ -274,7 +275,7 @@ async fn apply_stage(stage: &Stage, ctx: &Ctx) -> Result<Action, Error> {
                     ctx,
                     &reference,
                     EventType::Warning,
-                    e.reason(),
+                    e.reason().as_str(),
                     e.to_string(),
                 )
                 .await;
@@ -366,34 +367,10 @@ pub fn transitions(
     out
 }
 
-/// Event reasons are CamelCase words from the engine's fixed set; anything else is generic.
+/// Event reasons are the engine's fixed words ([`Reason`]); anything else (a status written by
+/// another version) is generic.
 fn static_reason(reason: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "InvalidSpec",
-        "ProjectNotFound",
-        "UnknownDockerHost",
-        "DockerUnreachable",
-        "DockerError",
-        "ImageUnavailable",
-        "Conflict",
-        "NotFound",
-        "Unhealthy",
-        "DeployFailed",
-        "SecretUnavailable",
-        "ProxyPending",
-        "ProxySwitchFailed",
-        "ProxyAuthFailed",
-        "ProxyError",
-        "ProxyRejected",
-        "ProxyUnreachable",
-        "DomainInUse",
-        "NginxConfigError",
-    ];
-    KNOWN
-        .iter()
-        .find(|k| **k == reason)
-        .copied()
-        .unwrap_or("NotReady")
+    Reason::parse(reason).map_or("NotReady", Reason::as_str)
 }
 
 /// kube-runtime's entry point for Projects: their `Ready` says whether the Project's own part of

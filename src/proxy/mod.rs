@@ -3,6 +3,7 @@
 
 pub mod npm;
 
+use crate::engine::reasons::Reason;
 use std::future::Future;
 use std::time::Duration;
 
@@ -69,14 +70,14 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            ProxyError::Unreachable(_) => "ProxyUnreachable",
-            ProxyError::Auth(_) => "ProxyAuthFailed",
-            ProxyError::DomainInUse { .. } => "DomainInUse",
-            ProxyError::Rejected(_) => "ProxyRejected",
-            ProxyError::NginxOffline(_) => "NginxConfigError",
-            ProxyError::Other(_) => "ProxyError",
+            ProxyError::Unreachable(_) => Reason::ProxyUnreachable,
+            ProxyError::Auth(_) => Reason::ProxyAuthFailed,
+            ProxyError::DomainInUse { .. } => Reason::DomainInUse,
+            ProxyError::Rejected(_) => Reason::ProxyRejected,
+            ProxyError::NginxOffline(_) => Reason::NginxConfigError,
+            ProxyError::Other(_) => Reason::ProxyError,
         }
     }
 
