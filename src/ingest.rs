@@ -370,7 +370,12 @@ pub fn auto_create(
         }))?,
     );
     std::fs::create_dir_all(&dir).map_err(|e| AutoCreateError::Write(file.clone(), e))?;
-    std::fs::write(&file, yaml).map_err(|e| AutoCreateError::Write(file.clone(), e))?;
+    // Whole or not at all: the manifest sync may read the directory at any moment, and a file
+    // it found empty would make it forget the rows written next. A hidden name is not read.
+    let partial = dir.join(format!(".{name}.yaml.partial"));
+    std::fs::write(&partial, yaml)
+        .and_then(|()| std::fs::rename(&partial, &file))
+        .map_err(|e| AutoCreateError::Write(file.clone(), e))?;
     let source = file.display().to_string();
     tx.upsert(Kind::Project, &name, &name, &spec, Some(&source))?;
     tx.upsert(Kind::Stage, &name, "dev", &stage, Some(&source))?;

@@ -589,6 +589,15 @@ pub fn sync_manifests(
     db: &StateDb,
     last_errors: &mut Option<Vec<String>>,
 ) -> anyhow::Result<Manifests> {
+    // What the store held before the directory was read: only those rows can have been seen
+    // removed. A row written meanwhile (the webhook listener creating a Project for a new image
+    // writes its file, then its rows) is not this sync's to judge; the next sync reads its file.
+    let mut before = Vec::new();
+    for (kind, label) in [(Kind::Project, "Project"), (Kind::Stage, "Stage")] {
+        for row in db.list(kind)? {
+            before.push((kind, label, row.namespace, row.name, row.uid, row.source));
+        }
+    }
     let mut manifests = load_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     let broken: BTreeSet<String> = manifests
         .broken_files()
@@ -625,14 +634,17 @@ pub fn sync_manifests(
         l.resource.metadata.generation = Some(generation);
         present.insert(("Stage", ns, name));
     }
-    for (kind, label) in [(Kind::Project, "Project"), (Kind::Stage, "Stage")] {
-        for row in db.list(kind)? {
-            let keep = present.contains(&(label, row.namespace.clone(), row.name.clone()))
-                || row.source.as_ref().is_some_and(|s| broken.contains(s));
-            if !keep {
-                tracing::info!(kind = label, name = %format!("{}/{}", row.namespace, row.name), "removed from the manifests");
-                db.delete(kind, &row.namespace, &row.name)?;
-            }
+    for (kind, label, namespace, name, uid, source) in before {
+        let key = (label, namespace, name);
+        // Kept: still defined, defined in a file that does not parse now, or defined twice
+        // (a conflicting copy never costs the resource its state).
+        let keep = present.contains(&key)
+            || source.as_ref().is_some_and(|s| broken.contains(s))
+            || manifests.conflicts.contains(&key);
+        let (label, namespace, name) = key;
+        // Only the row that was seen: one written again since (same name) stays.
+        if !keep && db.delete_seen(kind, &namespace, &name, &uid)? {
+            tracing::info!(kind = label, name = %format!("{namespace}/{name}"), "removed from the manifests");
         }
     }
     if last_errors.as_ref() != Some(&errors) {

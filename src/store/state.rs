@@ -188,6 +188,30 @@ impl StateDb {
         self.batch(|tx| tx.delete(kind, namespace, name))
     }
 
+    /// Forgets a resource if it is still the one with `uid` (not re-created since). True when
+    /// it was removed.
+    pub fn delete_seen(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<bool, StoreError> {
+        self.batch(|tx| {
+            let n = tx
+                .tx
+                .execute(
+                    "DELETE FROM resources WHERE kind=?1 AND namespace=?2 AND name=?3 AND uid=?4",
+                    params![kind.as_str(), namespace, name, uid],
+                )
+                .map_err(|e| tx.sqlite(e))?;
+            if n > 0 {
+                tx.bump_catalog()?;
+            }
+            Ok(n > 0)
+        })
+    }
+
     /// Every stored resource of a kind, sorted by namespace and name, status merged.
     pub fn list(&self, kind: Kind) -> Result<Vec<Stored>, StoreError> {
         self.read(|tx| tx.list(kind))
