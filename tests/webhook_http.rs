@@ -546,3 +546,67 @@ async fn a_port_in_use_is_an_error_not_a_panic() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn every_tag_of_one_delivery_for_a_new_image_is_considered() {
+    let l = listener(|_| {}).await;
+    // Quay's "repository push" for an image nobody uses: `updated_tags: ["latest", "foo"]`.
+    let (status, text, _) = post(
+        &format!("{}/quay", l.url),
+        "application/json",
+        &[],
+        std::fs::read(
+            "tests/fixtures/webhooks/quay/repo_push.test-notification-sample.CONSTRUCTED.json",
+        )
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["created"], serde_json::json!(["web/web"]), "{text}");
+    let tags: Vec<&str> = v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["tag"].as_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["latest", "foo"], "{text}");
+    assert!(!text.contains("not authorised"), "{text}");
+    assert_eq!(
+        l.db.stage_status("web", "dev")
+            .unwrap()
+            .latest
+            .map(|l| l.tag)
+            .as_deref(),
+        Some("foo"),
+        "the last tag of the delivery is the newest seen"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_for_one_new_image_make_one_project_and_all_count() {
+    let l = listener(|_| {}).await;
+    let answers = futures::future::join_all((0..12).map(|i| {
+        let url = l.url.clone();
+        async move {
+            let body = format!(r#"{{"image":"127.0.0.1:5000/team/burst:1.0.{i}"}}"#);
+            post(&url, "application/json", &[], body).await
+        }
+    }))
+    .await;
+    for (status, text, _) in &answers {
+        assert_eq!(*status, 202, "{text}");
+        assert!(!text.contains("not authorised"), "{text}");
+    }
+    let projects = l.db.list(Kind::Project).unwrap();
+    let burst: Vec<_> = projects
+        .iter()
+        .filter(|p| p.spec["image"] == "127.0.0.1:5000/team/burst")
+        .collect();
+    assert_eq!(burst.len(), 1, "one Project for one image");
+    let latest =
+        l.db.stage_status(&burst[0].namespace, "dev")
+            .unwrap()
+            .latest;
+    assert!(latest.is_some_and(|l| l.tag.starts_with("1.0.")));
+}

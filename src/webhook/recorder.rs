@@ -323,14 +323,22 @@ fn loaded<'c, B: Book>(
     Ok(catalog.as_mut().expect("just loaded"))
 }
 
+/// The Projects of `users` this delivery may speak for: those it authenticated against, and any
+/// without a webhook secret (the URL secret, already checked, is all they ask). The latter covers
+/// Projects created after the listener looked — by an earlier tag of the same delivery, or by a
+/// concurrent delivery for the same new image — so every tag counts.
 fn allowed<'p>(users: &[&'p ProjectRef], accepted: &[(String, String)]) -> Vec<&'p ProjectRef> {
     users
         .iter()
         .copied()
         .filter(|p| {
-            accepted
-                .iter()
-                .any(|(ns, n)| *ns == p.namespace && *n == p.name)
+            p.spec
+                .webhook
+                .as_ref()
+                .is_none_or(|w| w.secret_ref.is_none())
+                || accepted
+                    .iter()
+                    .any(|(ns, n)| *ns == p.namespace && *n == p.name)
         })
         .collect()
 }
