@@ -610,3 +610,63 @@ async fn concurrent_deliveries_for_one_new_image_make_one_project_and_all_count(
             .latest;
     assert!(latest.is_some_and(|l| l.tag.starts_with("1.0.")));
 }
+
+/// Moves every remembered delivery `secs` into the past, as if that much time had gone by.
+fn age_deliveries(l: &Listener, secs: i64) {
+    let conn = rusqlite::Connection::open(l._dir.path().join("state/state.db")).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn.execute("UPDATE deliveries SET received = received - ?1", [secs])
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_re_push_without_a_delivery_id_counts_once_its_retries_are_over() {
+    let l = listener(|_| {}).await;
+    l.db.upsert(
+        Kind::Project,
+        "default",
+        "web",
+        &serde_json::json!({"image": "quay.io/dgangaia/test"}),
+        None,
+    )
+    .unwrap();
+    l.db.upsert(
+        Kind::Stage,
+        "default",
+        "web-latest",
+        &serde_json::json!({"projectRef": "web", "tagPolicy": {"exact": "latest"}}),
+        None,
+    )
+    .unwrap();
+    let quay = std::fs::read("tests/fixtures/webhooks/quay/repo_push.redhat-docs.json").unwrap();
+    let quay_url = format!("{}/quay", l.url);
+    let seen_at = || {
+        l.db.stage_status("default", "web-latest")
+            .unwrap()
+            .latest
+            .map(|l| l.seen_at)
+    };
+    // Quay sends no delivery id: an identical body at once is a retry of the same request.
+    let (status, text, _) = post(&quay_url, "application/json", &[], quay.clone()).await;
+    assert_eq!(status, 202, "{text}");
+    let first = seen_at();
+    let (status, text, _) = post(&quay_url, "application/json", &[], quay.clone()).await;
+    assert_eq!((status, text.as_str()), (200, r#"{"duplicate":true}"#));
+    // The same tag pushed again later is a new push: recorded.
+    age_deliveries(&l, 3600);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // seenAt has second resolution
+    let (status, text, _) = post(&quay_url, "application/json", &[], quay.clone()).await;
+    assert_eq!(status, 202, "a re-push an hour later: {text}");
+    assert_ne!(seen_at(), first, "recorded anew");
+
+    // A sender's delivery id is remembered for days: a redelivery a day later changes nothing.
+    let body = br#"{"image":"registry.example/team/open:1.3.0"}"#.to_vec();
+    let id = [("idempotency-key", "ci-run-42")];
+    assert_eq!(
+        post(&l.url, "application/json", &id, body.clone()).await.0,
+        202
+    );
+    age_deliveries(&l, 24 * 3600);
+    let (status, text, _) = post(&l.url, "application/json", &id, body).await;
+    assert_eq!((status, text.as_str()), (200, r#"{"duplicate":true}"#));
+}

@@ -303,20 +303,27 @@ type Key = (String, String);
 /// writes to.
 type Planned = (Result<Answer, String>, Vec<String>, Vec<Key>);
 
-/// Delivery keys seen, oldest first out.
+/// Delivery keys seen and when, oldest first out.
 #[derive(Default)]
 struct Remembered {
-    set: std::collections::HashSet<String>,
+    set: HashMap<String, std::time::Instant>,
     order: VecDeque<String>,
 }
 
 impl Remembered {
-    fn contains(&self, key: &str) -> bool {
-        self.set.contains(key)
+    /// Seen — within `window` when one is given (a body hash absorbs retries only).
+    fn contains(&self, key: &str, window: Option<std::time::Duration>) -> bool {
+        self.set
+            .get(key)
+            .is_some_and(|at| window.is_none_or(|w| at.elapsed() < w))
     }
 
     fn insert(&mut self, key: String) {
-        if self.set.insert(key.clone()) {
+        if self
+            .set
+            .insert(key.clone(), std::time::Instant::now())
+            .is_none()
+        {
             self.order.push_back(key);
             while self.order.len() > REMEMBERED {
                 if let Some(old) = self.order.pop_front() {
@@ -401,10 +408,15 @@ impl Ledger for Plan<'_> {
 }
 
 impl Book for Plan<'_> {
-    fn claim(&self, key: &str, _source: &str) -> Result<bool, String> {
+    fn claim(
+        &self,
+        key: &str,
+        _source: &str,
+        window: Option<std::time::Duration>,
+    ) -> Result<bool, String> {
         let mut claims = self.claims.borrow_mut();
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.contains(key)
+        if seen.contains(key, window)
             || claims.iter().any(|c| c == key)
             || self.claimed.borrow().iter().any(|c| c == key)
         {

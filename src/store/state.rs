@@ -604,6 +604,28 @@ impl Tx<'_> {
             .map_err(|e| self.sqlite(e))
     }
 
+    /// Marks a delivery that carries no id of its sender, by a hash of its body, as seen at
+    /// `now` (seconds). False when the same body was claimed less than `window` seconds before:
+    /// a retry of the same request. Later, the same body is a new push (the same tag pushed
+    /// again) and counts.
+    pub fn claim_retry(
+        &self,
+        key: &str,
+        provider: &str,
+        now: i64,
+        window: i64,
+    ) -> Result<bool, StoreError> {
+        self.tx
+            .execute(
+                "INSERT INTO deliveries (id, provider, received) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(id) DO UPDATE SET received = excluded.received \
+                 WHERE deliveries.received <= excluded.received - ?4",
+                params![key, provider, now, window],
+            )
+            .map(|n| n == 1)
+            .map_err(|e| self.sqlite(e))
+    }
+
     /// Forgets delivery ids older than `max_age_s` (senders redeliver within hours, not weeks).
     pub fn prune_deliveries(&self, max_age_s: i64) -> Result<(), StoreError> {
         let cutoff = k8s_openapi::jiff::Timestamp::now().as_second() - max_age_s;

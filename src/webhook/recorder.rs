@@ -16,6 +16,11 @@ use crate::store::{StateDb, StoreError, Tx};
 const MAX_BATCH: usize = 256;
 /// Delivery ids are kept this long (senders redeliver within hours).
 const DELIVERY_RETENTION_S: i64 = 7 * 24 * 3600;
+/// A delivery without a sender's id (Quay, Docker Hub, Harbor, the generic endpoint without
+/// `Idempotency-Key`) is known by a hash of its body, and only for this long: enough to absorb
+/// a sender's retries of the same request, short enough that the same tag pushed again later
+/// (an identical body) is recorded again.
+pub const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One authenticated delivery waiting to be recorded.
 pub struct Job {
@@ -129,8 +134,14 @@ impl From<StoreError> for String {
 /// What recording needs of where it records: the embedded store here, the cluster in Kubernetes
 /// mode (`crate::k8s::ingest`).
 pub trait Book: Ledger<Error = String> {
-    /// Marks a delivery key seen; false when it was seen before.
-    fn claim(&self, key: &str, source: &str) -> Result<bool, String>;
+    /// Marks a delivery key seen; false when it was seen before — within `window` when one is
+    /// given (a body hash: [`RETRY_WINDOW`]), else within the retention of sender ids.
+    fn claim(
+        &self,
+        key: &str,
+        source: &str,
+        window: Option<std::time::Duration>,
+    ) -> Result<bool, String>;
     fn catalog(&self) -> Result<Catalog, String>;
     /// Creates a Project (with a Stage) for an image nobody uses; None when that is off.
     fn auto_create(
@@ -162,8 +173,21 @@ impl Ledger for StoreBook<'_, '_> {
 }
 
 impl Book for StoreBook<'_, '_> {
-    fn claim(&self, key: &str, source: &str) -> Result<bool, String> {
-        Ok(self.tx.claim_delivery(key, source)?)
+    fn claim(
+        &self,
+        key: &str,
+        source: &str,
+        window: Option<std::time::Duration>,
+    ) -> Result<bool, String> {
+        Ok(match window {
+            None => self.tx.claim_delivery(key, source)?,
+            Some(w) => self.tx.claim_retry(
+                key,
+                source,
+                k8s_openapi::jiff::Timestamp::now().as_second(),
+                w.as_secs() as i64,
+            )?,
+        })
     }
 
     fn catalog(&self) -> Result<Catalog, String> {
@@ -192,7 +216,9 @@ pub fn process<B: Book>(
         delivery_key: job.delivery_key.clone(),
         ..Default::default()
     };
-    let claim = |key: &str| book.claim(&format!("{source}:{key}"), source);
+    // The sender's id is remembered for days; a body hash only long enough for retries.
+    let window = job.delivery.delivery_id.is_none().then_some(RETRY_WINDOW);
+    let claim = |key: &str, window| book.claim(&format!("{source}:{key}"), source, window);
     let mut reasons: Vec<String> = Vec::new();
     match &job.delivery.parsed {
         Parsed::Ping => answer.ignored = Some("ping".into()),
@@ -203,12 +229,12 @@ pub fn process<B: Book>(
             let fresh: Vec<_> = if images.iter().all(|i| i.event_id.is_some()) {
                 let mut fresh = Vec::new();
                 for i in images {
-                    if claim(i.event_id.as_deref().unwrap_or_default())? {
+                    if claim(i.event_id.as_deref().unwrap_or_default(), None)? {
                         fresh.push(i);
                     }
                 }
                 fresh
-            } else if claim(&job.delivery_key)? {
+            } else if claim(&job.delivery_key, window)? {
                 images.iter().collect()
             } else {
                 Vec::new()
@@ -267,7 +293,7 @@ pub fn process<B: Book>(
             }
         }
         Parsed::Git(events) => {
-            if !claim(&job.delivery_key)? {
+            if !claim(&job.delivery_key, window)? {
                 answer.duplicate = true;
                 return Ok(answer);
             }
