@@ -509,6 +509,34 @@ spec: {{projectRef: web, autoDeploy: true, tagPolicy: {{semver: '>=1.0.0'}}}}
         containers
     );
 
+    // The same tag pushed again with other content (a re-pushed mutable tag): its new digest is
+    // recorded, and — though the local `1.1.0` satisfies the tag's IfNotPresent — pulled and
+    // deployed.
+    let before = registry.notifications().await["Events"].as_u64().unwrap();
+    registry.push("tiny-forge-demo:1.0.0", "1.1.0").await;
+    let repushed = registry.digest("1.1.0").await;
+    assert_ne!(repushed, digest);
+    registry.delivered(before).await;
+    let redeployed = wait_for(&state, &registry, "Healthy on the re-pushed 1.1.0", |s| {
+        s.phase == Some(Phase::Healthy) && s.current.as_ref().is_some_and(|c| c.digest == repushed)
+    })
+    .await;
+    assert_eq!(
+        redeployed.latest.and_then(|l| l.digest).as_deref(),
+        Some(repushed.as_str())
+    );
+    let containers = rt.list_managed(&[(labels::INSTANCE, NS)]).await.unwrap();
+    let serving = containers
+        .iter()
+        .find(|c| redeployed.current.as_ref().unwrap().container_id.as_deref() == Some(&c.id))
+        .expect("the serving container");
+    let ip = ip_of(&rt, &serving.id).await;
+    assert_eq!(
+        get(&format!("http://{ip}:8080/")).await.unwrap().trim(),
+        "tiny-forge-demo 1.0.0",
+        "the re-pushed content serves"
+    );
+
     // Every notification was answered 2xx the first time: nothing retried, nothing held back.
     let metrics = registry.notifications().await;
     eprintln!("registry_e2e: registry notification counters: {metrics}");

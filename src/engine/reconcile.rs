@@ -190,21 +190,30 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
 
         // A steady Stage never contacts the registry: the image is looked up locally unless a
         // newer digest of the same tag was announced.
-        let steady_tag = status.current.as_ref().is_some_and(|c| {
-            c.tag == tag
-                && status
-                    .latest
-                    .as_ref()
-                    .and_then(|l| (l.tag == tag).then_some(l.digest.as_ref()).flatten())
-                    .is_none_or(|d| *d == c.digest)
-        });
+        let announced = status
+            .latest
+            .as_ref()
+            .and_then(|l| (l.tag == tag).then_some(l.digest.as_ref()).flatten());
+        let steady_tag = status
+            .current
+            .as_ref()
+            .is_some_and(|c| c.tag == tag && announced.is_none_or(|d| *d == c.digest));
         let pull = if steady_tag {
             Pull::IfNotPresent
         } else {
             eff.pull(&tag)
         };
         let reference = eff.reference(&tag);
-        let image = self.runtime.ensure_image(&reference, pull).await?;
+        let mut image = self.runtime.ensure_image(&reference, pull).await?;
+        // An announced digest the local image is not (a re-pushed `stable` left a stale local
+        // copy that IfNotPresent takes) is fetched whatever the tag's pull policy says; only
+        // `Never` keeps to the local image.
+        if !steady_tag
+            && pull == Pull::IfNotPresent
+            && announced.is_some_and(|d| d != image.digest())
+        {
+            image = self.runtime.ensure_image(&reference, Pull::Always).await?;
+        }
         let secrets = self.resolve_secrets(&input.key.namespace, eff)?;
         let spec = eff.container_spec(&input.key, &self.instance, &tag, &image, &secrets);
         let target = observed.iter().find(|c| c.name == spec.name);
