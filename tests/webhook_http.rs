@@ -670,3 +670,60 @@ async fn a_re_push_without_a_delivery_id_counts_once_its_retries_are_over() {
     let (status, text, _) = post(&l.url, "application/json", &id, body).await;
     assert_eq!((status, text.as_str()), (200, r#"{"duplicate":true}"#));
 }
+
+#[tokio::test]
+async fn a_delivery_that_asks_nothing_is_still_authenticated_first() {
+    let l = listener(|_| {}).await;
+    let secret_ref = serde_json::json!({"secretRef": {"name": "hooks", "key": "signed"}});
+    // A Bitbucket Server repository and a GitHub container package, both with a webhook secret.
+    l.db.upsert(
+        Kind::Project,
+        "default",
+        "bb",
+        &serde_json::json!({
+            "image": "registry.example/team/bb",
+            "gitSource": {"provider": "bitbucket", "repository": "~gopher/webhook-test"},
+            "webhook": secret_ref,
+        }),
+        None,
+    )
+    .unwrap();
+    l.db.upsert(
+        Kind::Project,
+        "default",
+        "pkg",
+        &serde_json::json!({"image": "ghcr.io/codertocat/hello-world-npm", "webhook": secret_ref}),
+        None,
+    )
+    .unwrap();
+    let fixture = |p: &str| std::fs::read(format!("tests/fixtures/webhooks/{p}")).unwrap();
+    // A branch deletion (asks nothing) and an untagged package version (asks nothing).
+    let cases = [
+        (
+            "bitbucket",
+            fixture("bitbucket/repo_refs_changed.server.go-playground.json"),
+            [("x-event-key", "repo:refs_changed")],
+            "x-hub-signature",
+        ),
+        (
+            "github",
+            fixture("github/registry_package.published.docker.json"),
+            [("x-github-event", "registry_package")],
+            "x-hub-signature-256",
+        ),
+    ];
+    for (provider, body, event, signature) in cases {
+        let url = format!("{}/{provider}", l.url);
+        let forged = sign("not-the-secret", &body);
+        let good = sign(PROJECT_SECRET, &body);
+        let unsigned = post(&url, "application/json", &event, body.clone()).await;
+        assert_eq!(unsigned.0, 401, "{provider} unsigned: {}", unsigned.1);
+        let headers = [event[0], (signature, forged.as_str())];
+        let wrong = post(&url, "application/json", &headers, body.clone()).await;
+        assert_eq!(wrong.0, 401, "{provider} forged: {}", wrong.1);
+        let headers = [event[0], (signature, good.as_str())];
+        let right = post(&url, "application/json", &headers, body.clone()).await;
+        assert_eq!(right.0, 200, "{provider} signed: {}", right.1);
+        assert!(right.1.contains("ignored"), "{}", right.1);
+    }
+}

@@ -540,7 +540,40 @@ async fn handle(
             }
             c
         }
-        super::Parsed::Ignored(_) | super::Parsed::Ping => Vec::new(),
+        // Asks nothing, but names repositories: their Projects' secrets are checked all the
+        // same, so a forger learns nothing and a wrong signature is a 401 everywhere.
+        super::Parsed::Ignored(_) | super::Parsed::Ping => {
+            let mut c: Vec<&ProjectRef> = Vec::new();
+            for named in &delivery.named {
+                let found = match named {
+                    super::Named::Image(repository) => ingest::for_image(&projects, repository),
+                    super::Named::Git(repository) => ingest::for_git(
+                        &projects,
+                        provider.as_str(),
+                        &super::GitEvent {
+                            repository: repository.clone(),
+                            branch: None,
+                            tag: None,
+                            sha: String::new(),
+                            kind: "push",
+                        },
+                    ),
+                };
+                for p in found {
+                    if p.spec
+                        .webhook
+                        .as_ref()
+                        .is_some_and(|w| w.secret_ref.is_some())
+                        && !c
+                            .iter()
+                            .any(|x| x.namespace == p.namespace && x.name == p.name)
+                    {
+                        c.push(p);
+                    }
+                }
+            }
+            c
+        }
     };
     let mut accepted = Vec::new();
     let mut refused_any = false;

@@ -31,6 +31,7 @@ pub(super) fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<Delivery, 
         // late. Without one, an identical body counts once only within the retry window.
         delivery_id: first_header(headers, &["Idempotency-Key"]),
         event: "image".into(),
+        named: Vec::new(),
     })
 }
 
