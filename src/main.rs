@@ -189,6 +189,10 @@ struct RunArgs {
     /// Burst above --webhook-rate accepted from one address.
     #[arg(long, default_value_t = 200)]
     webhook_burst: u32,
+    /// Reverse proxies (addresses or CIDR ranges) whose Forwarded / X-Forwarded-For headers
+    /// name the client the rate limit counts; without it, the connection's address counts.
+    #[arg(long, env = "TINY_FORGE_TRUSTED_PROXIES", value_delimiter = ',', num_args = 1..)]
+    trusted_proxies: Vec<tiny_forge::webhook::server::Cidr>,
     /// Create a Project (and a Stage following every tag) for pushed images that no Project
     /// uses [default: true standalone, false with --kubernetes].
     #[arg(long, env = "TINY_FORGE_AUTO_CREATE", action = clap::ArgAction::Set, conflicts_with = "no_auto_create")]
@@ -353,6 +357,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 std::num::NonZeroU32::new(args.webhook_burst).unwrap_or(r),
             )
         }),
+        trusted_proxies: args.trusted_proxies.clone(),
         ..Default::default()
     });
     let npm = match args.npm_url {

@@ -727,3 +727,76 @@ async fn a_delivery_that_asks_nothing_is_still_authenticated_first() {
         assert!(right.1.contains("ignored"), "{}", right.1);
     }
 }
+
+#[tokio::test]
+async fn wrong_secrets_do_not_spend_the_real_urls_rate_budget() {
+    let l = listener(|c| c.rate = Some((NonZeroU32::new(1).unwrap(), NonZeroU32::new(3).unwrap())))
+        .await;
+    let body = r#"{"image":"registry.example/team/open:1.0.0"}"#;
+    for i in 0..20 {
+        let guess = format!("{}/api/webhook/guess-{i}", l.base);
+        assert_eq!(post(&guess, "application/json", &[], body).await.0, 404);
+    }
+    let (status, text, _) = post(&l.url, "application/json", &[], body).await;
+    assert_eq!(status, 202, "the real URL still has its budget: {text}");
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_client_has_its_own_budget() {
+    let limited = |trusted: &str| {
+        let trusted: Vec<server::Cidr> = trusted
+            .split_whitespace()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        move |c: &mut server::Config| {
+            c.rate = Some((NonZeroU32::new(1).unwrap(), NonZeroU32::new(2).unwrap()));
+            c.trusted_proxies = trusted;
+        }
+    };
+    let push = |l: &Listener, i: u32, header: (&'static str, String)| {
+        let url = l.url.clone();
+        async move {
+            let body = format!(r#"{{"image":"registry.example/team/open:1.0.{i}"}}"#);
+            post(
+                &url,
+                "application/json",
+                &[(header.0, header.1.as_str())],
+                body,
+            )
+            .await
+            .0
+        }
+    };
+    // The TLS proxy on loopback is trusted: the client it names is the one limited.
+    let l = listener(limited("127.0.0.0/8 ::1/128")).await;
+    let xff = |ip: &str| ("x-forwarded-for", format!("198.51.100.7, {ip}"));
+    let a: Vec<u16> = [
+        push(&l, 1, xff("203.0.113.1")).await,
+        push(&l, 2, xff("203.0.113.1")).await,
+        push(&l, 3, xff("203.0.113.1")).await,
+    ]
+    .into();
+    assert_eq!(a[..2], [202, 202], "{a:?}");
+    assert_eq!(a[2], 429, "{a:?}");
+    assert_eq!(push(&l, 4, xff("203.0.113.2")).await, 202, "another client");
+    let fwd = |ip: &str| {
+        (
+            "forwarded",
+            format!("for=198.51.100.7, for=\"{ip}\";proto=https"),
+        )
+    };
+    assert_eq!(push(&l, 5, fwd("203.0.113.3")).await, 202);
+    assert_eq!(push(&l, 6, fwd("203.0.113.3")).await, 202);
+    assert_eq!(push(&l, 7, fwd("203.0.113.3")).await, 429);
+    assert_eq!(push(&l, 8, fwd("[2001:db8::1]:4711")).await, 202);
+
+    // Without trusted proxies, the headers are anyone's to write: the connection's address counts.
+    let l = listener(limited("")).await;
+    assert_eq!(push(&l, 1, xff("203.0.113.1")).await, 202);
+    assert_eq!(push(&l, 2, xff("203.0.113.2")).await, 202);
+    assert_eq!(
+        push(&l, 3, xff("203.0.113.3")).await,
+        429,
+        "all from 127.0.0.1"
+    );
+}
