@@ -200,6 +200,14 @@ struct RunArgs {
     /// Same as --auto-create=false.
     #[arg(long)]
     no_auto_create: bool,
+    /// Auto-created Projects at most; past it, pushes of unknown images are answered with the
+    /// reason and logged.
+    #[arg(long, env = "TINY_FORGE_AUTO_CREATE_MAX", default_value_t = tiny_forge::ingest::DEFAULT_AUTO_CREATE_MAX)]
+    auto_create_max: usize,
+    /// Repositories that may be auto-created, as globs (`registry.example.com/team/*`; `**`
+    /// crosses `/`) [default: any].
+    #[arg(long, env = "TINY_FORGE_AUTO_CREATE_ALLOW", value_delimiter = ',', num_args = 1..)]
+    auto_create_allow: Vec<String>,
     /// Key file of the sealed secrets [default: <state-dir>/secret.key].
     #[arg(long, env = "TINY_FORGE_SECRET_KEY_FILE")]
     secret_key_file: Option<PathBuf>,
@@ -415,6 +423,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         instance: args.instance.unwrap_or_else(|| "standalone".into()),
         webhook,
         auto_create,
+        auto_create_policy: tiny_forge::ingest::AutoCreatePolicy {
+            max: args.auto_create_max,
+            allow: args.auto_create_allow,
+        },
         secret_key_file: args.secret_key_file,
         npm,
     };

@@ -49,6 +49,8 @@ pub struct Options {
     pub webhook: Option<crate::webhook::server::Config>,
     /// Create a Project (and a `dev` Stage) for pushed images no Project uses.
     pub auto_create: bool,
+    /// Which images may be auto-created, and how many.
+    pub auto_create_policy: crate::ingest::AutoCreatePolicy,
     /// Key of the secrets sealed in the store [default: `<state-dir>/secret.key`].
     pub secret_key_file: Option<PathBuf>,
     /// Nginx Proxy Manager, when Stages' domains are to be routed. An empty password is read
@@ -69,6 +71,7 @@ impl Options {
             instance: "standalone".into(),
             webhook: None,
             auto_create: true,
+            auto_create_policy: Default::default(),
             secret_key_file: None,
             npm: None,
         }
@@ -138,9 +141,13 @@ pub async fn run(
         None => None,
         Some(config) => {
             webhook::ensure_url_secret(&db, &sealer).map_err(anyhow::Error::msg)?;
-            let recorder = recorder::spawn(
+            opts.auto_create_policy
+                .validate()
+                .map_err(anyhow::Error::msg)?;
+            let recorder = recorder::spawn_with(
                 db.clone(),
-                opts.auto_create.then(|| opts.manifests.clone()),
+                opts.auto_create
+                    .then(|| (opts.manifests.clone(), opts.auto_create_policy.clone())),
                 wake_tx,
             );
             let mut stop = stop_rx.clone();

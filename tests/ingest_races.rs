@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tiny_forge::api::{Deployed, Phase, SeenTag, StageStatus};
 use tiny_forge::crypto::SecretBox;
+use tiny_forge::ingest::AutoCreatePolicy;
 use tiny_forge::standalone::sync_manifests;
 use tiny_forge::store::{Kind, StateDb, StoreSecrets};
 use tiny_forge::webhook::{self, metrics::Metrics, recorder, server};
@@ -119,7 +120,7 @@ const SIGNED_SECRET: &str = "flood-project-secret-77";
 
 /// A listener that auto-creates Projects into a manifest directory which also holds a user's
 /// Projects (one signed).
-async fn flood_listener() -> Flood {
+async fn flood_listener(policy: AutoCreatePolicy) -> Flood {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let manifests = dir.path().join("manifests");
@@ -154,7 +155,7 @@ async fn flood_listener() -> Flood {
     };
     let (wake, wake_rx) = mpsc::unbounded_channel();
     std::mem::forget(wake_rx);
-    let recorder = recorder::spawn(db.clone(), Some(manifests.clone()), wake);
+    let recorder = recorder::spawn_with(db.clone(), Some((manifests.clone(), policy)), wake);
     let secrets = StoreSecrets {
         db: Some(reader.clone()),
         sealer: Some(sealer.clone()),
@@ -197,7 +198,11 @@ enum Shot {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_while_manifests_change_loses_no_acknowledged_push() {
-    let f = flood_listener().await;
+    let f = flood_listener(AutoCreatePolicy {
+        max: 10_000,
+        allow: Vec::new(),
+    })
+    .await;
     // The standalone sync, on a connection of its own, over and over, while a user edits files.
     let running = Arc::new(AtomicBool::new(true));
     let syncer = {
@@ -325,3 +330,68 @@ async fn a_flood_while_manifests_change_loses_no_acknowledged_push() {
 }
 
 use futures::StreamExt as _;
+
+async fn push(url: &str, reference: &str) -> (u16, String) {
+    let r = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"image":"{reference}"}}"#))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn auto_creation_is_bounded_and_limited_to_allowed_repositories() {
+    let f = flood_listener(AutoCreatePolicy {
+        max: 3,
+        allow: vec!["127.0.0.1:5000/team/*".into(), "ghcr.io/octo/**".into()],
+    })
+    .await;
+    let auto_created = || {
+        f.db.list(Kind::Project)
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.namespace != "default")
+            .count()
+    };
+    // Outside the allow-list: nothing created, the reason in a 2xx (registries retry non-2xx).
+    for reference in [
+        "127.0.0.1:5000/other/app:1.0",
+        "127.0.0.1:5000/team/sub/app:1.0",
+    ] {
+        let (status, text) = push(&f.url, reference).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("--auto-create-allow"), "{text}");
+    }
+    assert_eq!(auto_created(), 0);
+    for (i, reference) in [
+        "127.0.0.1:5000/team/a:1.0",
+        "ghcr.io/octo/deep/b:1.0",
+        "127.0.0.1:5000/team/c:1.0",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, text) = push(&f.url, reference).await;
+        assert_eq!(status, 202, "{i}: {text}");
+    }
+    assert_eq!(auto_created(), 3);
+    // Past the limit: a clear answer, nothing created; a known image still counts.
+    let (status, text) = push(&f.url, "127.0.0.1:5000/team/d:1.0").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("--auto-create-max 3"), "{text}");
+    assert_eq!(auto_created(), 3);
+    let (status, text) = push(&f.url, "127.0.0.1:5000/team/a:1.1").await;
+    assert_eq!(status, 202, "{text}");
+    // Deleting an auto-created file frees its place.
+    let a = f.manifests.join("auto-created/a.yaml");
+    std::fs::remove_file(&a).unwrap();
+    sync_manifests(&f.manifests, &f.db, &mut None).unwrap();
+    let (status, text) = push(&f.url, "127.0.0.1:5000/team/d:1.1").await;
+    assert_eq!(status, 202, "{text}");
+}

@@ -430,6 +430,37 @@ async fn unknown_images_create_a_project_with_a_dev_stage() {
     assert_eq!(dev.latest.map(|l| l.tag).as_deref(), Some("0.1.0"));
     let file = Path::new(p.source.as_deref().unwrap());
     assert!(file.exists(), "the manifest is written for the user to see");
+    // Safe settings for what whoever holds the URL can start: limits, no volumes, no network.
+    let container = &p.spec["container"];
+    assert_eq!(container["resources"]["memory"], "256Mi", "{container}");
+    assert_eq!(container["resources"]["cpus"], "0.5", "{container}");
+    assert!(
+        container
+            .get("volumes")
+            .is_none_or(|v| v.as_array().is_some_and(Vec::is_empty))
+    );
+    assert!(container.get("network").is_none());
+}
+
+#[tokio::test]
+async fn an_image_the_controller_would_reject_is_refused_before_anything_is_created() {
+    let l = listener(|_| {}).await;
+    let (status, text, _) = post(
+        &l.url,
+        "application/json",
+        &[],
+        r#"{"image":"Registry.Example.com/ORG/App:1.0"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("not a valid repository"), "{text}");
+    assert!(
+        l.db.list(Kind::Project)
+            .unwrap()
+            .iter()
+            .all(|p| p.namespace == "default"),
+        "no Project created"
+    );
 }
 
 #[tokio::test]

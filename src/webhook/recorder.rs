@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Delivery, Parsed, Provider};
 use crate::api::SeenTag;
-use crate::ingest::{self, Catalog, Ledger, ProjectRef, Push, Verdict};
+use crate::ingest::{self, AutoCreatePolicy, Catalog, Ledger, ProjectRef, Push, Verdict};
 use crate::store::{StateDb, StoreError, Tx};
 
 /// Deliveries committed together at most.
@@ -53,6 +53,19 @@ pub fn spawn(
     auto_create: Option<PathBuf>,
     wake: mpsc::UnboundedSender<()>,
 ) -> mpsc::Sender<Job> {
+    spawn_with(
+        db,
+        auto_create.map(|dir| (dir, AutoCreatePolicy::default())),
+        wake,
+    )
+}
+
+/// [`spawn`], with what may be auto-created (and how many) in that directory.
+pub fn spawn_with(
+    db: Arc<StateDb>,
+    auto_create: Option<(PathBuf, AutoCreatePolicy)>,
+    wake: mpsc::UnboundedSender<()>,
+) -> mpsc::Sender<Job> {
     let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
     tokio::spawn(async move {
         let mut batches = 0u64;
@@ -83,7 +96,7 @@ pub fn spawn(
                             tx.attempt(|tx| {
                                 let book = StoreBook {
                                     tx,
-                                    manifests: auto_create.as_deref(),
+                                    auto_create: auto_create.as_ref(),
                                 };
                                 process(&book, job, &mut catalog)
                             })
@@ -143,6 +156,10 @@ pub trait Book: Ledger<Error = String> {
         window: Option<std::time::Duration>,
     ) -> Result<bool, String>;
     fn catalog(&self) -> Result<Catalog, String>;
+    /// Whether a Project may be created for `repository` now (allow-list, cap), else why not.
+    fn may_auto_create(&self, _repository: &str) -> Result<(), String> {
+        Ok(())
+    }
     /// Creates a Project (with a Stage) for an image nobody uses; None when that is off.
     fn auto_create(
         &self,
@@ -151,10 +168,11 @@ pub trait Book: Ledger<Error = String> {
     ) -> Option<Result<ProjectRef, String>>;
 }
 
-/// The embedded store's transaction, and the manifest directory auto-created Projects go to.
+/// The embedded store's transaction, and the manifest directory auto-created Projects go to
+/// with what may be created there.
 struct StoreBook<'a, 't> {
     tx: &'a Tx<'t>,
-    manifests: Option<&'a std::path::Path>,
+    auto_create: Option<&'a (PathBuf, AutoCreatePolicy)>,
 }
 
 impl Ledger for StoreBook<'_, '_> {
@@ -194,12 +212,41 @@ impl Book for StoreBook<'_, '_> {
         Ok(Catalog::load(self.tx)?)
     }
 
+    fn may_auto_create(&self, repository: &str) -> Result<(), String> {
+        let Some((dir, policy)) = self.auto_create else {
+            return Ok(());
+        };
+        policy.admits(repository)?;
+        // The files are what the user sees and deletes: deleting one frees its place.
+        let made = std::fs::read_dir(dir.join("auto-created"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| {
+                        let name = e.file_name();
+                        let name = name.to_string_lossy();
+                        !name.starts_with('.') && name.ends_with(".yaml")
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if made >= policy.max {
+            return Err(format!(
+                "{made} Projects were auto-created already, the limit (--auto-create-max {}); \
+                 edit or delete files under {}, or raise the limit",
+                policy.max,
+                dir.join("auto-created").display()
+            ));
+        }
+        Ok(())
+    }
+
     fn auto_create(
         &self,
         catalog: &mut Catalog,
         repository: &str,
     ) -> Option<Result<ProjectRef, String>> {
-        let dir = self.manifests?;
+        let (dir, _) = self.auto_create?;
         Some(ingest::auto_create(self.tx, dir, catalog, repository).map_err(|e| e.to_string()))
     }
 }
@@ -262,6 +309,9 @@ pub fn process<B: Book>(
                         "not authorised for the Projects using {}",
                         image.repository
                     ));
+                } else if let Err(why) = book.may_auto_create(&image.repository) {
+                    tracing::warn!(image = %image.repository, reason = %why, "no Project created for a new image");
+                    reasons.push(format!("no Project uses {}: {why}", image.repository));
                 } else if let Some(created) = book.auto_create(catalog, &image.repository) {
                     // A Project that cannot be created (a read-only manifests directory) is a
                     // reason, not a failure: the registry would retry a non-2xx forever and hold

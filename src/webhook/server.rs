@@ -603,7 +603,21 @@ async fn handle(
         super::Parsed::Images(images) => {
             let mut c: Vec<&ProjectRef> = Vec::new();
             for i in images {
-                for p in ingest::for_image(&projects, &i.repository) {
+                let users = ingest::for_image(&projects, &i.repository);
+                // An image no Project uses may become one (auto-creation): it must be one the
+                // controller could ever deploy, by the controller's own validator.
+                if users.is_empty()
+                    && let Err(why) = ingest::valid_repository(&i.repository)
+                {
+                    return (
+                        Some(provider),
+                        refused(
+                            provider,
+                            &WebhookError::BadRequest(format!("image {}: {why}", i.repository)),
+                        ),
+                    );
+                }
+                for p in users {
                     if !c
                         .iter()
                         .any(|x| x.namespace == p.namespace && x.name == p.name)
