@@ -247,6 +247,7 @@ pub fn record<L: Ledger + ?Sized>(
         source: push.source.clone(),
         delivery_id: push.delivery_id.clone(),
         seen_at: now(),
+        recent_deliveries: Vec::new(),
     };
     let mut verdicts = Vec::new();
     for stage in stages {

@@ -67,6 +67,10 @@ pub struct SeenTag {
     pub delivery_id: Option<String>,
     /// When it was seen (RFC 3339).
     pub seen_at: String,
+    /// Delivery ids recorded on this Stage lately (Kubernetes mode, newest last, at most 32):
+    /// a redelivery that reaches another replica, or comes after a restart, changes nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_deliveries: Vec<String>,
 }
 
 /// An image a Stage ran or runs.

@@ -508,6 +508,35 @@ impl Book for Plan<'_> {
     }
 }
 
+/// Delivery ids kept in `status.latest.recentDeliveries`: redeliveries come within hours, and
+/// a Stage sees a few pushes a day.
+const RECENT_DELIVERIES: usize = 32;
+
+/// `seen` as written: with the delivery ids recorded on the Stage so far (the one it replaces
+/// included), its own last, the oldest dropped.
+fn remembering(existing: Option<&SeenTag>, seen: &SeenTag) -> SeenTag {
+    let mut ids: Vec<String> = existing
+        .map(|e| {
+            let mut ids = e.recent_deliveries.clone();
+            ids.extend(e.delivery_id.clone());
+            ids
+        })
+        .unwrap_or_default();
+    ids.extend(seen.delivery_id.clone());
+    let mut unique: Vec<String> = Vec::new();
+    for id in ids.into_iter().rev() {
+        if !unique.contains(&id) {
+            unique.push(id);
+        }
+    }
+    unique.truncate(RECENT_DELIVERIES);
+    unique.reverse();
+    SeenTag {
+        recent_deliveries: unique,
+        ..seen.clone()
+    }
+}
+
 /// How long one API call of the recorder may take: a hung connection must not hold every
 /// sender behind it.
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -637,12 +666,14 @@ async fn write_latest(
         };
         let existing = stage.status.as_ref().and_then(|s| s.latest.as_ref());
         // The same delivery again (a redelivery that reached another replica, or came after a
-        // restart): already recorded.
+        // restart): already recorded — as the latest, or before it (its fresh `seenAt` must not
+        // put an older push back in front of a newer one).
         if existing.is_some_and(|e| {
             e == seen
-                || (e.delivery_id.is_some()
-                    && e.delivery_id == seen.delivery_id
-                    && e.tag == seen.tag)
+                || seen.delivery_id.as_ref().is_some_and(|id| {
+                    (e.delivery_id.as_ref() == Some(id) && e.tag == seen.tag)
+                        || e.recent_deliveries.contains(id)
+                })
         }) {
             return Ok(());
         }
@@ -654,7 +685,8 @@ async fn write_latest(
             return Ok(());
         }
         let version = stage.metadata.resource_version.clone().unwrap_or_default();
-        match status::apply_latest(&api, name, &version, seen).await {
+        let seen = remembering(existing, seen);
+        match status::apply_latest(&api, name, &version, &seen).await {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
             Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
