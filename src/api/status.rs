@@ -90,6 +90,10 @@ pub struct Deployed {
     /// When it became the serving container (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
+    /// When its tag was last looked up in the registry because it was announced again without
+    /// a digest (a re-push of a mutable tag) and the registry still had this content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<String>,
 }
 
 /// How a deploy ended.
