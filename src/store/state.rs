@@ -197,19 +197,7 @@ impl StateDb {
         name: &str,
         uid: &str,
     ) -> Result<bool, StoreError> {
-        self.batch(|tx| {
-            let n = tx
-                .tx
-                .execute(
-                    "DELETE FROM resources WHERE kind=?1 AND namespace=?2 AND name=?3 AND uid=?4",
-                    params![kind.as_str(), namespace, name, uid],
-                )
-                .map_err(|e| tx.sqlite(e))?;
-            if n > 0 {
-                tx.bump_catalog()?;
-            }
-            Ok(n > 0)
-        })
+        self.batch(|tx| tx.delete_seen(kind, namespace, name, uid))
     }
 
     /// Every stored resource of a kind, sorted by namespace and name, status merged.
@@ -422,6 +410,42 @@ impl Tx<'_> {
                 Ok(1)
             }
         }
+    }
+
+    /// See [`StateDb::delete_seen`].
+    pub fn delete_seen(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .tx
+            .execute(
+                "DELETE FROM resources WHERE kind=?1 AND namespace=?2 AND name=?3 AND uid=?4",
+                params![kind.as_str(), namespace, name, uid],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        if n > 0 {
+            self.bump_catalog()?;
+        }
+        Ok(n > 0)
+    }
+
+    /// A Project's status, default when none.
+    pub fn project_status(&self, namespace: &str, name: &str) -> Result<ProjectStatus, StoreError> {
+        self.json_column(Kind::Project, namespace, name, "status")
+            .map(Option::unwrap_or_default)
+    }
+
+    pub fn save_project_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &ProjectStatus,
+    ) -> Result<(), StoreError> {
+        self.set_status(Kind::Project, namespace, name, status)
     }
 
     pub fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), StoreError> {
