@@ -98,6 +98,13 @@ impl StatusSink for DbSink {
     }
 }
 
+/// What wakes the controller loop: the manifest directory changed, or the webhook recorder
+/// committed a push.
+struct Wakes {
+    files: mpsc::UnboundedReceiver<()>,
+    pushed: mpsc::UnboundedReceiver<()>,
+}
+
 /// Per-Stage scheduling state.
 #[derive(Default)]
 struct Slot {
@@ -131,8 +138,14 @@ pub async fn run(
         dir: opts.secrets_dir.clone(),
     };
 
-    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<()>();
-    let _watcher = watch(&opts.manifests, wake_tx.clone())?;
+    let (wake_tx, wake_rx) = mpsc::unbounded_channel::<()>();
+    let _watcher = watch(&opts.manifests, wake_tx)?;
+    // Recorded pushes wake the controller on a channel of their own: no wait for an editor.
+    let (pushed_tx, pushed_rx) = mpsc::unbounded_channel::<()>();
+    let mut wakes = Wakes {
+        files: wake_rx,
+        pushed: pushed_rx,
+    };
     tokio::pin!(shutdown);
     // One shutdown signal for the controller and the listener.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -148,7 +161,7 @@ pub async fn run(
                 db.clone(),
                 opts.auto_create
                     .then(|| (opts.manifests.clone(), opts.auto_create_policy.clone())),
-                wake_tx,
+                pushed_tx,
             );
             let mut stop = stop_rx.clone();
             let server = server::start(
@@ -187,7 +200,7 @@ pub async fn run(
         }
         None => None,
     };
-    let result = control(opts, db, secrets, npm, &mut wake_rx, shutdown).await;
+    let result = control(opts, db, secrets, npm, &mut wakes, shutdown).await;
     let _ = stop_tx.send(true);
     if let Some(server) = listener {
         server.join().await;
@@ -203,7 +216,7 @@ async fn control(
     db: Arc<StateDb>,
     secrets: StoreSecrets,
     proxy: Option<Npm>,
-    wake_rx: &mut mpsc::UnboundedReceiver<()>,
+    wake_rx: &mut Wakes,
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> anyhow::Result<()> {
     // Until Docker answers, say so in status (and keep reading manifests so `get` is useful).
@@ -269,7 +282,7 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(5);
 impl Controller {
     async fn run(
         mut self,
-        wake: &mut mpsc::UnboundedReceiver<()>,
+        wake: &mut Wakes,
         mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> anyhow::Result<()> {
         let mut manifests = self.reload()?;
@@ -288,10 +301,17 @@ impl Controller {
                 .min(Instant::now() + Duration::from_secs(1));
             tokio::select! {
                 _ = &mut shutdown => break,
-                Some(_) = wake.recv() => {
+                Some(_) = wake.files.recv() => {
                     // Editors write in several steps: let them finish, then read once.
                     sleep(Duration::from_millis(200)).await;
-                    while wake.try_recv().is_ok() {}
+                    while wake.files.try_recv().is_ok() {}
+                    manifests = self.reload_or_keep(manifests);
+                    last_reload = Instant::now();
+                }
+                Some(_) = wake.pushed.recv() => {
+                    // A push was committed: act at once. The reload picks up a Project created
+                    // for a new image (its file is written whole before its rows commit).
+                    while wake.pushed.try_recv().is_ok() {}
                     manifests = self.reload_or_keep(manifests);
                     last_reload = Instant::now();
                 }
