@@ -401,6 +401,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             webhook,
             webhook_secret: args.webhook_secret,
             auto_create,
+            auto_create_policy: tiny_forge::ingest::AutoCreatePolicy {
+                max: args.auto_create_max,
+                allow: args.auto_create_allow.clone(),
+            },
             npm,
             leader_election: args.leader_election,
             lease_name: args.lease_name,

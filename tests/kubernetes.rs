@@ -783,7 +783,12 @@ async fn an_unknown_image_creates_a_project_and_deleting_it_stops_its_stages() {
         return;
     };
     let (ns, instance) = (ns.as_str(), instance.as_str());
-    let controller = Controller::start(ns, instance, &["--auto-create", "true"], None);
+    let controller = Controller::start(
+        ns,
+        instance,
+        &["--auto-create", "true", "--auto-create-max", "1"],
+        None,
+    );
     ready_listener(controller.port).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let secret = secrets.get("tiny-forge-webhook").await.unwrap();
@@ -813,6 +818,24 @@ async fn an_unknown_image_creates_a_project_and_deleting_it_stops_its_stages() {
     })
     .await;
     assert_eq!(containers_of(&docker, instance).await.len(), 1);
+    // Past --auto-create-max: the reason in a 2xx, and no Project.
+    let answer = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/api/webhook/{url_secret}",
+            controller.port
+        ))
+        .header("content-type", "application/json")
+        .body(r#"{"image":"registry.example/team/second:1.0.0"}"#)
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = (answer.status().as_u16(), answer.text().await.unwrap());
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("--auto-create-max 1"), "{body}");
+    assert!(projects.get_opt("second").await.unwrap().is_none());
+    // What is auto-created runs with limits.
+    let resources = project.spec.container.resources.clone().unwrap_or_default();
+    assert_eq!(resources.memory.as_deref(), Some("256Mi"));
 
     projects
         .delete("tiny-forge-demo", &DeleteParams::default())

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use super::secrets::ClusterSecrets;
 use super::status;
-use crate::api::{Project, ProjectSpec, SeenTag, Stage, StageSpec};
+use crate::api::{Project, SeenTag, Stage, StageSpec};
 use crate::engine::tags::CompiledPolicy;
 use crate::ingest::{Catalog, Ledger, ProjectRef, StageRef};
 use crate::webhook::recorder::{self, Answer, Book, Job};
@@ -233,6 +233,8 @@ pub async fn keep_url_secret(client: Client, index: Arc<ClusterIndex>) {
 #[derive(Clone, Debug)]
 pub struct AutoCreate {
     pub namespace: String,
+    /// Which images may be auto-created, and how many (counted by the annotation).
+    pub policy: crate::ingest::AutoCreatePolicy,
 }
 
 /// Starts the recorder: deliveries arriving together are planned together against the caches,
@@ -448,12 +450,43 @@ impl Book for Plan<'_> {
         })
     }
 
+    fn may_auto_create(&self, repository: &str) -> Result<(), String> {
+        let Some(auto) = self.auto_create else {
+            return Ok(());
+        };
+        auto.policy.admits(repository)?;
+        let made = self
+            .index
+            .projects
+            .state()
+            .iter()
+            .filter(|p| {
+                p.0.as_ref().is_ok_and(|p| {
+                    p.metadata
+                        .annotations
+                        .as_ref()
+                        .is_some_and(|a| a.contains_key(CREATED_FOR))
+                })
+            })
+            .count()
+            + self.created.borrow().len();
+        if made >= auto.policy.max {
+            return Err(format!(
+                "{made} Projects were auto-created already, the limit (--auto-create-max {}); \
+                 delete some or raise the limit",
+                auto.policy.max
+            ));
+        }
+        Ok(())
+    }
+
     fn auto_create(
         &self,
         catalog: &mut Catalog,
         repository: &str,
     ) -> Option<Result<ProjectRef, String>> {
         let namespace = self.auto_create?.namespace.clone();
+        let spec = crate::ingest::auto_created_spec(repository);
         let base = crate::ingest::base_name(repository);
         let taken = |n: &str| {
             catalog
@@ -466,10 +499,6 @@ impl Book for Plan<'_> {
                     .any(|s| s.namespace == namespace && s.name == format!("{n}-dev"))
         };
         let name = crate::ingest::free_name(&base, taken);
-        let spec = ProjectSpec {
-            image: repository.to_string(),
-            ..Default::default()
-        };
         let mut project = Project::new(&name, spec.clone());
         project.metadata.namespace = Some(namespace.clone());
         let stage_name = format!("{name}-dev");
