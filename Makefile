@@ -8,11 +8,14 @@ CARGO ?= cargo
 STATE_DIR ?= .tiny-forge/state
 MANIFESTS ?= examples/standalone
 MANAGED_LABEL := app.kubernetes.io/managed-by=tiny-forge
+# The demo's controller instance: its containers carry tinyforge.dev/instance=$(INSTANCE), so
+# `make clean-demo` removes those and nothing else on the engine (tests, other controllers).
+INSTANCE ?= demo
 
 # Exports DOCKER_HOST from docker-up.sh into the current recipe line (fails if docker-up fails).
 WITH_DOCKER_HOST = host=$$(scripts/docker-up.sh); export "$$host"
 
-.PHONY: help build docker-up docker-down demo-images run test lint bench crds clean-demo kube-up kube-down
+.PHONY: help build docker-up docker-down demo-images run test test-deps lint bench crds clean-demo kube-up kube-down
 
 help:
 	@echo "make build | run | test | lint | bench | crds | demo-images | docker-up | docker-down | clean-demo"
@@ -41,20 +44,25 @@ demo-images:
 run: build demo-images
 	@$(WITH_DOCKER_HOST); mkdir -p $(STATE_DIR); \
 	echo; \
-	echo "=== tiny-forge: reconciling $(MANIFESTS) on $$DOCKER_HOST"; \
-	echo "    watch it:   target/release/tiny-forge get stages --state-dir $(STATE_DIR) -o wide"; \
+	echo "=== tiny-forge: reconciling $(MANIFESTS) on $$DOCKER_HOST (state in $(STATE_DIR))"; \
+	echo "    watch it:   target/release/tiny-forge get stages -o wide"; \
 	echo "    roll a tag: edit $(MANIFESTS)/stages.yaml (pinnedTag) to roll a new tag"; \
-	echo "    webhook:    curl -X POST \"\$$(target/release/tiny-forge webhook url --state-dir $(STATE_DIR))\" -H 'content-type: application/json' -d '{\"image\":\"tiny-forge-demo:1.1.0\"}'"; \
-	echo "    stop:       Ctrl-C   (the private engine keeps running: make docker-down)"; \
+	echo "    webhook:    curl -X POST \"\$$(target/release/tiny-forge webhook url)\" -H 'content-type: application/json' -d '{\"image\":\"tiny-forge-demo:1.1.0\"}'"; \
+	echo "    stop:       Ctrl-C   (containers keep running: make clean-demo; the engine: make docker-down)"; \
 	echo; \
-	exec target/release/tiny-forge run --manifests $(MANIFESTS) --state-dir $(STATE_DIR)
+	exec target/release/tiny-forge run --manifests $(MANIFESTS) --state-dir $(STATE_DIR) --instance $(INSTANCE)
 
 # Real parts: a private Docker engine (scripts/with-docker.sh) and a real kube-apiserver with etcd
 # (scripts/with-kube.sh, built once from Debian's source package). Each is stopped afterwards only
 # if this invocation started it; cargo's status is kept. The chart checks come first: the
 # Kubernetes tests apply manifests/ as rendered.
-test: chart-check
+test: test-deps chart-check
 	scripts/with-kube.sh scripts/with-docker.sh bash -c 'scripts/demo-images.sh && TINY_FORGE_TEST_DOCKER=1 $(CARGO) test --workspace --no-fail-fast'
+
+# Whatever the tests need from Debian (Docker, a registry, skopeo, nginx, etcd and what builds the
+# kube-apiserver, Python's venv for the chart checks): installed when missing.
+test-deps:
+	@scripts/install-deps.sh test
 
 lint:
 	$(CARGO) fmt --all --check
@@ -73,8 +81,8 @@ crds:
 
 clean-demo:
 	@$(WITH_DOCKER_HOST); \
-	ids=$$(docker ps -aq --filter label=$(MANAGED_LABEL)); \
-	if [[ -n $$ids ]]; then docker rm -f $$ids; else echo "no containers labelled $(MANAGED_LABEL)"; fi
+	ids=$$(docker ps -aq --filter label=$(MANAGED_LABEL) --filter label=tinyforge.dev/instance=$(INSTANCE)); \
+	if [[ -n $$ids ]]; then docker rm -f $$ids; else echo "no containers of instance $(INSTANCE)"; fi
 
 # --- Kubernetes packaging: Helm chart, rendered manifests, controller image -----------------------
 IMAGE ?= tiny-forge:dev

@@ -35,24 +35,6 @@ pid_alive() {
     [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
 }
 
-apt_install() {
-    log "installing: $*"
-    export DEBIAN_FRONTEND=noninteractive
-    if [[ ${TF_APT_UPDATED:-} != 1 ]]; then
-        apt-get update -qq >&2
-        export TF_APT_UPDATED=1
-    fi
-    # Keep package scripts from starting a system dockerd: we start our own, by pid file.
-    local created_policy=0
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        created_policy=1
-    fi
-    apt-get install -y -qq --no-install-recommends "$@" >&2
-    if ((created_policy)); then rm -f /usr/sbin/policy-rc.d; fi
-}
-
 # 1. Whatever the environment already points at.
 if docker_ok; then
     echo "DOCKER_HOST=${DOCKER_HOST:-unix:///var/run/docker.sock}"
@@ -63,7 +45,7 @@ if [[ -n ${DOCKER_HOST:-} && $DOCKER_HOST != "$PRIVATE_HOST" ]]; then
 fi
 
 if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; then
-    apt_install docker.io
+    "$(dirname "${BASH_SOURCE[0]}")/install-deps.sh" docker.io
 fi
 
 mkdir -p "$DIR"

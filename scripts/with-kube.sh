@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run CMD... with a real Kubernetes API server: builds kube-apiserver from Debian's source
 # package once (scripts/kube-build.sh, cached under ~/.cache/kube-test), starts it with etcd on
-# loopback (scripts/kube-up.sh), exports KUBECONFIG and TINY_FORGE_TEST_KUBE=1, runs CMD, and
-# stops the server again if (and only if) this call started it. Exits with CMD's status.
+# loopback (scripts/kube-up.sh; from empty etcd data when it starts it), exports KUBECONFIG and
+# TINY_FORGE_TEST_KUBE=1, runs CMD, and stops the server again if (and only if) this call started
+# it. Exits with CMD's status.
 set -euo pipefail
 
 if [[ $# -eq 0 ]]; then
@@ -36,13 +37,18 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-up() { "$SCRIPTS/kube-up.sh" 2>>"${TMPDIR:-/tmp}/tiny-forge-kube-up.log" | tail -n1; }
-: >"${TMPDIR:-/tmp}/tiny-forge-kube-up.log"
-# A cold start has been seen to lose the apiserver once (empty log, etcd fine): one more try.
-line=$(up) || { "$SCRIPTS/kube-down.sh" "$STATE" >/dev/null 2>&1 || true; line=$(up); } || {
-    cat "${TMPDIR:-/tmp}/tiny-forge-kube-up.log" >&2
-    exit 1
-}
+# A server this call starts begins from empty etcd data (KUBE_FRESH=1): objects a crashed or
+# failed earlier run left behind (Stages in its namespaces) must not be deployed by the next
+# controller started against this cluster. A server that was already running is reused as is.
+if ((started)); then
+    "$SCRIPTS/kube-down.sh" "$STATE" >/dev/null 2>&1 || true # a stray etcd of a dead run
+    line=$(KUBE_FRESH=1 "$SCRIPTS/kube-up.sh" 2>"${TMPDIR:-/tmp}/tiny-forge-kube-up.log" | tail -n1) || {
+        cat "${TMPDIR:-/tmp}/tiny-forge-kube-up.log" >&2
+        exit 1
+    }
+else
+    line=$("$SCRIPTS/kube-up.sh" 2>/dev/null | tail -n1)
+fi
 export "${line?}" TINY_FORGE_TEST_KUBE=1
 echo "with-kube: $line" >&2
 

@@ -173,7 +173,16 @@ fn table(kind: GetKind, rows: &[Stored], wide: bool, show_namespace: bool) -> St
         ),
     };
     if wide && kind == GetKind::Stages {
-        header.splice(6..6, ["DESIRED", "LATEST", "CONTAINER"]);
+        // PROXY: the ProxyReady reason (Routed, DomainInUse, ProxyUnreachable…), for Stages
+        // with domains.
+        let proxy = |r: &Stored| {
+            r.status["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "ProxyReady"))
+                .map(|c| s(&c["reason"]))
+                .unwrap_or_default()
+        };
+        header.splice(6..6, ["DESIRED", "LATEST", "CONTAINER", "PROXY"]);
         for (line, r) in lines.iter_mut().zip(rows) {
             line.splice(
                 6..6,
@@ -181,6 +190,7 @@ fn table(kind: GetKind, rows: &[Stored], wide: bool, show_namespace: bool) -> St
                     s(&r.status["desiredTag"]),
                     s(&r.status["latest"]["tag"]),
                     s(&r.status["current"]["containerName"]),
+                    proxy(r),
                 ],
             );
         }

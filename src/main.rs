@@ -51,13 +51,10 @@ enum WebhookCommand {
 
 #[derive(clap::Args)]
 struct UrlArgs {
-    /// Base URL under which senders reach the listener.
-    #[arg(
-        long,
-        env = "TINY_FORGE_PUBLIC_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    public_url: String,
+    /// Base URL under which senders reach the listener [default: what the controller last
+    /// started on this state directory recorded: its --public-url, else its --listen address].
+    #[arg(long, env = "TINY_FORGE_PUBLIC_URL")]
+    public_url: Option<String>,
     #[command(flatten)]
     keys: KeyArgs,
 }
@@ -100,18 +97,29 @@ impl KeyArgs {
 
 #[derive(clap::Args)]
 struct StateArgs {
-    /// Directory of the embedded state store [default: the per-user data directory].
+    /// Directory of the embedded state store [default: ./.tiny-forge/state when it exists (as
+    /// after `make run` in a checkout), else the per-user data directory, e.g.
+    /// ~/.local/share/tiny-forge].
     #[arg(long, env = "TINY_FORGE_STATE_DIR")]
     state_dir: Option<PathBuf>,
 }
 
+/// The project-local state directory: `run`, `get`, `push` and `webhook` started in the same
+/// directory find the same store without a flag, the way git finds `.git`.
+const LOCAL_STATE_DIR: &str = ".tiny-forge/state";
+
 impl StateArgs {
     fn dir(&self) -> PathBuf {
-        self.state_dir.clone().unwrap_or_else(|| {
-            dirs::data_local_dir()
-                .unwrap_or_else(|| PathBuf::from("."))
-                .join("tiny-forge")
-        })
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        let local = PathBuf::from(LOCAL_STATE_DIR);
+        if local.is_dir() {
+            return local;
+        }
+        dirs::data_local_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("tiny-forge")
     }
 }
 
@@ -177,6 +185,11 @@ struct RunArgs {
     /// Address of the webhook listener (also /healthz, /readyz, /metrics).
     #[arg(long, default_value = "0.0.0.0:8080", env = "TINY_FORGE_LISTEN")]
     listen: std::net::SocketAddr,
+    /// Base URL senders reach the listener at, when something stands in front of it (a TLS
+    /// proxy: https://forge.example.com); `webhook url` prints it [default: the --listen
+    /// address, loopback for 0.0.0.0].
+    #[arg(long, env = "TINY_FORGE_PUBLIC_URL")]
+    public_url: Option<String>,
     /// Run no webhook listener.
     #[arg(long)]
     no_webhooks: bool,
@@ -314,10 +327,20 @@ fn webhook(cmd: WebhookCommand) -> anyhow::Result<()> {
         tiny_forge::webhook::ensure_url_secret(&db, &sealer)
     }
     .map_err(anyhow::Error::msg)?;
-    println!(
-        "{}/api/webhook/{secret}",
-        args.public_url.trim_end_matches('/')
-    );
+    let base = match &args.public_url {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => match tiny_forge::webhook::recorded_public_base(&db).map_err(anyhow::Error::msg)? {
+            Some(base) => base,
+            None => {
+                eprintln!(
+                    "no controller has listened with this state directory yet: assuming the \
+                     default --listen 0.0.0.0:8080 (give --public-url to say otherwise)"
+                );
+                "http://127.0.0.1:8080".to_string()
+            }
+        },
+    };
+    println!("{base}/api/webhook/{secret}");
     if rotate {
         eprintln!("the previous URL no longer works; update every sender");
     }
@@ -426,6 +449,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         concurrency: usize::from(args.concurrency),
         instance: args.instance.unwrap_or_else(|| "standalone".into()),
         webhook,
+        public_url: args.public_url,
         auto_create,
         auto_create_policy: tiny_forge::ingest::AutoCreatePolicy {
             max: args.auto_create_max,

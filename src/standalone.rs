@@ -26,8 +26,8 @@ use crate::engine::{
     StatusSink,
 };
 use crate::probe::NetProber;
-use crate::proxy::Proxy as _;
 use crate::proxy::npm::{Npm, NpmConfig};
+use crate::proxy::{Proxy as _, ROUTE_DRAIN};
 use crate::store::{Kind, Manifests, StateDb, StoreSecrets, load_dir};
 use crate::webhook::{self, metrics::Metrics, recorder, server};
 
@@ -47,6 +47,9 @@ pub struct Options {
     pub instance: String,
     /// The webhook listener; None: no listener.
     pub webhook: Option<crate::webhook::server::Config>,
+    /// Base URL senders reach the listener at (a TLS proxy in front, say) [default: the bound
+    /// address]; `webhook url` prints it.
+    pub public_url: Option<String>,
     /// Create a Project (and a `dev` Stage) for pushed images no Project uses.
     pub auto_create: bool,
     /// Which images may be auto-created, and how many.
@@ -70,6 +73,7 @@ impl Options {
             concurrency: 4,
             instance: "standalone".into(),
             webhook: None,
+            public_url: None,
             auto_create: true,
             auto_create_policy: Default::default(),
             secret_key_file: None,
@@ -175,8 +179,11 @@ pub async fn run(
                 },
             )
             .await?;
+            let base = webhook::public_base(opts.public_url.as_deref(), server.local_addr);
+            webhook::record_public_base(&db, &base).map_err(anyhow::Error::msg)?;
             tracing::info!(
                 listen = %server.local_addr,
+                public = %base,
                 "webhook listener up (`tiny-forge webhook url` prints the URL to give senders)"
             );
             Some(server)
@@ -254,7 +261,7 @@ async fn control(
         task_keys: HashMap::new(),
         last_errors: None,
         last_gc: None,
-        missing_since: HashMap::new(),
+        missing: Missing::default(),
     }
     .run(wake_rx, shutdown)
     .await
@@ -272,12 +279,68 @@ struct Controller {
     task_keys: HashMap<tokio::task::Id, (String, String)>,
     last_errors: Option<Vec<String>>,
     last_gc: Option<Instant>,
-    /// Since when containers or proxy hosts have been seen without their Stage.
-    missing_since: HashMap<(String, String), Instant>,
+    /// Stages gone, since when, and the routes removed.
+    missing: Missing,
 }
 
 /// How long a Stage must be gone before its containers and proxy host are removed.
 const ORPHAN_GRACE: Duration = Duration::from_secs(5);
+
+type Key = (String, String);
+
+/// The clock of removed Stages: since when each has been gone (counted from the pass that first
+/// found it gone, whatever cleanup ran before), and whose route was removed when.
+#[derive(Default)]
+struct Missing {
+    /// The Stages of the last pass.
+    known: BTreeSet<Key>,
+    since: HashMap<Key, Instant>,
+    /// Stages whose proxy host was removed: their containers go once [`ROUTE_DRAIN`] is over.
+    unrouted: HashMap<Key, Instant>,
+}
+
+impl Missing {
+    /// Every pass, with the Stages that exist now: the ones gone since the last pass start their
+    /// clock; the ones back forget theirs.
+    fn stages(&mut self, known: &BTreeSet<Key>, now: Instant) {
+        for k in self.known.difference(known) {
+            self.since.entry(k.clone()).or_insert(now);
+        }
+        self.since.retain(|k, _| !known.contains(k));
+        self.unrouted.retain(|k, _| !known.contains(k));
+        self.known.clone_from(known);
+    }
+
+    /// Whether what `key` left behind (containers, a proxy host) may go: its Stage has been gone
+    /// for `grace`. Never for a Stage that exists. Leftovers found without a Stage that was never
+    /// seen (at start-up) start their clock now.
+    fn gone(&mut self, key: &Key, now: Instant, grace: Duration) -> bool {
+        if self.known.contains(key) {
+            return false;
+        }
+        let since = *self.since.entry(key.clone()).or_insert(now);
+        now.duration_since(since) >= grace
+    }
+
+    /// The route of `key` was removed now.
+    fn unrouted(&mut self, key: &Key, now: Instant) {
+        self.unrouted.insert(key.clone(), now);
+    }
+
+    /// Whether the containers of `key` may go: no route was removed, or its drain is over.
+    fn route_drained(&self, key: &Key, now: Instant) -> bool {
+        self.unrouted
+            .get(key)
+            .is_none_or(|t| now.duration_since(*t) >= ROUTE_DRAIN)
+    }
+
+    /// A removed route's drain is over: its containers are due.
+    fn drained(&self, now: Instant) -> bool {
+        self.unrouted
+            .values()
+            .any(|t| now.duration_since(*t) >= ROUTE_DRAIN)
+    }
+}
 
 impl Controller {
     async fn run(
@@ -452,9 +515,12 @@ impl Controller {
             .map(|r| (r.namespace.clone(), r.name.clone()))
             .collect();
         self.slots.retain(|k, s| s.running || known.contains(k));
+        // Every pass: a Stage's grace is counted from the pass that first finds it gone.
+        self.missing.stages(&known, Instant::now());
         // Garbage collection runs with any pass that lists containers, and at least every
-        // resync: also when no Stage is left to be due.
-        let gc_due = self.last_gc.is_none_or(|t| t.elapsed() >= self.opts.resync);
+        // resync: also when no Stage is left to be due, and when a removed route's drain ends.
+        let gc_due = self.last_gc.is_none_or(|t| t.elapsed() >= self.opts.resync)
+            || self.missing.drained(Instant::now());
         if due.is_empty() && !gc_due {
             return;
         }
@@ -481,62 +547,10 @@ impl Controller {
         // Orphans: ours, but no Stage. Not while any manifest is broken: the broken file might be
         // the one that defines their Stage, and deleting a serving container is not undoable.
         // Nor before the Stage has been gone for a grace period: a checkout or an editor may
-        // remove a file and write it again a moment later.
-        let grace = self.opts.resync.max(ORPHAN_GRACE);
-        let now_missing: BTreeSet<(String, String)> = by_stage
-            .keys()
-            .filter(|k| !known.contains(*k))
-            .cloned()
-            .collect();
-        self.missing_since.retain(|k, _| !known.contains(k));
-        for k in &now_missing {
-            self.missing_since
-                .entry(k.clone())
-                .or_insert_with(Instant::now);
-        }
-        let gone = |k: &(String, String), missing: &HashMap<(String, String), Instant>| {
-            !known.contains(k) && missing.get(k).is_some_and(|t| t.elapsed() >= grace)
-        };
+        // remove a file and write it again a moment later. The route goes first, the containers
+        // a drain later.
         if manifests.errors.is_empty() {
-            for (key, containers) in by_stage
-                .iter()
-                .filter(|(k, _)| gone(k, &self.missing_since))
-            {
-                if self.slots.get(key).is_some_and(|s| s.running) {
-                    continue;
-                }
-                for c in containers {
-                    tracing::info!(container = %c.name, stage = %format!("{}/{}", key.0, key.1), "removing orphan container");
-                    if let Err(e) = self.engine.runtime.remove(&c.id).await {
-                        tracing::warn!(container = %c.name, error = %e, "cannot remove orphan");
-                    }
-                }
-            }
-        }
-
-        if manifests.errors.is_empty() && gc_due {
-            match self.engine.proxy.owned(&self.opts.instance).await {
-                Ok(owners) => {
-                    for owner in owners {
-                        let key = (owner.namespace.clone(), owner.stage.clone());
-                        // Hosts go with the Stage's containers, after the same grace.
-                        let since = self
-                            .missing_since
-                            .entry(key.clone())
-                            .or_insert_with(Instant::now);
-                        if !known.contains(&key)
-                            && since.elapsed() >= grace
-                            && !self.slots.get(&key).is_some_and(|s| s.running)
-                        {
-                            tracing::info!(stage = %owner, "removing the proxy host of a removed Stage");
-                            if let Err(e) = self.engine.proxy.remove(&owner).await {
-                                tracing::warn!(stage = %owner, error = %e, "cannot remove proxy host");
-                            }
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot list proxy hosts"),
-            }
+            self.collect_orphans(&by_stage, gc_due).await;
         }
 
         let mut in_flight = self.slots.values().filter(|s| s.running).count();
@@ -571,6 +585,68 @@ impl Controller {
                 (key, reconciled)
             });
             self.task_keys.insert(handle.id(), task_key);
+        }
+    }
+
+    /// Removes what gone Stages left behind, once their grace is over: the proxy host first, the
+    /// containers once nginx stopped sending them requests (a drain later). While the proxy
+    /// cannot be listed, containers that may still be routed to stay.
+    async fn collect_orphans(
+        &mut self,
+        by_stage: &BTreeMap<Key, Vec<ContainerInfo>>,
+        gc_due: bool,
+    ) {
+        let now = Instant::now();
+        let grace = self.opts.resync.max(ORPHAN_GRACE);
+        let idle = |slots: &HashMap<Key, Slot>, k: &Key| !slots.get(k).is_some_and(|s| s.running);
+        let mut candidates: Vec<&Key> = Vec::new();
+        for k in by_stage.keys() {
+            if self.missing.gone(k, now, grace) && idle(&self.slots, k) {
+                candidates.push(k);
+            }
+        }
+        self.missing
+            .unrouted
+            .retain(|k, _| by_stage.contains_key(k));
+        if candidates.is_empty() && !gc_due {
+            return;
+        }
+        let routed: BTreeSet<Key> = match self.engine.proxy.owned(&self.opts.instance).await {
+            Ok(owners) => {
+                let mut routed = BTreeSet::new();
+                for owner in owners {
+                    let key = (owner.namespace.clone(), owner.stage.clone());
+                    if !self.missing.gone(&key, now, grace) || !idle(&self.slots, &key) {
+                        continue;
+                    }
+                    tracing::info!(stage = %owner, "removing the proxy host of a removed Stage");
+                    match self.engine.proxy.remove(&owner).await {
+                        Ok(_) => self.missing.unrouted(&key, now),
+                        Err(e) => {
+                            tracing::warn!(stage = %owner, error = %e, "cannot remove proxy host");
+                            routed.insert(key);
+                        }
+                    }
+                }
+                routed
+            }
+            Err(e) => {
+                if !candidates.is_empty() {
+                    tracing::warn!(error = %e, "cannot list proxy hosts; removed Stages' containers wait for it");
+                }
+                return;
+            }
+        };
+        for key in candidates {
+            if routed.contains(key) || !self.missing.route_drained(key, now) {
+                continue;
+            }
+            for c in &by_stage[key] {
+                tracing::info!(container = %c.name, stage = %format!("{}/{}", key.0, key.1), "removing orphan container");
+                if let Err(e) = self.engine.runtime.remove(&c.id).await {
+                    tracing::warn!(container = %c.name, error = %e, "cannot remove orphan");
+                }
+            }
         }
     }
 
@@ -733,4 +809,60 @@ fn fingerprint(
         .take(12)
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Key {
+        ("ns".into(), name.into())
+    }
+
+    #[test]
+    fn the_grace_counts_from_when_the_stage_disappeared_not_from_an_earlier_cleanup() {
+        let grace = Duration::from_secs(5);
+        let t0 = Instant::now();
+        let mut m = Missing::default();
+        let web: BTreeSet<Key> = [key("web")].into();
+        m.stages(&web, t0);
+        // A cleanup pass sees the Stage's proxy host while the Stage exists: no clock starts.
+        assert!(!m.gone(&key("web"), t0, grace));
+        // Removed 4 s later: still within its grace 4.9 s after that, gone at 5 s.
+        let removed = t0 + Duration::from_secs(4);
+        m.stages(&BTreeSet::new(), removed);
+        assert!(!m.gone(&key("web"), removed + Duration::from_millis(4900), grace));
+        assert!(m.gone(&key("web"), removed + grace, grace));
+        // Back within its grace: its clock is forgotten; removed again later, a new one starts.
+        let back = removed + Duration::from_secs(3);
+        m.stages(&web, back);
+        assert!(!m.gone(&key("web"), back + Duration::from_secs(60), grace));
+        let again = back + Duration::from_secs(60);
+        m.stages(&BTreeSet::new(), again);
+        assert!(!m.gone(&key("web"), again + Duration::from_secs(4), grace));
+        assert!(m.gone(&key("web"), again + grace, grace));
+    }
+
+    #[test]
+    fn leftovers_of_a_stage_never_seen_start_their_clock_when_found() {
+        let grace = Duration::from_secs(5);
+        let t0 = Instant::now();
+        let mut m = Missing::default();
+        m.stages(&BTreeSet::new(), t0);
+        assert!(!m.gone(&key("old"), t0 + Duration::from_secs(1), grace));
+        assert!(!m.gone(&key("old"), t0 + Duration::from_secs(5), grace));
+        assert!(m.gone(&key("old"), t0 + Duration::from_secs(6), grace));
+    }
+
+    #[test]
+    fn containers_wait_for_the_drain_of_their_removed_route() {
+        let t0 = Instant::now();
+        let mut m = Missing::default();
+        assert!(m.route_drained(&key("web"), t0), "no route was removed");
+        m.unrouted(&key("web"), t0);
+        assert!(!m.route_drained(&key("web"), t0 + Duration::from_millis(100)));
+        assert!(!m.drained(t0 + Duration::from_millis(100)));
+        assert!(m.route_drained(&key("web"), t0 + ROUTE_DRAIN));
+        assert!(m.drained(t0 + ROUTE_DRAIN));
+    }
 }

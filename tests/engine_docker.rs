@@ -29,6 +29,17 @@ async fn rolls_forward_then_rolls_back_a_broken_tag_without_touching_the_serving
     );
     assert_eq!(out.requeue, Requeue::Resync);
     assert_eq!(ready(&f.status), ("True".into(), "Healthy".into()));
+    let message = f.status.message.clone().unwrap();
+    assert!(
+        message.starts_with("1.0.0 is serving (healthy in "),
+        "{message}"
+    );
+    // A converged status is never rewritten: the next pass (a resync, or the first pass after a
+    // restart, which starts from the stored status) finds nothing to say that differs.
+    let converged = f.status.clone();
+    let out = f.reconcile(&r).await;
+    assert_eq!(out.requeue, Requeue::Resync);
+    assert_eq!(f.status, converged, "a resync rewrote a converged status");
     let first = f.containers(&r.runtime).await;
     assert_eq!(first.len(), 1);
     let v1 = first[0].clone();
@@ -168,6 +179,14 @@ async fn a_fixed_host_port_is_handed_over_and_given_back_when_the_new_container_
         .expect("the old container hands the port over");
     let create_new = steps.iter().position(|s| s.starts_with("create")).unwrap();
     assert!(stop_old < create_new, "port handed over first: {steps:?}");
+    // Status says what clients met: the broken tag held the port for a while.
+    let message = f.status.message.clone().unwrap();
+    assert!(
+        message.contains(&format!(
+            "1.0.0 serves again on host port {port}, which 1.2.0-broken held for"
+        )),
+        "{message}"
+    );
     assert_eq!(
         steps.last().map(String::as_str),
         Some(format!("start {}", short(&old.id)).as_str()),
@@ -181,6 +200,9 @@ async fn a_fixed_host_port_is_handed_over_and_given_back_when_the_new_container_
     let note = &f.status.history[0].message;
     assert!(note.contains("handed over with a"), "{note}");
     assert_eq!(get(&url).await.unwrap().trim(), "tiny-forge-demo 1.1.0");
+    let converged = f.status.clone();
+    f.reconcile(&r).await;
+    assert_eq!(f.status, converged, "a resync rewrote a converged status");
     assert_eq!(f.containers(&r.runtime).await.len(), 1);
     f.cleanup(&r.runtime).await;
 }
@@ -274,9 +296,25 @@ async fn a_missing_image_is_a_clear_retryable_error_and_the_serving_container_st
         ready(&f.status),
         ("False".into(), "ImageUnavailable".into())
     );
+    // Phase and Ready tell one story: not Healthy beside Ready=False.
+    assert_eq!(f.status.phase, Some(Phase::Degraded));
     let message = f.status.message.clone().unwrap();
     assert!(message.contains("tiny-forge-demo:9.9.9"), "{message}");
     assert!(message.contains("imagePullPolicy is Never"), "{message}");
+    assert!(
+        message.contains("1.0.0 is still the deployed version"),
+        "{message}"
+    );
+    // Once the pin is usable again the Stage is Healthy, with its deploy's message.
+    f.edit(|s| s.pinned_tag = Some("1.0.0".into()));
+    let out = f.reconcile(&r).await;
+    assert_eq!(out.status.phase, Some(Phase::Healthy));
+    assert_eq!(ready(&f.status), ("True".into(), "Healthy".into()));
+    let message = f.status.message.clone().unwrap();
+    assert!(
+        message.starts_with("1.0.0 is serving (healthy in"),
+        "{message}"
+    );
     let now = f.containers(&r.runtime).await;
     assert_eq!(now.len(), 1);
     assert!(now[0].running);

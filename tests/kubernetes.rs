@@ -520,6 +520,14 @@ async fn a_stage_becomes_ready_keeps_its_status_across_restarts_and_is_cleaned_u
         controller.log()
     );
     assert_eq!(after.status.as_ref().unwrap().conditions, status.conditions);
+    // The deploy's own words survive resyncs and the restart (they once lost their
+    // "(healthy in …)" part at the first resync).
+    let message = after.status.as_ref().unwrap().message.clone().unwrap();
+    assert_eq!(Some(&message), status.message.as_ref());
+    assert!(
+        message.starts_with("1.0.0 is serving (healthy in "),
+        "{message}"
+    );
     assert_eq!(containers_of(&docker, instance).await.len(), 1);
 
     // Drift: the container removed behind the controller's back comes back without an event.

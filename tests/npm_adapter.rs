@@ -51,6 +51,12 @@ async fn one_host_per_stage_written_only_when_it_differs() {
     assert_eq!(host["meta"]["managed_by"], "tiny-forge");
     assert_eq!(host["meta"]["stage"], "default/prod");
     assert_eq!(host["forward_host"], "172.17.0.5");
+    // What NPM's UI shows of it: the "Advanced" tab starts with a marker.
+    let advanced = host["advanced_config"].as_str().unwrap();
+    assert!(
+        advanced.starts_with("# managed by tiny-forge (Stage default/prod"),
+        "{advanced}"
+    );
 
     let writes = double.writes();
     let again = npm.ensure(&r).await.unwrap();
@@ -217,4 +223,62 @@ async fn wrong_credentials_2fa_and_outages_are_clear_errors() {
     }
     double.set_down(false);
     assert!(npm.ensure(&r).await.unwrap().changed);
+}
+
+#[tokio::test]
+async fn a_gateway_error_from_npms_nginx_is_unreachable_not_a_failed_switch() {
+    let double = NpmDouble::start(DoubleOptions::default()).await;
+    let npm = adapter(&double, "changeme");
+    let r = route("prod", &["g.example.com"], "10.0.0.1", 80);
+    npm.ensure(&r).await.unwrap();
+    let moved = route("prod", &["g.example.com"], "10.0.0.2", 80);
+    for status in [502, 503, 504] {
+        // NPM's backend restarting: its nginx answers for it, before anything was written.
+        double.set_gateway_error(Some(status));
+        match npm.ensure(&moved).await {
+            Err(e @ ProxyError::Unreachable(_)) => {
+                assert!(!e.route_at_fault());
+                assert!(e.to_string().contains(&status.to_string()), "{e}");
+            }
+            other => panic!("{status}: {other:?}"),
+        }
+        // Also when logging in is the first call.
+        match adapter(&double, "changeme").ensure(&moved).await {
+            Err(ProxyError::Unreachable(_)) => {}
+            other => panic!("{status}, login: {other:?}"),
+        }
+        match npm.remove(&r.owner).await {
+            Err(ProxyError::Unreachable(_)) => {}
+            other => panic!("{status}, remove: {other:?}"),
+        }
+    }
+    assert_eq!(double.hosts()[0]["forward_host"], "10.0.0.1");
+    double.set_gateway_error(None);
+    assert!(npm.ensure(&moved).await.unwrap().changed);
+    assert_eq!(double.hosts()[0]["forward_host"], "10.0.0.2");
+}
+
+#[tokio::test]
+async fn a_new_generation_with_the_same_route_writes_nothing() {
+    let double = NpmDouble::start(DoubleOptions::default()).await;
+    let npm = adapter(&double, "changeme");
+    let mut r = route("prod", &["h.example.com"], "10.0.0.1", 80);
+    npm.ensure(&r).await.unwrap();
+    let writes = double.writes();
+    r.generation = 2;
+    assert!(!npm.ensure(&r).await.unwrap().changed);
+    assert_eq!(double.writes(), writes, "{:?}", double.calls());
+    // A real change writes, and brings the generation in meta up to date with it.
+    r.generation = 3;
+    r.forward_port = 81;
+    assert!(npm.ensure(&r).await.unwrap().changed);
+    assert_eq!(double.writes(), writes + 1);
+    let host = &double.hosts()[0];
+    assert_eq!(
+        (
+            host["forward_port"].as_i64(),
+            host["meta"]["generation"].as_i64()
+        ),
+        (Some(81), Some(3))
+    );
 }

@@ -962,6 +962,63 @@ async fn set_down_refuses_connections_until_it_is_back() {
     npm.stop().await;
 }
 
+#[tokio::test]
+async fn a_restarting_backend_answers_502_from_npms_nginx_and_changes_nothing() {
+    let npm = double().await;
+    let auth = login(&npm).await;
+    let id = create(&npm, &auth, host_body(&["gw.example.com"], 8080)).await["id"]
+        .as_i64()
+        .unwrap();
+    let (writes, attempts) = (npm.writes(), npm.write_attempts());
+    for status in [502, 503, 504] {
+        npm.set_gateway_error(Some(status));
+        for (method, path, body) in [
+            ("GET", "/".to_string(), None),
+            (
+                "POST",
+                "/tokens".to_string(),
+                Some(json!({"identity": EMAIL, "secret": PASSWORD})),
+            ),
+            ("GET", "/nginx/proxy-hosts".to_string(), None),
+            (
+                "PUT",
+                format!("/nginx/proxy-hosts/{id}"),
+                Some(json!({"forward_port": 9090})),
+            ),
+        ] {
+            let r = client()
+                .request(
+                    reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                    format!("{}/api{path}", npm.url),
+                )
+                .header("Authorization", &auth)
+                .json(&body.unwrap_or(Value::Null))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), status, "{method} {path}");
+            assert!(
+                r.headers()["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("text/html"),
+                "an HTML page from nginx, not NPM's JSON error"
+            );
+            assert!(r.text().await.unwrap().contains("openresty"));
+        }
+    }
+    npm.set_gateway_error(None);
+    assert_eq!((npm.writes(), npm.write_attempts()), (writes, attempts));
+    assert_eq!(
+        npm.host(id).unwrap()["forward_port"],
+        8080,
+        "nothing reached the API"
+    );
+    let (s, _) = call(&npm, "GET", "/nginx/proxy-hosts", Some(&auth), None).await;
+    assert_eq!(s, 200, "the same token works once the backend is back");
+    npm.stop().await;
+}
+
 // --- the nginx data plane -------------------------------------------------------------------
 
 /// A tiny HTTP server answering `body` to everything, until dropped.
@@ -1071,7 +1128,9 @@ async fn nginx_plane_routes_by_host_and_only_disable_stops_it() {
     .await;
     assert_eq!((s, &got["meta"]["nginx_online"]), (200, &json!(true)));
 
-    // Switch the target with a PUT.
+    // Switch the target with a PUT. As with NPM, the call answers before nginx has reloaded
+    // (about 0.1 s before): a client that retires the old target at once would drop requests.
+    let reloads = npm.reloads();
     let (s, _) = call(
         &npm,
         "PUT",
@@ -1082,6 +1141,17 @@ async fn nginx_plane_routes_by_host_and_only_disable_stops_it() {
     .await;
     assert_eq!(s, 200);
     eventually(port, "app.example.com", "backend-B").await;
+    assert_eq!(npm.reloads(), reloads + 1);
+    let calls = npm.calls();
+    let put = calls
+        .iter()
+        .rposition(|c| c.starts_with(&format!("PUT /api/nginx/proxy-hosts/{id} 200")))
+        .unwrap();
+    assert_eq!(
+        calls[put + 1..].first().map(String::as_str),
+        Some("(nginx reloaded)"),
+        "the PUT answered, then nginx reloaded: {calls:?}"
+    );
 
     // PUT enabled:false does not stop routing.
     let (s, _) = call(

@@ -185,10 +185,11 @@ spec: {{projectRef: demo, autoDeploy: true}}
     .unwrap();
     let state = dir.path().join("state");
     let port = free_port();
-    let start = || {
+    let start = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_tiny-forge"))
             .args(["run", "--resync", "1s", "--instance", ns, "--listen"])
             .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
             .arg("--manifests")
             .arg(&manifests)
             .arg("--state-dir")
@@ -199,8 +200,10 @@ spec: {{projectRef: demo, autoDeploy: true}}
             .spawn()
             .unwrap()
     };
-    let mut child = start();
+    let mut child = start(&[]);
     let url = url_when_up(&state, port).await;
+    // `webhook url` prints the URL of the listener this controller started (its --listen).
+    assert_eq!(webhook_url(&state), url);
     let r = reqwest::Client::builder()
         .no_proxy()
         .build()
@@ -225,12 +228,18 @@ spec: {{projectRef: demo, autoDeploy: true}}
         "on disk before the 202"
     );
 
-    let mut child = start();
+    let mut child = start(&["--public-url", "https://forge.example.com/"]);
     let status = wait_for(&state, ns, "web", |s| {
         s.phase == Some(Phase::Healthy) && s.current.as_ref().is_some_and(|c| c.tag == "1.1.0")
     })
     .await;
     assert_eq!(status.latest.unwrap().source, "generic");
+    // Behind a TLS proxy: the URL senders are given is the public one.
+    let path = url.split_once("/api/webhook/").unwrap().1;
+    assert_eq!(
+        webhook_url(&state),
+        format!("https://forge.example.com/api/webhook/{path}")
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     let containers = rt.list_managed(&[(labels::INSTANCE, ns)]).await.unwrap();
@@ -238,4 +247,16 @@ spec: {{projectRef: demo, autoDeploy: true}}
     for c in containers {
         rt.remove(&c.id).await.unwrap();
     }
+}
+
+/// What `tiny-forge webhook url` prints for this state directory.
+fn webhook_url(state: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tiny-forge"))
+        .args(["webhook", "url", "--state-dir"])
+        .arg(state)
+        .env_remove("TINY_FORGE_PUBLIC_URL")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

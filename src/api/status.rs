@@ -15,6 +15,10 @@ pub enum Phase {
     Failed,
     /// The desired tag failed; the previous container kept (or went back to) serving.
     RolledBack,
+    /// A Stage with a deployed container cannot converge now (an image that cannot be pulled,
+    /// Docker unreachable, a spec that became invalid): `Ready` says why, the deployed container
+    /// is left as it was.
+    Degraded,
 }
 
 impl Phase {
@@ -25,6 +29,7 @@ impl Phase {
             Phase::Healthy => "Healthy",
             Phase::Failed => "Failed",
             Phase::RolledBack => "RolledBack",
+            Phase::Degraded => "Degraded",
         }
     }
 }
@@ -199,6 +204,10 @@ pub struct ProxyRoute {
     pub domains: Vec<String>,
     /// `scheme://host:port` the proxy forwards to.
     pub target: String,
+    /// The proxy settings (`spec.proxy`) this route was last written with and nginx accepted:
+    /// when nginx rejects new ones, the host is put back with these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<super::ProxySettings>,
 }
 
 /// Kubernetes 1.20 rejects a CRD whose schema gives a string the default `""`, and its

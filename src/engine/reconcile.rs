@@ -13,8 +13,8 @@ use super::health::{self, Check, Prober, Reach};
 use super::runtime::{ContainerInfo, ContainerSpec, ImageInfo, Pull, Runtime, RuntimeError};
 use super::spec::{Effective, EnvValueSource, StageKey, describe_errors};
 use crate::api::{
-    DeployRecord, Deployed, FailedDeploy, Outcome, Phase, ProjectSpec, ProxyRoute, SeenTag,
-    StageSpec, StageStatus, Upstream,
+    DeployRecord, Deployed, FailedDeploy, Outcome, Phase, ProjectSpec, ProxyRoute, ProxySettings,
+    SeenTag, StageSpec, StageStatus, Upstream,
 };
 use crate::proxy::{NoProxy, Owner, Proxy, ProxyError, Route};
 
@@ -80,6 +80,16 @@ pub struct Reconciler<R, P, S, X, N = NoProxy> {
     pub instance: String,
 }
 
+/// Which proxy settings a route is written with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Config {
+    /// The Stage's `spec.proxy`.
+    Desired,
+    /// Those nginx last accepted for this host (`status.proxy.settings`), while nginx's
+    /// rejection of the desired ones is held; the desired ones when none are recorded.
+    LastAccepted,
+}
+
 /// A failed step: its condition reason and whether retrying may help.
 struct StepError {
     reason: &'static str,
@@ -113,7 +123,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             if status.current.is_none() {
                 status.phase = Some(Phase::Pending);
             }
-            report(&mut status, false, reason, message, generation);
+            report_stuck(&mut status, reason, message, generation);
             Reconciled {
                 status,
                 requeue: Requeue::WaitForChange,
@@ -142,7 +152,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             Ok(requeue) => Reconciled { status, requeue },
             Err(e) => {
                 tracing::warn!(reason = e.reason, message = %e.message, "reconcile step failed");
-                report(&mut status, false, e.reason, e.message, generation);
+                report_stuck(&mut status, e.reason, e.message, generation);
                 Reconciled {
                     status,
                     requeue: if e.transient {
@@ -178,6 +188,15 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
         // A held failure: converge on what serves (its container, its proxy route) and leave
         // the failed tag alone.
         let held = held_failure(status, &tag, &inputs_hash(input)).cloned();
+        // nginx rejected the proxy settings: keep the host on those it last accepted.
+        let config = if held
+            .as_ref()
+            .is_some_and(|f| proxy_config_failure(&f.reason))
+        {
+            Config::LastAccepted
+        } else {
+            Config::Desired
+        };
         let tag = match (&held, &status.current) {
             (None, _) => tag,
             (Some(_), Some(current)) => current.tag.clone(),
@@ -250,9 +269,57 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             // Steady state (also after a rollback back to what serves, or a Docker outage): the
             // proxy must point here before leftovers of an interrupted deploy are retired — one
             // of them may be what it still routes to.
-            let proxied = self.sync_proxy(input, eff, status, &c.id, spec.port).await;
+            let mut proxied = self
+                .sync_proxy(input, eff, status, &c.id, spec.port, config)
+                .await;
+            if let Err(rejected) = &proxied
+                && rejected.route_at_fault()
+                && config == Config::Desired
+                && let Some(accepted) = accepted_settings(status)
+                && eff.proxy.as_ref().is_some_and(|p| p.settings != accepted)
+            {
+                // nginx rejected the new settings (NPM then takes the host offline): put the host
+                // back on those it accepted last, and hold the new ones until the spec changes.
+                let rejected = rejected.clone();
+                proxied = self
+                    .sync_proxy(input, eff, status, &c.id, spec.port, Config::LastAccepted)
+                    .await;
+                if proxied.is_ok() {
+                    self.retire(&others, eff).await?;
+                    let serving = status.current.clone().unwrap_or_default();
+                    let message = format!(
+                        "{} is serving with the last proxy settings nginx accepted; the new ones were rejected ({rejected})",
+                        serving.tag
+                    );
+                    status.last_failure = Some(FailedDeploy {
+                        tag: serving.tag,
+                        digest: Some(serving.digest),
+                        generation,
+                        inputs: Some(inputs_hash(input)),
+                        reason: rejected.reason().into(),
+                        message: message.clone(),
+                    });
+                    status.phase = Some(Phase::Degraded);
+                    report(status, false, rejected.reason(), message, generation);
+                    return Ok(Requeue::Resync);
+                }
+            }
             if proxied.is_ok() {
                 self.retire(&others, eff).await?;
+            }
+            if let Err(e) = &proxied
+                && unserved(status, e)
+            {
+                // The container runs; traffic for its domains does not reach it.
+                let tag = status
+                    .current
+                    .as_ref()
+                    .map(|c| c.tag.as_str())
+                    .unwrap_or("");
+                let message = format!("{tag} runs, but its domains are not served: {e}");
+                status.phase = Some(Phase::Degraded);
+                report(status, false, e.reason(), message, generation);
+                return Ok(Requeue::Retry);
             }
             if let Some(failure) = held {
                 status.message = Some(failure.message);
@@ -260,12 +327,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             }
             status.phase = Some(Phase::Healthy);
             status.last_failure = None;
-            let cur = status
-                .current
-                .as_ref()
-                .map(|c| c.tag.clone())
-                .unwrap_or_default();
-            let message = format!("{cur} is serving");
+            let message = serving_message(status);
             report(status, true, "Healthy", message, generation);
             // The container side converged; the proxy catches up with backoff.
             return Ok(if proxied.is_ok() {
@@ -274,8 +336,10 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                 Requeue::Retry
             });
         }
-        self.deploy(input, eff, status, tag, image, spec, target, &others)
-            .await
+        self.deploy(
+            input, eff, status, tag, image, spec, target, &others, config,
+        )
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -289,6 +353,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
         spec: ContainerSpec,
         existing: Option<&ContainerInfo>,
         others: &[&ContainerInfo],
+        config: Config,
     ) -> Result<Requeue, StepError> {
         let generation = Some(input.generation);
         let started_at = now();
@@ -353,11 +418,18 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
         };
 
         // Healthy: the proxy switches to the new container before anything old is retired.
-        let mut proxy_pending = false;
+        let mut proxy_error = None;
+        let routed_before = status.proxy.as_ref().map(|p| p.target.clone());
         let verdict = match verdict {
-            Ok(took) => match self.sync_proxy(input, eff, status, &id, spec.port).await {
+            Ok(took) => match self
+                .sync_proxy(input, eff, status, &id, spec.port, config)
+                .await
+            {
                 Ok(changed) => {
-                    if changed && !drift_restart {
+                    // Also when an earlier attempt's write got through although NPM did not
+                    // say so: the route moved, requests may be in flight to the old container.
+                    let moved = status.proxy.as_ref().map(|p| &p.target) != routed_before.as_ref();
+                    if (changed || moved) && !drift_restart {
                         // Requests still in flight to the old container finish meanwhile.
                         tokio::time::sleep(eff.proxy.as_ref().map(|p| p.drain).unwrap_or_default())
                             .await;
@@ -370,13 +442,14 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                     e.to_string(),
                 )),
                 // The proxy is away or the domain taken: the container side still converges.
-                Err(_) => {
-                    proxy_pending = true;
+                Err(e) => {
+                    proxy_error = Some(e);
                     Ok(took)
                 }
             },
             failed => failed,
         };
+        let proxy_pending = proxy_error.is_some();
 
         match verdict {
             Ok(_) if proxy_pending && !drift_restart && status.proxy.is_some() => {
@@ -434,8 +507,20 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                 }
                 status.last_failure = None;
                 status.phase = Some(Phase::Healthy);
-                let message = format!("{tag} is serving ({note})");
-                report(status, true, "Healthy", message, generation);
+                match proxy_error.filter(|e| unserved(status, e)) {
+                    Some(e) => {
+                        // Healthy container, domains not reaching it: never Healthy beside
+                        // Ready=False.
+                        status.phase = Some(Phase::Degraded);
+                        let message =
+                            format!("{tag} runs ({note}), but its domains are not served: {e}");
+                        report(status, false, e.reason(), message, generation);
+                    }
+                    None => {
+                        let message = serving_message(status);
+                        report(status, true, "Healthy", message, generation);
+                    }
+                }
                 Ok(if proxy_pending {
                     Requeue::Retry
                 } else {
@@ -455,20 +540,52 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                 self.runtime.stop(&id, 0).await?;
                 self.runtime.remove(&id).await?;
                 let restored = self.restore(fallback, handover).await;
+                // Back to the previous container, with the proxy settings nginx last accepted
+                // (the new ones may be what it rejected: NPM then took the host offline).
+                let mut pointed_back = Ok(());
                 if failure == "ProxySwitchFailed"
                     && let Some(old) = restored
                     && let Err(e) = self
-                        .sync_proxy(input, eff, status, &old.id, port_of(old).or(spec.port))
+                        .sync_proxy(
+                            input,
+                            eff,
+                            status,
+                            &old.id,
+                            port_of(old).or(spec.port),
+                            Config::LastAccepted,
+                        )
                         .await
                 {
                     tracing::error!(error = %e, "could not point the proxy back at the previous container");
+                    pointed_back = Err(e);
                 }
                 let (phase, outcome, cond_reason, message) = match (&restored, &status.current) {
+                    // With a fixed host port the old container stopped before the new one
+                    // started: clients met the failed tag (or nothing) on the port meanwhile.
+                    (Some(_), Some(cur)) if handover => (
+                        Phase::RolledBack,
+                        Outcome::RolledBack,
+                        "RolledBack",
+                        format!(
+                            "{tag} {what} ({reason}); {} serves again on host port {}, which \
+                             {tag} held for {:.1}s (a fixed host port is handed over before \
+                             the health check)",
+                            cur.tag,
+                            spec.host_port.unwrap_or_default(),
+                            handover_started.elapsed().as_secs_f64()
+                        ),
+                    ),
                     (Some(_), Some(cur)) => (
                         Phase::RolledBack,
                         Outcome::RolledBack,
                         "RolledBack",
-                        format!("{tag} {what} ({reason}); {} keeps serving", cur.tag),
+                        match &pointed_back {
+                            Ok(()) => format!("{tag} {what} ({reason}); {} keeps serving", cur.tag),
+                            Err(e) => format!(
+                                "{tag} {what} ({reason}); {} runs, but its domains are not served: {e}",
+                                cur.tag
+                            ),
+                        },
                     ),
                     _ => (
                         Phase::Failed,
@@ -520,6 +637,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
         status: &mut StageStatus,
         container: &str,
         port: Option<u16>,
+        config: Config,
     ) -> Result<bool, ProxyError> {
         let generation = Some(input.generation);
         let owner = Owner {
@@ -574,7 +692,12 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             forward_scheme: plan.scheme.clone(),
             forward_host,
             forward_port,
-            settings: plan.settings.clone(),
+            settings: match config {
+                Config::Desired => plan.settings.clone(),
+                Config::LastAccepted => {
+                    accepted_settings(status).unwrap_or_else(|| plan.settings.clone())
+                }
+            },
         };
         match self.proxy.ensure(&route).await {
             Ok(ensured) => {
@@ -585,6 +708,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                     host_id: ensured.host_id,
                     domains: route.domains.clone(),
                     target: route.target(),
+                    settings: Some(route.settings.clone()),
                 });
                 let message = format!("{} → {}", route.domains.join(", "), route.target());
                 conditions::set(
@@ -677,6 +801,33 @@ pub fn desired_tag(stage: &StageSpec, eff: &Effective, status: &StageStatus) -> 
         .or_else(|| status.current.as_ref().map(|c| c.tag.clone()))
 }
 
+/// The proxy settings nginx last accepted for the Stage's host.
+fn accepted_settings(status: &StageStatus) -> Option<ProxySettings> {
+    status.proxy.as_ref().and_then(|p| p.settings.clone())
+}
+
+/// A held failure caused by the proxy settings (nginx or NPM refused them), not the image.
+fn proxy_config_failure(reason: &str) -> bool {
+    matches!(
+        reason,
+        "ProxySwitchFailed" | "NginxConfigError" | "ProxyRejected"
+    )
+}
+
+/// Whether a proxy error means the Stage's domains do not reach its container: the domain is
+/// another host's, nginx does not take the host's configuration, or no route exists at all.
+/// (NPM away while a route exists: that route still stands.)
+fn unserved(status: &StageStatus, e: &ProxyError) -> bool {
+    match e {
+        ProxyError::DomainInUse { .. } | ProxyError::NginxOffline(_) | ProxyError::Rejected(_) => {
+            true
+        }
+        ProxyError::Unreachable(_) | ProxyError::Auth(_) | ProxyError::Other(_) => {
+            status.proxy.is_none()
+        }
+    }
+}
+
 /// A failure is held (not retried) while the tag, the spec generation and the announced digest
 /// are what failed: retrying the same thing would fail the same way and flap the service.
 fn held_failure<'s>(status: &'s StageStatus, tag: &str, inputs: &str) -> Option<&'s FailedDeploy> {
@@ -690,7 +841,12 @@ fn held_failure<'s>(status: &'s StageStatus, tag: &str, inputs: &str) -> Option<
         (Some(a), Some(d)) => a == d,
         _ => true,
     };
-    (f.tag == tag && f.inputs.as_deref() == Some(inputs) && same_digest).then_some(f)
+    // Recorded by versions that rolled back when NPM merely failed to answer (say a 502 while
+    // its backend restarted): not a verdict on the tag, so not held — it is tried again.
+    let proxy_away = f.reason == "ProxySwitchFailed"
+        && f.message
+            .contains("could not take over the proxy route (the proxy answered: ");
+    (f.tag == tag && f.inputs.as_deref() == Some(inputs) && same_digest && !proxy_away).then_some(f)
 }
 
 /// What a failure is held against: the Stage's spec and its Project's, so an edit of either
@@ -764,8 +920,39 @@ fn short(digest: &str) -> &str {
 /// true when that changed something.
 pub fn report_unreachable(status: &mut StageStatus, generation: i64, e: &RuntimeError) -> bool {
     let before = status.clone();
-    report(status, false, e.reason(), e.to_string(), Some(generation));
+    report_stuck(status, e.reason(), e.to_string(), Some(generation));
     *status != before
+}
+
+/// "X is serving (how its deploy went)", from status alone: a resync or a restart writes the very
+/// message the deploy wrote, so a converged status is never rewritten.
+fn serving_message(status: &StageStatus) -> String {
+    let Some(cur) = &status.current else {
+        return String::new();
+    };
+    let deploy = status.history.iter().find(|r| {
+        r.outcome == Outcome::Succeeded
+            && r.tag == cur.tag
+            && r.digest.as_deref() == Some(cur.digest.as_str())
+    });
+    match deploy {
+        Some(r) => format!("{} is serving ({})", cur.tag, r.message),
+        None => format!("{} is serving", cur.tag),
+    }
+}
+
+/// `Ready=False` for a Stage that cannot converge now (a step failed, the spec became unusable,
+/// Docker is away). Phase and conditions tell one story: with a deployed container the phase is
+/// `Degraded` — never `Healthy` beside `Ready=False` — and the message names what is deployed.
+fn report_stuck(status: &mut StageStatus, reason: &str, message: String, generation: Option<i64>) {
+    let message = match &status.current {
+        Some(cur) => {
+            status.phase = Some(Phase::Degraded);
+            format!("{message}; {} is still the deployed version", cur.tag)
+        }
+        None => message,
+    };
+    report(status, false, reason, message, generation);
 }
 
 /// Sets the `Ready` condition and the one-line `message` together: they always say the same.
@@ -785,4 +972,65 @@ fn report(
         generation,
     );
     status.message = Some(message);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_switch_that_failed_because_npm_did_not_answer_is_not_held() {
+        let failure = |reason: &str, message: &str| StageStatus {
+            last_failure: Some(FailedDeploy {
+                tag: "1.1.0".into(),
+                digest: None,
+                generation: Some(2),
+                inputs: Some("abc".into()),
+                reason: reason.into(),
+                message: message.into(),
+            }),
+            ..Default::default()
+        };
+        // What earlier versions recorded for a 502 from NPM's nginx: retried.
+        let away = failure(
+            "ProxySwitchFailed",
+            "1.1.0 could not take over the proxy route (the proxy answered: HTTP 502); 1.0.0 keeps serving",
+        );
+        assert!(held_failure(&away, "1.1.0", "abc").is_none());
+        // nginx rejecting the route, or a broken image: held until something changes.
+        let rejected = failure(
+            "ProxySwitchFailed",
+            "1.1.0 could not take over the proxy route (nginx did not accept the new configuration: x); 1.0.0 keeps serving",
+        );
+        assert!(held_failure(&rejected, "1.1.0", "abc").is_some());
+        assert!(held_failure(&rejected, "1.1.0", "changed").is_none());
+        let broken = failure("HealthCheckFailed", "1.1.0 failed its health check");
+        assert!(held_failure(&broken, "1.1.0", "abc").is_some());
+    }
+
+    #[test]
+    fn domains_are_not_served_when_taken_rejected_or_never_routed() {
+        let routed = StageStatus {
+            proxy: Some(ProxyRoute {
+                host_id: 1,
+                domains: vec!["a.example.com".into()],
+                target: "http://172.17.0.2:8080".into(),
+                settings: None,
+            }),
+            ..Default::default()
+        };
+        let unrouted = StageStatus::default();
+        let taken = ProxyError::DomainInUse {
+            domain: "a.example.com".into(),
+            host_id: 3,
+        };
+        let offline = ProxyError::NginxOffline("nginx: [emerg] ...".into());
+        let away = ProxyError::Unreachable("http://npm:81: HTTP 502".into());
+        for e in [&taken, &offline] {
+            assert!(unserved(&routed, e) && unserved(&unrouted, e), "{e}");
+        }
+        // NPM away: the route in place still stands; without one, nothing is served.
+        assert!(!unserved(&routed, &away));
+        assert!(unserved(&unrouted, &away));
+    }
 }

@@ -488,17 +488,23 @@ async fn cleanup(ctx: &Ctx, namespace: &str, scope: Scope<'_>) -> Result<(), Err
     }
     stages.sort();
     stages.dedup();
+    // The route goes first: a container removed while nginx still sends it requests answers 502.
+    let mut unrouted = false;
     for stage in &stages {
         let owner = Owner {
             instance: instance.to_string(),
             namespace: namespace.to_string(),
             stage: stage.clone(),
         };
-        engine
+        unrouted |= engine
             .proxy
             .remove(&owner)
             .await
             .map_err(|e| Error::Proxy(e.to_string()))?;
+    }
+    if unrouted && !containers.is_empty() {
+        // NPM answers before nginx has reloaded; requests in flight finish meanwhile.
+        tokio::time::sleep(crate::proxy::ROUTE_DRAIN).await;
     }
     for c in &containers {
         tracing::info!(container = %c.name, "removing the container of a deleted resource");

@@ -4,8 +4,13 @@
 pub mod npm;
 
 use std::future::Future;
+use std::time::Duration;
 
 use crate::api::ProxySettings;
+
+/// How long the containers of a removed route are kept: NPM answers before nginx has reloaded,
+/// and requests in flight to them finish meanwhile.
+pub const ROUTE_DRAIN: Duration = Duration::from_secs(2);
 
 /// Who owns a proxy host: written into the host's `meta`, read back to find it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,14 +80,13 @@ impl ProxyError {
         }
     }
 
-    /// Whether a switch to this route must be undone: anything but the proxy being away or the
-    /// domain taken (then nothing changed and the containers may converge without it). A proxy
-    /// that keeps failing its writes may be serving the old target still: keep the old container.
+    /// Whether a switch to this route must be undone: nginx or NPM refused the route itself
+    /// (retrying it would fail the same way). Anything else — the proxy away (also its nginx
+    /// answering 502/503/504 for a restarting backend), credentials refused, the domain taken,
+    /// writes that kept failing — is no verdict on the new container: it waits beside the old
+    /// one, which may be what the proxy still routes to, and the switch is tried again.
     pub fn route_at_fault(&self) -> bool {
-        !matches!(
-            self,
-            ProxyError::Unreachable(_) | ProxyError::Auth(_) | ProxyError::DomainInUse { .. }
-        )
+        matches!(self, ProxyError::NginxOffline(_) | ProxyError::Rejected(_))
     }
 }
 
@@ -99,8 +103,8 @@ pub trait Proxy: Send + Sync {
     /// Makes the one host of `route.owner` route `route.domains` to the target, and returns once
     /// the proxy reports it online. Writes only what differs.
     fn ensure(&self, route: &Route) -> impl Future<Output = Result<Ensured, ProxyError>> + Send;
-    /// Removes the host of `owner`; none is fine.
-    fn remove(&self, owner: &Owner) -> impl Future<Output = Result<(), ProxyError>> + Send;
+    /// Removes the host of `owner`; none is fine. Returns whether there was one.
+    fn remove(&self, owner: &Owner) -> impl Future<Output = Result<bool, ProxyError>> + Send;
     /// Owners of the hosts this instance created, for garbage collection.
     fn owned(&self, instance: &str) -> impl Future<Output = Result<Vec<Owner>, ProxyError>> + Send;
 }
@@ -116,8 +120,8 @@ impl Proxy for NoProxy {
             "no proxy is configured (--npm-url)".into(),
         ))
     }
-    async fn remove(&self, _owner: &Owner) -> Result<(), ProxyError> {
-        Ok(())
+    async fn remove(&self, _owner: &Owner) -> Result<bool, ProxyError> {
+        Ok(false)
     }
     async fn owned(&self, _instance: &str) -> Result<Vec<Owner>, ProxyError> {
         Ok(Vec::new())
@@ -132,10 +136,10 @@ impl<P: Proxy> Proxy for Option<P> {
             None => NoProxy.ensure(route).await,
         }
     }
-    async fn remove(&self, owner: &Owner) -> Result<(), ProxyError> {
+    async fn remove(&self, owner: &Owner) -> Result<bool, ProxyError> {
         match self {
             Some(p) => p.remove(owner).await,
-            None => Ok(()),
+            None => Ok(false),
         }
     }
     async fn owned(&self, instance: &str) -> Result<Vec<Owner>, ProxyError> {

@@ -78,6 +78,20 @@ impl Npm {
         ProxyError::Unreachable(format!("{}: {what}", self.config.url))
     }
 
+    /// NPM's own nginx answering for its backend (502/503/504: the backend is restarting or
+    /// stuck): the API was not reached, as good as unreachable.
+    fn gateway(&self, status: StatusCode) -> ProxyError {
+        ProxyError::Unreachable(self.gateway_message(status))
+    }
+
+    fn gateway_message(&self, status: StatusCode) -> String {
+        format!(
+            "{}: HTTP {} from NPM's nginx (its backend is not answering)",
+            self.config.url,
+            status.as_u16()
+        )
+    }
+
     /// A valid token: cached, refreshed before its one-day expiry, or a new login.
     async fn token(&self, fresh_login: bool) -> Result<String, ProxyError> {
         let mut slot = self.token.lock().await;
@@ -109,6 +123,9 @@ impl Npm {
             .await
             .map_err(|e| self.unreachable(e))?;
         let status = r.status();
+        if is_gateway(status) {
+            return Err(self.gateway(status));
+        }
         let body: Value = r.json().await.unwrap_or(Value::Null);
         if status != StatusCode::OK {
             return Err(ProxyError::Auth(format!(
@@ -134,6 +151,8 @@ impl Npm {
     /// 500, or 404 on the proxy-host paths (v2.12 and older: 401/403): log in again once and
     /// retry — reads only. A write that failed that way may still have happened (NPM writes its
     /// database before it reloads nginx), so writes are left to the caller, who re-lists.
+    /// A read answered 502/503/504 by NPM's nginx is `Unreachable`; a write so answered is
+    /// left to the caller too (a 504 may have reached the backend).
     async fn call(
         &self,
         method: Method,
@@ -153,6 +172,9 @@ impl Npm {
             }
             let r = req.send().await.map_err(|e| self.unreachable(e))?;
             let status = r.status();
+            if read && is_gateway(status) {
+                return Err(self.gateway(status));
+            }
             let value: Value = r.json().await.unwrap_or(Value::Null);
             if auth_quirk(status, &value) && !fresh {
                 tracing::debug!(%status, "NPM token refused; logging in again");
@@ -217,13 +239,23 @@ impl Npm {
             400 => {
                 let message = error_message(status, &value);
                 if auth_quirk(status, &value) {
-                    WriteOutcome::Uncertain(message)
+                    WriteOutcome::Uncertain {
+                        message,
+                        gateway: false,
+                    }
                 } else {
                     WriteOutcome::Refused(message)
                 }
             }
             // 5xx (or an auth quirk): the database may have changed anyway — re-list.
-            _ => WriteOutcome::Uncertain(error_message(status, &value)),
+            _ if is_gateway(status) => WriteOutcome::Uncertain {
+                message: self.gateway_message(status),
+                gateway: true,
+            },
+            _ => WriteOutcome::Uncertain {
+                message: error_message(status, &value),
+                gateway: false,
+            },
         })
     }
 }
@@ -231,13 +263,18 @@ impl Npm {
 enum WriteOutcome {
     Done(Value),
     Refused(String),
-    Uncertain(String),
+    /// It may or may not have happened; `gateway`: NPM's nginx answered for its backend.
+    Uncertain {
+        message: String,
+        gateway: bool,
+    },
 }
 
 impl Proxy for Npm {
     async fn ensure(&self, route: &Route) -> Result<Ensured, ProxyError> {
         let desired = desired_body(route);
         let mut last_uncertain = String::new();
+        let mut last_gateway = false;
         let mut uncertain = false;
         // A write that answered 5xx may have happened: re-list and compare, a few times.
         for _ in 0..3 {
@@ -327,17 +364,24 @@ impl Proxy for Npm {
                     return Err(ProxyError::DomainInUse { domain, host_id: 0 });
                 }
                 WriteOutcome::Refused(message) => return Err(ProxyError::Rejected(message)),
-                WriteOutcome::Uncertain(message) => {
+                WriteOutcome::Uncertain { message, gateway } => {
                     tracing::warn!(stage = %route.owner, %message, "NPM write answered an error; re-listing");
+                    last_gateway = gateway;
                     last_uncertain = message;
                     uncertain = true;
                 }
             }
         }
+        if last_gateway {
+            // The backend went away during the switch and the re-lists did not get through
+            // either: nothing can be known, and nothing more done, until it is back.
+            return Err(ProxyError::Unreachable(last_uncertain));
+        }
         Err(ProxyError::Other(last_uncertain))
     }
 
-    async fn remove(&self, owner: &Owner) -> Result<(), ProxyError> {
+    async fn remove(&self, owner: &Owner) -> Result<bool, ProxyError> {
+        let mut removed = false;
         for host in self.hosts().await? {
             if owner_of(&host).as_ref() == Some(owner) {
                 let id = host["id"].as_i64().unwrap_or_default();
@@ -346,7 +390,7 @@ impl Proxy for Npm {
                     .await?
                 {
                     WriteOutcome::Done(_) => {}
-                    WriteOutcome::Refused(m) | WriteOutcome::Uncertain(m) => {
+                    WriteOutcome::Refused(m) | WriteOutcome::Uncertain { message: m, .. } => {
                         // Deleted already (404) is fine; anything else: look again next time.
                         if self.host(id).await?.is_some() {
                             return Err(ProxyError::Other(m));
@@ -354,9 +398,10 @@ impl Proxy for Npm {
                     }
                 }
                 tracing::info!(host_id = id, stage = %owner, "removed proxy host");
+                removed = true;
             }
         }
-        Ok(())
+        Ok(removed)
     }
 
     async fn owned(&self, instance: &str) -> Result<Vec<Owner>, ProxyError> {
@@ -385,6 +430,11 @@ fn parse_token(body: &Value) -> Option<Token> {
         value,
         refresh_after,
     })
+}
+
+/// What NPM's nginx answers when its backend does not (restarting, stuck).
+fn is_gateway(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 502..=504)
 }
 
 /// NPM's ways of saying "your token is not good" across versions.
@@ -464,7 +514,7 @@ fn desired_body(route: &Route) -> Value {
         "block_exploits": flag(s.block_exploits),
         "caching_enabled": flag(s.caching_enabled),
         "allow_websocket_upgrade": flag(s.allow_websocket_upgrade),
-        "advanced_config": s.advanced_config.clone().unwrap_or_default(),
+        "advanced_config": advanced_config(route),
         "meta": {
             "managed_by": MANAGED_BY,
             "instance": route.owner.instance,
@@ -478,6 +528,19 @@ fn desired_body(route: &Route) -> Value {
         body["certificate_id"] = json!(c);
     }
     body
+}
+
+/// The host's advanced configuration: a comment NPM's UI shows (the host's "Advanced" tab) that
+/// marks the host as tiny-forge's — NPM has no other free-text field — then the Stage's own.
+fn advanced_config(route: &Route) -> String {
+    let marker = format!(
+        "# managed by tiny-forge (Stage {}, instance {}): edit the Stage, not this host; changes made here are reverted",
+        route.owner, route.owner.instance
+    );
+    match route.settings.advanced_config.as_deref() {
+        Some(own) if !own.trim().is_empty() => format!("{marker}\n{own}"),
+        _ => marker,
+    }
 }
 
 /// The fields of `desired` that `host` does not have (a partial PUT body).
@@ -500,8 +563,13 @@ fn diff(host: &Value, desired: &Value) -> Value {
                 };
                 norm(have) == norm(&Value::Array(w.clone()))
             }
-            // NPM adds nginx_online/nginx_err to meta: compare only our keys.
-            ("meta", Value::Object(w)) => w.iter().all(|(k, v)| &have[k] == v),
+            // NPM adds nginx_online/nginx_err to meta: compare only our keys. The generation
+            // alone is no reason to write (each write reloads nginx): it is brought up to date
+            // with the next real change.
+            ("meta", Value::Object(w)) => w
+                .iter()
+                .filter(|(k, _)| k.as_str() != "generation")
+                .all(|(k, v)| &have[k] == v),
             (_, Value::Bool(b)) => truthy(have) == Some(*b),
             (_, Value::Number(n)) => have.as_i64() == n.as_i64(),
             ("advanced_config", Value::String(s)) => have.as_str().unwrap_or_default() == s,
@@ -510,6 +578,9 @@ fn diff(host: &Value, desired: &Value) -> Value {
         if !same {
             out.insert(key.clone(), want.clone());
         }
+    }
+    if !out.is_empty() && host["meta"]["generation"] != desired["meta"]["generation"] {
+        out.insert("meta".into(), desired["meta"].clone());
     }
     Value::Object(out)
 }
@@ -548,6 +619,12 @@ mod tests {
             "no certificate: NPM would force it off"
         );
         assert!(desired.get("certificate_id").is_none());
+        let marker = desired["advanced_config"].as_str().unwrap();
+        assert!(
+            marker.starts_with("# managed by tiny-forge (Stage default/prod, instance standalone)")
+                && !marker.contains('\n'),
+            "{marker}"
+        );
         let mut stored = desired.clone();
         stored["id"] = json!(7);
         stored["domain_names"] = json!(["APP.example.com"]);
@@ -556,8 +633,9 @@ mod tests {
         stored["meta"]["nginx_err"] = Value::Null;
         stored["locations"] = Value::Null;
         assert_eq!(diff(&stored, &desired), json!({}));
-        stored["forward_host"] = json!("172.17.0.9");
         stored["meta"]["generation"] = json!(2);
+        assert_eq!(diff(&stored, &desired), json!({}), "a new generation alone");
+        stored["forward_host"] = json!("172.17.0.9");
         let d = diff(&stored, &desired);
         assert_eq!(d["forward_host"], "172.17.0.5");
         assert_eq!(d["meta"]["generation"], 3, "meta is sent whole");

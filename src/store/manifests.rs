@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kube::Resource;
+use kube::{CustomResourceExt, Resource};
 use serde::de::DeserializeOwned;
 
 use crate::api::{API_VERSION, Project, Stage};
@@ -190,8 +190,12 @@ pub fn parse_into(file: &Path, text: &str, out: &mut Manifests) {
     }
 }
 
-fn typed<T: DeserializeOwned>(doc: serde_json::Value) -> Result<T, String> {
-    serde_path_to_error::deserialize(doc).map_err(|e| {
+/// The typed resource, or what is wrong with the document: a type error by field path, else
+/// every field the type does not know. An unknown field is an error, not a warning: a misspelled
+/// `pinedTag` would otherwise be dropped silently and the Stage deployed without its pin.
+fn typed<T: DeserializeOwned + CustomResourceExt>(doc: serde_json::Value) -> Result<T, String> {
+    let mut unknown = Vec::new();
+    let typed = serde_path_to_error::deserialize(&doc).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path == "." {
@@ -199,7 +203,95 @@ fn typed<T: DeserializeOwned>(doc: serde_json::Value) -> Result<T, String> {
         } else {
             format!("{path}: {inner}")
         }
-    })
+    })?;
+    // A second, cheap pass over the same tree: serde_ignored reports what the first dropped.
+    let _: T = serde_ignored::deserialize(&doc, |path| unknown.push(segments(&path)))
+        .map_err(|e| e.to_string())?;
+    // kube's derived types leave the type fields to the caller, which checked them already.
+    unknown.retain(
+        |path| !matches!(path.as_slice(), [Segment::Key(k)] if k == "apiVersion" || k == "kind"),
+    );
+    if unknown.is_empty() {
+        return Ok(typed);
+    }
+    let schema = serde_json::to_value(T::crd()).unwrap_or_default();
+    let schema = schema
+        .pointer("/spec/versions/0/schema/openAPIV3Schema")
+        .unwrap_or(&serde_json::Value::Null);
+    Err(unknown
+        .iter()
+        .map(|path| {
+            let shown = display(path);
+            match suggest(schema, path) {
+                Some(known) => format!("{shown}: unknown field, did you mean `{known}`?"),
+                None => format!("{shown}: unknown field"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; "))
+}
+
+/// One step of a field path: a field name or an index into a list.
+#[derive(Debug, PartialEq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+fn segments(path: &serde_ignored::Path<'_>) -> Vec<Segment> {
+    use serde_ignored::Path;
+    let mut out = match path {
+        Path::Root => return Vec::new(),
+        Path::Seq { parent, .. }
+        | Path::Map { parent, .. }
+        | Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => segments(parent),
+    };
+    match path {
+        Path::Seq { index, .. } => out.push(Segment::Index(*index)),
+        Path::Map { key, .. } => out.push(Segment::Key(key.clone())),
+        _ => {}
+    }
+    out
+}
+
+/// `spec.container.env[0].value`, the way type errors name fields.
+fn display(path: &[Segment]) -> String {
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Key(k) if out.is_empty() => out.push_str(k),
+            Segment::Key(k) => {
+                out.push('.');
+                out.push_str(k);
+            }
+            Segment::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// The field the schema knows next to `path` whose name is closest to its last segment, if any
+/// is close enough to be a likely typo.
+fn suggest(schema: &serde_json::Value, path: &[Segment]) -> Option<String> {
+    let (Segment::Key(field), parent) = path.split_last()? else {
+        return None;
+    };
+    let mut node = schema;
+    for segment in parent {
+        node = match segment {
+            Segment::Index(_) => node.get("items")?,
+            Segment::Key(k) => node.get("properties")?.get(k)?,
+        };
+    }
+    node.get("properties")?
+        .as_object()?
+        .keys()
+        .map(|known| (strsim::jaro_winkler(field, known), known))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, known)| known.clone())
 }
 
 fn default_namespace<T: Resource>(r: &mut T) {
@@ -338,6 +430,40 @@ mod tests {
                 m.errors[0]
             );
         }
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_with_a_suggestion() {
+        let m = parse(
+            "apiVersion: tinyforge.dev/v1alpha1\nkind: Stage\nmetadata: {name: prod}\nspec: {projectRef: demo, pinedTag: '1.0.0'}\n---\n\
+             apiVersion: tinyforge.dev/v1alpha1\nkind: Project\nmetadata: {name: demo}\nspec: {image: demo, container: {env: [{name: A, vaule: b}]}, healthCheck: {pathh: /}, zzz: 1}\n---\n\
+             apiVersion: tinyforge.dev/v1alpha1\nkind: Stage\nmetadata: {name: good}\nspec: {projectRef: demo}\n",
+        );
+        assert_eq!(m.stages.len(), 1, "only the good Stage is kept");
+        assert!(m.projects.is_empty());
+        assert_eq!(m.errors.len(), 2, "{:?}", m.errors);
+        let stage = m.errors[0].to_string();
+        assert!(stage.contains("document 1"), "{stage}");
+        assert!(stage.contains("Stage/prod"), "{stage}");
+        assert!(
+            stage.contains("spec.pinedTag: unknown field, did you mean `pinnedTag`?"),
+            "{stage}"
+        );
+        let project = &m.errors[1].message;
+        assert!(
+            project.contains("spec.container.env[0].vaule: unknown field, did you mean `value`?"),
+            "{project}"
+        );
+        assert!(
+            project.contains("spec.healthCheck.pathh: unknown field, did you mean `path`?"),
+            "{project}"
+        );
+        // Nothing close: no guess.
+        assert!(project.contains("spec.zzz: unknown field"), "{project}");
+        assert!(
+            !project.contains("spec.zzz: unknown field, did"),
+            "{project}"
+        );
     }
 
     #[test]

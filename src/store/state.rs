@@ -43,6 +43,11 @@ impl Kind {
     }
 }
 
+/// Settings share the `meta` table with the store's own counters, under a prefix of their own.
+fn setting_key(key: &str) -> String {
+    format!("setting:{key}")
+}
+
 /// A resource as stored: spec (JSON), bookkeeping metadata and status.
 #[derive(Clone, Debug)]
 pub struct Stored {
@@ -294,6 +299,29 @@ impl StateDb {
                 params![namespace, name, key, sealed],
             )?;
             tx.bump_catalog()
+        })
+    }
+
+    /// A value the controller keeps for the other commands (e.g. where its listener is reached).
+    pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.read(|tx| {
+            tx.tx
+                .query_row(
+                    "SELECT value FROM meta WHERE key = ?1",
+                    params![setting_key(key)],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| tx.sqlite(e))
+        })
+    }
+
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.batch(|tx| {
+            tx.exec(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                params![setting_key(key), value],
+            )
         })
     }
 

@@ -183,6 +183,33 @@ pub fn verify(auth: &Auth, body: &[u8], secret: &[u8]) -> bool {
     }
 }
 
+/// Store setting: the base URL senders reach the running controller's listener at, written by
+/// `run` once it listens, so `webhook url` prints the URL of the listener actually started.
+const PUBLIC_BASE: &str = "webhook-public-base";
+
+/// The base URL for senders: `public` (`--public-url`) when given, else the address the
+/// listener is bound to (an unspecified address is reached on loopback).
+pub fn public_base(public: Option<&str>, bound: std::net::SocketAddr) -> String {
+    if let Some(public) = public {
+        return public.trim_end_matches('/').to_string();
+    }
+    let ip = match bound.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}", std::net::SocketAddr::new(ip, bound.port()))
+}
+
+pub fn record_public_base(db: &crate::store::StateDb, base: &str) -> Result<(), String> {
+    db.set_setting(PUBLIC_BASE, base).map_err(|e| e.to_string())
+}
+
+/// What the last `run` on this store recorded, if any.
+pub fn recorded_public_base(db: &crate::store::StateDb) -> Result<Option<String>, String> {
+    db.setting(PUBLIC_BASE).map_err(|e| e.to_string())
+}
+
 /// Where the URL secret is kept in the store (sealed like every stored secret).
 const URL_SECRET: (&str, &str, &str) = ("", "tiny-forge", "webhook-url-secret");
 

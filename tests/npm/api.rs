@@ -85,6 +85,11 @@ pub(crate) struct Db {
     pub files: BTreeMap<i64, Map<String, Value>>,
     /// What nginx serves: `files` as of the last reload.
     pub live: BTreeMap<i64, Map<String, Value>>,
+    /// NPM's backend is away (restarting): its nginx answers every `/api` call with this
+    /// status (502, 503 or 504) and an HTML page; nothing reaches the API.
+    pub gateway_error: Option<u16>,
+    /// Reloads of the data plane done so far (each after the API call that caused it answered).
+    pub reloads: usize,
 }
 
 impl Db {
@@ -110,6 +115,28 @@ pub(crate) struct Inner {
     /// Writes run one at a time (each holds this across its nginx steps).
     pub write_lock: tokio::sync::Mutex<()>,
     pub plane: Option<NginxPlane>,
+    /// This double, for the reloads that run after a call answered.
+    pub me: std::sync::Weak<Inner>,
+}
+
+/// How long after the API answers a write nginx reloads: NPM runs `nginx -s reload` without
+/// waiting for the new workers, and traffic switches about 0.1 s after the answer.
+pub(crate) const RELOAD_LAG: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// What NPM's own nginx (openresty) answers on the admin port while the backend is down.
+pub(crate) fn gateway_page(status: u16) -> Reply {
+    let title = match status {
+        502 => "502 Bad Gateway",
+        503 => "503 Service Temporarily Unavailable",
+        504 => "504 Gateway Time-out",
+        _ => "500 Internal Server Error",
+    };
+    Reply {
+        status,
+        body: Body::Html(format!(
+            "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n<hr><center>openresty</center>\r\n</body>\r\n</html>\r\n"
+        )),
+    }
 }
 
 pub(crate) enum Body {
@@ -936,14 +963,30 @@ impl Inner {
         self.reload().await
     }
 
-    /// `nginx -t` then `nginx -s reload`; nginx then serves what is on disk.
+    /// `nginx -t`, then the reload. With a data plane the reload runs [`RELOAD_LAG`] after the
+    /// call answered, as with NPM (nginx serves what is on disk then); without one, at once.
     async fn reload(&self) -> Result<(), ()> {
-        if let Some(p) = &self.plane {
-            p.test().await.map_err(|_| ())?;
-            p.reload().await.map_err(|_| ())?;
+        let Some(p) = &self.plane else {
+            let mut db = self.db.lock().unwrap();
+            db.live = db.files.clone();
+            db.reloads += 1;
+            return Ok(());
+        };
+        p.test().await.map_err(|_| ())?;
+        if let Some(me) = self.me.upgrade() {
+            tokio::spawn(async move {
+                tokio::time::sleep(RELOAD_LAG).await;
+                let Some(p) = &me.plane else { return };
+                // Whatever is on disk when the signal arrives is what nginx loads.
+                let files = me.db.lock().unwrap().files.clone();
+                if p.reload().await.is_ok() {
+                    let mut db = me.db.lock().unwrap();
+                    db.live = files;
+                    db.reloads += 1;
+                    db.calls.push("(nginx reloaded)".into());
+                }
+            });
         }
-        let mut db = self.db.lock().unwrap();
-        db.live = db.files.clone();
         Ok(())
     }
 

@@ -242,15 +242,22 @@ async fn read_body(body: Incoming) -> Vec<u8> {
 async fn handle(inner: &Inner, req: Request<Incoming>) -> Response<Full> {
     let (parts, body) = req.into_parts();
     let body = read_body(body).await;
-    let reply = inner
-        .dispatch(
-            &parts.method,
-            parts.uri.path(),
-            parts.uri.query(),
-            &parts.headers,
-            &body,
-        )
-        .await;
+    let gateway = inner.db.lock().unwrap().gateway_error;
+    let reply = match gateway {
+        // NPM's own nginx answers for a backend that is not there: nothing reaches the API.
+        Some(status) if parts.uri.path().starts_with("/api") => super::api::gateway_page(status),
+        _ => {
+            inner
+                .dispatch(
+                    &parts.method,
+                    parts.uri.path(),
+                    parts.uri.query(),
+                    &parts.headers,
+                    &body,
+                )
+                .await
+        }
+    };
     inner.db.lock().unwrap().calls.push(format!(
         "{} {} {}",
         parts.method,

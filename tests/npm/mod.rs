@@ -31,7 +31,9 @@
 //!   change), write the host's config, `nginx -t` (failure → saved, config renamed `.err`,
 //!   `meta.nginx_online=false` + `meta.nginx_err`), reload. Without a data plane the test is
 //!   simulated: a config containing the text `invalid_directive` fails. The POST answers the row
-//!   read before nginx ran (no `nginx_online`); GET shows it; PUT answers the new meta.
+//!   read before nginx ran (no `nginx_online`); GET shows it; PUT answers the new meta. As in
+//!   NPM, the call answers before nginx has reloaded: with a data plane the reload runs
+//!   [`api::RELOAD_LAG`] (0.1 s) after the answer, so traffic switches that much later.
 //! - `PUT {"enabled": false}` saves the flag but leaves nginx alone (the host keeps routing, and a
 //!   later `/disable` answers `Host is already disabled`); only `/disable` removes the config.
 //! - [`NginxPlane`]: Debian's real nginx serving one server block per configured host on
@@ -44,6 +46,9 @@
 //! data plane keeps serving. [`NpmDouble::fail_next_write_after_commit`] makes the next mutating
 //! call change the database, then answer 500 without reloading nginx (as NPM does when its
 //! global `nginx -t` fails). [`NpmDouble::expire_tokens`] expires every token issued so far.
+//! [`NpmDouble::set_gateway_error`] stands for NPM's backend restarting: NPM's own nginx (in
+//! front of the backend on the admin port) answers every `/api` call with 502 (or 503/504) and
+//! its HTML error page, and nothing reaches the API.
 //!
 //! ## Known differences from the real NPM
 //!
@@ -64,8 +69,8 @@
 //!   `forward_path` on the default location; headers and `proxy_pass` with variables (so a
 //!   hostname `forward_host` needs a resolver and answers 502, as in NPM) are as NPM's.
 //! - Writes take milliseconds, not NPM's 0.2–0.9 s, and run one at a time. Without a data plane
-//!   the "reload" is instantaneous ([`NpmDouble::route_for`]); with it, it is nginx's own
-//!   asynchronous reload.
+//!   the "reload" is instantaneous ([`NpmDouble::route_for`]); with it, `nginx -s reload` runs
+//!   0.1 s after the answer and nginx's own reload is asynchronous on top of that.
 //! - Not verified against NPM, chosen from its code or by analogy: `GET /api/tokens` without a
 //!   token answers 404 `Not Found - /tokens` (v2.13+); PUT/DELETE/enable/disable parse the id with
 //!   `parseInt` ("5abc" → 5, "abc" → 404 `Not Found - NaN`) while GET answers 400 `Internal
@@ -136,7 +141,7 @@ impl NpmDouble {
     pub async fn start(opts: DoubleOptions) -> NpmDouble {
         let mut key = uuid::Uuid::new_v4().as_bytes().to_vec();
         key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
             email: opts.email,
             password: opts.password,
             version: opts.version,
@@ -146,6 +151,7 @@ impl NpmDouble {
             db: Mutex::new(Db::default()),
             write_lock: tokio::sync::Mutex::new(()),
             plane: opts.nginx,
+            me: me.clone(),
         });
         let server = http::Server::start(inner.clone());
         NpmDouble {
@@ -189,6 +195,19 @@ impl NpmDouble {
     /// for asserting which calls an adapter made).
     pub fn calls(&self) -> Vec<String> {
         self.inner.db.lock().unwrap().calls.clone()
+    }
+
+    /// NPM's backend restarting: `Some(502)` (or 503, 504) makes NPM's own nginx answer every
+    /// `/api` call with that status and its HTML error page; nothing reaches the API. `None`:
+    /// the backend answers again. The data plane keeps serving meanwhile.
+    pub fn set_gateway_error(&self, status: Option<u16>) {
+        self.inner.db.lock().unwrap().gateway_error = status;
+    }
+
+    /// Reloads nginx has done (with a data plane each comes [`api::RELOAD_LAG`] after the call
+    /// that caused it answered; `calls()` shows it as `(nginx reloaded)`).
+    pub fn reloads(&self) -> usize {
+        self.inner.db.lock().unwrap().reloads
     }
 
     /// Successful logins (`POST /api/tokens` that issued a token).
