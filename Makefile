@@ -115,3 +115,11 @@ image:
 	@mkdir -p target/image && cp /etc/ssl/certs/ca-certificates.crt target/image/ca-certificates.crt
 	@$(WITH_DOCKER_HOST); DOCKER_BUILDKIT=0 docker build -t $(IMAGE) .
 	@echo "built $(IMAGE); try: docker run --rm $(IMAGE) --help"
+
+# A longer run of the property-based fuzzers of tests/fuzz.rs (provider parsers, manifest loader,
+# tag policies); `make test` runs them with 64 cases each. FUZZ_CASES=N to choose. A failure is
+# shrunk and saved under proptest-regressions/: commit it, it is replayed first on every run.
+FUZZ_CASES ?= 20000
+.PHONY: fuzz
+fuzz:
+	FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --test fuzz

@@ -247,6 +247,7 @@ pub fn record<L: Ledger + ?Sized>(
         source: push.source.clone(),
         delivery_id: push.delivery_id.clone(),
         seen_at: now(),
+        recent_deliveries: Vec::new(),
     };
     let mut verdicts = Vec::new();
     for stage in stages {
@@ -327,6 +328,95 @@ pub fn free_name(base: &str, taken: impl Fn(&str) -> bool) -> String {
         .expect("some suffix is free")
 }
 
+/// What may be auto-created: whoever holds the webhook URL (which registries log in clear) can
+/// otherwise run any image on the engine.
+#[derive(Clone, Debug)]
+pub struct AutoCreatePolicy {
+    /// Auto-created Projects at most (those under `<manifests>/auto-created/`); past it a push
+    /// of an unknown image is answered with the reason and logged.
+    pub max: usize,
+    /// Repository globs (`registry.example.com/team/*`; `*` stays within one path segment, `**`
+    /// crosses them) an unknown image must match; empty: any.
+    pub allow: Vec<String>,
+}
+
+/// Auto-created Projects at most, unless configured.
+pub const DEFAULT_AUTO_CREATE_MAX: usize = 20;
+
+impl Default for AutoCreatePolicy {
+    fn default() -> Self {
+        AutoCreatePolicy {
+            max: DEFAULT_AUTO_CREATE_MAX,
+            allow: Vec::new(),
+        }
+    }
+}
+
+impl AutoCreatePolicy {
+    /// Whether `repository` may get a Project, else why not.
+    pub fn admits(&self, repository: &str) -> Result<(), String> {
+        if self.allow.is_empty() {
+            return Ok(());
+        }
+        let normalized = repository_of(repository);
+        let allowed = self.allow.iter().any(|pattern| {
+            globset::GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .build()
+                .is_ok_and(|g| {
+                    let m = g.compile_matcher();
+                    m.is_match(repository) || m.is_match(&normalized)
+                })
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "{repository} is not in --auto-create-allow ({})",
+                self.allow.join(", ")
+            ))
+        }
+    }
+
+    /// Checks the patterns (at start-up: a typo must not silently refuse every image).
+    pub fn validate(&self) -> Result<(), String> {
+        for pattern in &self.allow {
+            globset::Glob::new(pattern)
+                .map_err(|e| format!("--auto-create-allow {pattern:?}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The Project spec an auto-created Project gets: the image, and limits so that an image pushed
+/// by whoever holds the URL cannot take the host's memory or CPU (no volumes, no host network:
+/// those are never set here).
+pub fn auto_created_spec(repository: &str) -> ProjectSpec {
+    ProjectSpec {
+        image: repository.to_string(),
+        container: crate::api::ContainerSettings {
+            resources: Some(crate::api::Resources {
+                memory: Some("256Mi".into()),
+                cpus: Some("0.5".into()),
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Whether `repository` is one the controller could ever deploy (the validator of
+/// `Project.spec.image`), else the validator's words.
+pub fn valid_repository(repository: &str) -> Result<(), String> {
+    let stage = StageSpec {
+        project_ref: "x".into(),
+        ..Default::default()
+    };
+    crate::engine::spec::Effective::new(&auto_created_spec(repository), &stage)
+        .map(drop)
+        .map_err(|e| crate::engine::spec::describe_errors(&e))
+}
+
 /// Creates a Project with a `dev` Stage (autoDeploy, any tag) for an image nobody uses yet: in
 /// the store, and as a manifest file under `<manifests>/auto-created/` so the directory stays the
 /// truth and the user can edit or delete it. Returns the new Project.
@@ -346,10 +436,7 @@ pub fn auto_create(
             || dir.join(format!("{n}.yaml")).exists()
     };
     let name = free_name(&base, taken);
-    let spec = ProjectSpec {
-        image: repository.to_string(),
-        ..Default::default()
-    };
+    let spec = auto_created_spec(repository);
     let stage = StageSpec {
         project_ref: name.clone(),
         auto_deploy: true,
@@ -370,7 +457,12 @@ pub fn auto_create(
         }))?,
     );
     std::fs::create_dir_all(&dir).map_err(|e| AutoCreateError::Write(file.clone(), e))?;
-    std::fs::write(&file, yaml).map_err(|e| AutoCreateError::Write(file.clone(), e))?;
+    // Whole or not at all: the manifest sync may read the directory at any moment, and a file
+    // it found empty would make it forget the rows written next. A hidden name is not read.
+    let partial = dir.join(format!(".{name}.yaml.partial"));
+    std::fs::write(&partial, yaml)
+        .and_then(|()| std::fs::rename(&partial, &file))
+        .map_err(|e| AutoCreateError::Write(file.clone(), e))?;
     let source = file.display().to_string();
     tx.upsert(Kind::Project, &name, &name, &spec, Some(&source))?;
     tx.upsert(Kind::Stage, &name, "dev", &stage, Some(&source))?;

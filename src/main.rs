@@ -202,6 +202,10 @@ struct RunArgs {
     /// Burst above --webhook-rate accepted from one address.
     #[arg(long, default_value_t = 200)]
     webhook_burst: u32,
+    /// Reverse proxies (addresses or CIDR ranges) whose Forwarded / X-Forwarded-For headers
+    /// name the client the rate limit counts; without it, the connection's address counts.
+    #[arg(long, env = "TINY_FORGE_TRUSTED_PROXIES", value_delimiter = ',', num_args = 1..)]
+    trusted_proxies: Vec<tiny_forge::webhook::server::Cidr>,
     /// Create a Project (and a Stage following every tag) for pushed images that no Project
     /// uses [default: true standalone, false with --kubernetes].
     #[arg(long, env = "TINY_FORGE_AUTO_CREATE", action = clap::ArgAction::Set, conflicts_with = "no_auto_create")]
@@ -209,6 +213,14 @@ struct RunArgs {
     /// Same as --auto-create=false.
     #[arg(long)]
     no_auto_create: bool,
+    /// Auto-created Projects at most; past it, pushes of unknown images are answered with the
+    /// reason and logged.
+    #[arg(long, env = "TINY_FORGE_AUTO_CREATE_MAX", default_value_t = tiny_forge::ingest::DEFAULT_AUTO_CREATE_MAX)]
+    auto_create_max: usize,
+    /// Repositories that may be auto-created, as globs (`registry.example.com/team/*`; `**`
+    /// crosses `/`) [default: any].
+    #[arg(long, env = "TINY_FORGE_AUTO_CREATE_ALLOW", value_delimiter = ',', num_args = 1..)]
+    auto_create_allow: Vec<String>,
     /// Key file of the sealed secrets [default: <state-dir>/secret.key].
     #[arg(long, env = "TINY_FORGE_SECRET_KEY_FILE")]
     secret_key_file: Option<PathBuf>,
@@ -376,6 +388,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 std::num::NonZeroU32::new(args.webhook_burst).unwrap_or(r),
             )
         }),
+        trusted_proxies: args.trusted_proxies.clone(),
         ..Default::default()
     });
     let npm = match args.npm_url {
@@ -411,6 +424,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             webhook,
             webhook_secret: args.webhook_secret,
             auto_create,
+            auto_create_policy: tiny_forge::ingest::AutoCreatePolicy {
+                max: args.auto_create_max,
+                allow: args.auto_create_allow.clone(),
+            },
             npm,
             leader_election: args.leader_election,
             lease_name: args.lease_name,
@@ -434,6 +451,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         webhook,
         public_url: args.public_url,
         auto_create,
+        auto_create_policy: tiny_forge::ingest::AutoCreatePolicy {
+            max: args.auto_create_max,
+            allow: args.auto_create_allow,
+        },
         secret_key_file: args.secret_key_file,
         npm,
     };

@@ -52,6 +52,8 @@ pub struct Options {
     pub public_url: Option<String>,
     /// Create a Project (and a `dev` Stage) for pushed images no Project uses.
     pub auto_create: bool,
+    /// Which images may be auto-created, and how many.
+    pub auto_create_policy: crate::ingest::AutoCreatePolicy,
     /// Key of the secrets sealed in the store [default: `<state-dir>/secret.key`].
     pub secret_key_file: Option<PathBuf>,
     /// Nginx Proxy Manager, when Stages' domains are to be routed. An empty password is read
@@ -73,6 +75,7 @@ impl Options {
             webhook: None,
             public_url: None,
             auto_create: true,
+            auto_create_policy: Default::default(),
             secret_key_file: None,
             npm: None,
         }
@@ -97,6 +100,13 @@ impl StatusSink for DbSink {
             .save_stage_status(&key.namespace, &key.stage, status)
             .map_err(|e| e.to_string())
     }
+}
+
+/// What wakes the controller loop: the manifest directory changed, or the webhook recorder
+/// committed a push.
+struct Wakes {
+    files: mpsc::UnboundedReceiver<()>,
+    pushed: mpsc::UnboundedReceiver<()>,
 }
 
 /// Per-Stage scheduling state.
@@ -132,8 +142,14 @@ pub async fn run(
         dir: opts.secrets_dir.clone(),
     };
 
-    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<()>();
-    let _watcher = watch(&opts.manifests, wake_tx.clone())?;
+    let (wake_tx, wake_rx) = mpsc::unbounded_channel::<()>();
+    let _watcher = watch(&opts.manifests, wake_tx)?;
+    // Recorded pushes wake the controller on a channel of their own: no wait for an editor.
+    let (pushed_tx, pushed_rx) = mpsc::unbounded_channel::<()>();
+    let mut wakes = Wakes {
+        files: wake_rx,
+        pushed: pushed_rx,
+    };
     tokio::pin!(shutdown);
     // One shutdown signal for the controller and the listener.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -142,10 +158,14 @@ pub async fn run(
         None => None,
         Some(config) => {
             webhook::ensure_url_secret(&db, &sealer).map_err(anyhow::Error::msg)?;
-            let recorder = recorder::spawn(
+            opts.auto_create_policy
+                .validate()
+                .map_err(anyhow::Error::msg)?;
+            let recorder = recorder::spawn_with(
                 db.clone(),
-                opts.auto_create.then(|| opts.manifests.clone()),
-                wake_tx,
+                opts.auto_create
+                    .then(|| (opts.manifests.clone(), opts.auto_create_policy.clone())),
+                pushed_tx,
             );
             let mut stop = stop_rx.clone();
             let server = server::start(
@@ -187,7 +207,7 @@ pub async fn run(
         }
         None => None,
     };
-    let result = control(opts, db, secrets, npm, &mut wake_rx, shutdown).await;
+    let result = control(opts, db, secrets, npm, &mut wakes, shutdown).await;
     let _ = stop_tx.send(true);
     if let Some(server) = listener {
         server.join().await;
@@ -203,7 +223,7 @@ async fn control(
     db: Arc<StateDb>,
     secrets: StoreSecrets,
     proxy: Option<Npm>,
-    wake_rx: &mut mpsc::UnboundedReceiver<()>,
+    wake_rx: &mut Wakes,
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> anyhow::Result<()> {
     // Until Docker answers, say so in status (and keep reading manifests so `get` is useful).
@@ -325,7 +345,7 @@ impl Missing {
 impl Controller {
     async fn run(
         mut self,
-        wake: &mut mpsc::UnboundedReceiver<()>,
+        wake: &mut Wakes,
         mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> anyhow::Result<()> {
         let mut manifests = self.reload()?;
@@ -344,10 +364,17 @@ impl Controller {
                 .min(Instant::now() + Duration::from_secs(1));
             tokio::select! {
                 _ = &mut shutdown => break,
-                Some(_) = wake.recv() => {
+                Some(_) = wake.files.recv() => {
                     // Editors write in several steps: let them finish, then read once.
                     sleep(Duration::from_millis(200)).await;
-                    while wake.try_recv().is_ok() {}
+                    while wake.files.try_recv().is_ok() {}
+                    manifests = self.reload_or_keep(manifests);
+                    last_reload = Instant::now();
+                }
+                Some(_) = wake.pushed.recv() => {
+                    // A push was committed: act at once. The reload picks up a Project created
+                    // for a new image (its file is written whole before its rows commit).
+                    while wake.pushed.try_recv().is_ok() {}
                     manifests = self.reload_or_keep(manifests);
                     last_reload = Instant::now();
                 }
@@ -665,6 +692,15 @@ pub fn sync_manifests(
     db: &StateDb,
     last_errors: &mut Option<Vec<String>>,
 ) -> anyhow::Result<Manifests> {
+    // What the store held before the directory was read: only those rows can have been seen
+    // removed. A row written meanwhile (the webhook listener creating a Project for a new image
+    // writes its file, then its rows) is not this sync's to judge; the next sync reads its file.
+    let mut before = Vec::new();
+    for (kind, label) in [(Kind::Project, "Project"), (Kind::Stage, "Stage")] {
+        for row in db.list(kind)? {
+            before.push((kind, label, row.namespace, row.name, row.uid, row.source));
+        }
+    }
     let mut manifests = load_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     let broken: BTreeSet<String> = manifests
         .broken_files()
@@ -672,44 +708,61 @@ pub fn sync_manifests(
         .collect();
     let mut errors: Vec<String> = manifests.errors.iter().map(ToString::to_string).collect();
 
-    let mut present = BTreeSet::new();
-    for l in &mut manifests.projects {
-        let (ns, name) = key_of(&l.resource);
-        let source = l.file.display().to_string();
-        let generation = db.upsert(Kind::Project, &ns, &name, &l.resource.spec, Some(&source))?;
-        l.resource.metadata.generation = Some(generation);
-        present.insert(("Project", ns.clone(), name.clone()));
-        // A Project is Ready when its own part of the spec is valid.
-        let mut status = db.project_status(&ns, &name)?;
-        let before = status.clone();
-        if let Some(problem) = assess_project(&name, &l.resource.spec, generation, &mut status) {
-            errors.push(format!("{source} Project/{name}: {problem}"));
-        }
-        if status != before {
-            db.save_project_status(&ns, &name, &status)?;
-        }
-    }
-    for l in &mut manifests.stages {
-        let (ns, name) = key_of(&l.resource);
-        let generation = db.upsert(
-            Kind::Stage,
-            &ns,
-            &name,
-            &l.resource.spec,
-            Some(&l.file.display().to_string()),
-        )?;
-        l.resource.metadata.generation = Some(generation);
-        present.insert(("Stage", ns, name));
-    }
-    for (kind, label) in [(Kind::Project, "Project"), (Kind::Stage, "Stage")] {
-        for row in db.list(kind)? {
-            let keep = present.contains(&(label, row.namespace.clone(), row.name.clone()))
-                || row.source.as_ref().is_some_and(|s| broken.contains(s));
-            if !keep {
-                tracing::info!(kind = label, name = %format!("{}/{}", row.namespace, row.name), "removed from the manifests");
-                db.delete(kind, &row.namespace, &row.name)?;
+    // One transaction for the whole directory: one sync to disk, not one per resource (a
+    // directory of thousands of auto-created Projects reloads in a fraction of a second), and
+    // readers never see half a reload.
+    let (problems, removed) = db.batch(|tx| {
+        let mut problems = Vec::new();
+        let mut present = BTreeSet::new();
+        for l in &mut manifests.projects {
+            let (ns, name) = key_of(&l.resource);
+            let source = l.file.display().to_string();
+            let generation =
+                tx.upsert(Kind::Project, &ns, &name, &l.resource.spec, Some(&source))?;
+            l.resource.metadata.generation = Some(generation);
+            present.insert(("Project", ns.clone(), name.clone()));
+            // A Project is Ready when its own part of the spec is valid.
+            let mut status = tx.project_status(&ns, &name)?;
+            let before = status.clone();
+            if let Some(problem) = assess_project(&name, &l.resource.spec, generation, &mut status)
+            {
+                problems.push(format!("{source} Project/{name}: {problem}"));
+            }
+            if status != before {
+                tx.save_project_status(&ns, &name, &status)?;
             }
         }
+        for l in &mut manifests.stages {
+            let (ns, name) = key_of(&l.resource);
+            let generation = tx.upsert(
+                Kind::Stage,
+                &ns,
+                &name,
+                &l.resource.spec,
+                Some(&l.file.display().to_string()),
+            )?;
+            l.resource.metadata.generation = Some(generation);
+            present.insert(("Stage", ns, name));
+        }
+        let mut removed = Vec::new();
+        for (kind, label, namespace, name, uid, source) in before {
+            let key = (label, namespace, name);
+            // Kept: still defined, defined in a file that does not parse now, or defined twice
+            // (a conflicting copy never costs the resource its state).
+            let keep = present.contains(&key)
+                || source.as_ref().is_some_and(|s| broken.contains(s))
+                || manifests.conflicts.contains(&key);
+            let (label, namespace, name) = key;
+            // Only the row that was seen: one written again since (same name) stays.
+            if !keep && tx.delete_seen(kind, &namespace, &name, &uid)? {
+                removed.push(format!("{label} {namespace}/{name}"));
+            }
+        }
+        Ok((problems, removed))
+    })?;
+    errors.extend(problems);
+    for r in removed {
+        tracing::info!(resource = %r, "removed from the manifests");
     }
     if last_errors.as_ref() != Some(&errors) {
         for e in &errors {

@@ -791,7 +791,12 @@ async fn an_unknown_image_creates_a_project_and_deleting_it_stops_its_stages() {
         return;
     };
     let (ns, instance) = (ns.as_str(), instance.as_str());
-    let controller = Controller::start(ns, instance, &["--auto-create", "true"], None);
+    let controller = Controller::start(
+        ns,
+        instance,
+        &["--auto-create", "true", "--auto-create-max", "1"],
+        None,
+    );
     ready_listener(controller.port).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let secret = secrets.get("tiny-forge-webhook").await.unwrap();
@@ -821,6 +826,24 @@ async fn an_unknown_image_creates_a_project_and_deleting_it_stops_its_stages() {
     })
     .await;
     assert_eq!(containers_of(&docker, instance).await.len(), 1);
+    // Past --auto-create-max: the reason in a 2xx, and no Project.
+    let answer = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/api/webhook/{url_secret}",
+            controller.port
+        ))
+        .header("content-type", "application/json")
+        .body(r#"{"image":"registry.example/team/second:1.0.0"}"#)
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = (answer.status().as_u16(), answer.text().await.unwrap());
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("--auto-create-max 1"), "{body}");
+    assert!(projects.get_opt("second").await.unwrap().is_none());
+    // What is auto-created runs with limits.
+    let resources = project.spec.container.resources.clone().unwrap_or_default();
+    assert_eq!(resources.memory.as_deref(), Some("256Mi"));
 
     projects
         .delete("tiny-forge-demo", &DeleteParams::default())
@@ -1065,5 +1088,90 @@ async fn containers_of_a_stage_gone_without_its_finalizer_are_collected() {
         controller.log()
     );
     drop(controller);
+    remove_everything(&client, &docker, ns, instance).await;
+}
+
+/// Two replicas and a restart: a redelivery (the same sender id) that reaches the other replica,
+/// or a replica after its restart, never moves `status.latest` back to an older push — with a
+/// policy that prefers the latest-seen tag, where a fresh `seenAt` would otherwise win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_never_moves_latest_back_in_any_replica() {
+    let Some((client, docker, ns, instance)) = scenario("redeliver").await else {
+        return;
+    };
+    let (ns, instance) = (ns.as_str(), instance.as_str());
+    kubectl_apply(&project_yaml(ns), None).unwrap();
+    // Any tag, the latest seen wins; no autoDeploy: nothing is deployed.
+    kubectl_apply(&stage_yaml(ns, "follow", "{projectRef: demo}"), None).unwrap();
+    let args = [
+        "--leader-election",
+        "true",
+        "--lease-name",
+        "tf-redeliver-test",
+    ];
+    let a = Controller::start(ns, instance, &args, None);
+    let mut b = Controller::start(ns, instance, &args, None);
+    ready_listener(a.port).await;
+    ready_listener(b.port).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = secrets.get("tiny-forge-webhook").await.unwrap();
+    let url_secret = String::from_utf8(secret.data.unwrap()["url-secret"].0.clone()).unwrap();
+    let http = reqwest::Client::new();
+    let push = |port: u16, tag: &str, id: &str| {
+        let (http, url_secret) = (http.clone(), url_secret.clone());
+        let body = format!(r#"{{"image":"tiny-forge-demo:{tag}"}}"#);
+        let id = id.to_string();
+        async move {
+            let r = http
+                .post(format!("http://127.0.0.1:{port}/api/webhook/{url_secret}"))
+                .header("content-type", "application/json")
+                .header("idempotency-key", id)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let code = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            assert!((200..300).contains(&code), "{code} {text}");
+            text
+        }
+    };
+    let stages: Api<Stage> = Api::namespaced(client.clone(), ns);
+    let latest = || async {
+        stages
+            .get("follow")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.latest)
+            .map(|l| l.tag)
+    };
+    push(a.port, "build-1", "delivery-1").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // seenAt has second resolution
+    push(a.port, "build-2", "delivery-2").await;
+    assert_eq!(latest().await.as_deref(), Some("build-2"));
+
+    // The sender redelivers the first push; this time it reaches the other replica.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let answer = push(b.port, "build-1", "delivery-1").await;
+    assert_eq!(
+        latest().await.as_deref(),
+        Some("build-2"),
+        "a redelivery to another replica moved latest back: {answer}"
+    );
+    // And again after that replica restarted (its memory of deliveries is gone).
+    b.stop();
+    let b = Controller::start(ns, instance, &args, None);
+    ready_listener(b.port).await;
+    let answer = push(b.port, "build-1", "delivery-1").await;
+    assert_eq!(
+        latest().await.as_deref(),
+        Some("build-2"),
+        "a redelivery after a restart moved latest back: {answer}"
+    );
+    // A new push still counts, on either replica.
+    push(b.port, "build-3", "delivery-3").await;
+    assert_eq!(latest().await.as_deref(), Some("build-3"));
+    drop((a, b));
     remove_everything(&client, &docker, ns, instance).await;
 }

@@ -509,6 +509,34 @@ spec: {{projectRef: web, autoDeploy: true, tagPolicy: {{semver: '>=1.0.0'}}}}
         containers
     );
 
+    // The same tag pushed again with other content (a re-pushed mutable tag): its new digest is
+    // recorded, and — though the local `1.1.0` satisfies the tag's IfNotPresent — pulled and
+    // deployed.
+    let before = registry.notifications().await["Events"].as_u64().unwrap();
+    registry.push("tiny-forge-demo:1.0.0", "1.1.0").await;
+    let repushed = registry.digest("1.1.0").await;
+    assert_ne!(repushed, digest);
+    registry.delivered(before).await;
+    let redeployed = wait_for(&state, &registry, "Healthy on the re-pushed 1.1.0", |s| {
+        s.phase == Some(Phase::Healthy) && s.current.as_ref().is_some_and(|c| c.digest == repushed)
+    })
+    .await;
+    assert_eq!(
+        redeployed.latest.and_then(|l| l.digest).as_deref(),
+        Some(repushed.as_str())
+    );
+    let containers = rt.list_managed(&[(labels::INSTANCE, NS)]).await.unwrap();
+    let serving = containers
+        .iter()
+        .find(|c| redeployed.current.as_ref().unwrap().container_id.as_deref() == Some(&c.id))
+        .expect("the serving container");
+    let ip = ip_of(&rt, &serving.id).await;
+    assert_eq!(
+        get(&format!("http://{ip}:8080/")).await.unwrap().trim(),
+        "tiny-forge-demo 1.0.0",
+        "the re-pushed content serves"
+    );
+
     // Every notification was answered 2xx the first time: nothing retried, nothing held back.
     let metrics = registry.notifications().await;
     eprintln!("registry_e2e: registry notification counters: {metrics}");
@@ -526,4 +554,154 @@ spec: {{projectRef: web, autoDeploy: true, tagPolicy: {{semver: '>=1.0.0'}}}}
     stop.send(()).unwrap();
     controller.await.unwrap().unwrap();
     // `_cleanup` removes the containers and tags, `registry` is killed: both on drop.
+}
+
+/// A mutable tag pushed again and announced without a digest (as Quay or a script does): the
+/// controller looks the tag up in the registry, whatever its pull policy, and deploys the new
+/// content; an announcement whose content did not change costs one lookup, then nothing.
+#[tokio::test]
+async fn a_re_push_announced_without_a_digest_is_looked_up_in_the_registry() {
+    const NS2: &str = "t-repush";
+    let Some(rt) = docker().await else { return };
+    if !missing_tools().is_empty() {
+        eprintln!("skipped: docker-registry or skopeo not installed");
+        return;
+    }
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let filter = format!("label={}={NS2}", labels::INSTANCE);
+            if let Ok(ids) = docker_cli(&["ps", "-aq", "--filter", &filter]) {
+                for id in ids.split_whitespace() {
+                    let _ = docker_cli(&["rm", "-f", id]);
+                }
+            }
+            let _ = docker_cli(&["rmi", &format!("{}:stable", self.0)]);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("m");
+    std::fs::create_dir(&manifests).unwrap();
+    let registry_dir = dir.path().join("registry");
+    std::fs::create_dir(&registry_dir).unwrap();
+    let registry_port = free_port();
+    let repository = repository(registry_port);
+    let _cleanup = Cleanup(repository.clone());
+    std::fs::write(
+        manifests.join("app.yaml"),
+        format!(
+            "apiVersion: tinyforge.dev/v1alpha1
+kind: Project
+metadata: {{name: web, namespace: {NS2}}}
+spec:
+  image: {repository}
+  container: {{port: 8080, stopTimeoutSeconds: 2}}
+  healthCheck: {{type: http, path: /healthz, intervalSeconds: 1, startPeriodSeconds: 3}}
+---
+apiVersion: tinyforge.dev/v1alpha1
+kind: Stage
+metadata: {{name: dev, namespace: {NS2}}}
+spec: {{projectRef: web, autoDeploy: true, tagPolicy: {{exact: stable}}}}
+"
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let port = free_port();
+    let opts = options_with_webhooks(manifests, state.clone(), NS2, port);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(standalone::run(opts, async {
+        let _ = stopped.await;
+    }));
+    let url = url_when_up(&state, port).await;
+    // This registry's own notifications go nowhere: only the digest-less pushes below count.
+    let registry = Registry::start(
+        &registry_dir,
+        registry_port,
+        "http://127.0.0.1:9/none",
+        TOKEN,
+    )
+    .await;
+    let status = || {
+        StateDb::open(&state)
+            .unwrap()
+            .stage_status(NS2, "dev")
+            .unwrap()
+    };
+    let serving = |digest: String| {
+        let status = &status;
+        async move {
+            for _ in 0..450 {
+                let s = status();
+                if s.phase == Some(Phase::Healthy)
+                    && s.current.as_ref().is_some_and(|c| c.digest == digest)
+                {
+                    return s;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("{digest} never served; last status: {:#?}", status());
+        }
+    };
+    let announce = |key: &'static str| {
+        let url = url.clone();
+        let body = format!(r#"{{"image":"{repository}:stable"}}"#);
+        async move {
+            let r = http()
+                .post(url)
+                .header("content-type", "application/json")
+                .header("idempotency-key", key)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
+        }
+    };
+
+    registry.push("tiny-forge-demo:1.0.0", "stable").await;
+    announce("push-1").await;
+    let first = serving(registry.digest("stable").await).await;
+    // Pushed again with other content; the local `stable` is stale, and the tag's default pull
+    // policy (IfNotPresent) would be content with it.
+    registry.push("tiny-forge-demo:1.1.0", "stable").await;
+    let second_digest = registry.digest("stable").await;
+    assert_ne!(
+        Some(&second_digest),
+        first.current.as_ref().map(|c| &c.digest)
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await; // seenAt has second resolution
+    announce("push-2").await;
+    let second = serving(second_digest.clone()).await;
+    let containers = rt.list_managed(&[(labels::INSTANCE, NS2)]).await.unwrap();
+    let c = containers
+        .iter()
+        .find(|c| second.current.as_ref().unwrap().container_id.as_deref() == Some(&c.id))
+        .unwrap();
+    let ip = ip_of(&rt, &c.id).await;
+    assert_eq!(
+        get(&format!("http://{ip}:8080/")).await.unwrap().trim(),
+        "tiny-forge-demo 1.1.0"
+    );
+    // Announced again without a change: looked up once (resolvedAt), no deploy.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    announce("push-3").await;
+    let mut resolved = None;
+    for _ in 0..300 {
+        resolved = status().current.and_then(|c| c.resolved_at);
+        if resolved.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(resolved.is_some(), "{:#?}", status());
+    let after = status();
+    assert_eq!(
+        after.current.as_ref().map(|c| &c.digest),
+        Some(&second_digest)
+    );
+    assert_eq!(after.history.len(), second.history.len(), "no deploy");
+
+    stop.send(()).unwrap();
+    controller.await.unwrap().unwrap();
 }

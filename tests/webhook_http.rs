@@ -430,6 +430,37 @@ async fn unknown_images_create_a_project_with_a_dev_stage() {
     assert_eq!(dev.latest.map(|l| l.tag).as_deref(), Some("0.1.0"));
     let file = Path::new(p.source.as_deref().unwrap());
     assert!(file.exists(), "the manifest is written for the user to see");
+    // Safe settings for what whoever holds the URL can start: limits, no volumes, no network.
+    let container = &p.spec["container"];
+    assert_eq!(container["resources"]["memory"], "256Mi", "{container}");
+    assert_eq!(container["resources"]["cpus"], "0.5", "{container}");
+    assert!(
+        container
+            .get("volumes")
+            .is_none_or(|v| v.as_array().is_some_and(Vec::is_empty))
+    );
+    assert!(container.get("network").is_none());
+}
+
+#[tokio::test]
+async fn an_image_the_controller_would_reject_is_refused_before_anything_is_created() {
+    let l = listener(|_| {}).await;
+    let (status, text, _) = post(
+        &l.url,
+        "application/json",
+        &[],
+        r#"{"image":"Registry.Example.com/ORG/App:1.0"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("not a valid repository"), "{text}");
+    assert!(
+        l.db.list(Kind::Project)
+            .unwrap()
+            .iter()
+            .all(|p| p.namespace == "default"),
+        "no Project created"
+    );
 }
 
 #[tokio::test]
@@ -544,5 +575,259 @@ async fn a_port_in_use_is_an_error_not_a_panic() {
     assert!(
         err.contains("cannot listen on 127.0.0.1") && err.contains(&port.to_string()),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn every_tag_of_one_delivery_for_a_new_image_is_considered() {
+    let l = listener(|_| {}).await;
+    // Quay's "repository push" for an image nobody uses: `updated_tags: ["latest", "foo"]`.
+    let (status, text, _) = post(
+        &format!("{}/quay", l.url),
+        "application/json",
+        &[],
+        std::fs::read(
+            "tests/fixtures/webhooks/quay/repo_push.test-notification-sample.CONSTRUCTED.json",
+        )
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["created"], serde_json::json!(["web/web"]), "{text}");
+    let tags: Vec<&str> = v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["tag"].as_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["latest", "foo"], "{text}");
+    assert!(!text.contains("not authorised"), "{text}");
+    assert_eq!(
+        l.db.stage_status("web", "dev")
+            .unwrap()
+            .latest
+            .map(|l| l.tag)
+            .as_deref(),
+        Some("foo"),
+        "the last tag of the delivery is the newest seen"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_for_one_new_image_make_one_project_and_all_count() {
+    let l = listener(|_| {}).await;
+    let answers = futures::future::join_all((0..12).map(|i| {
+        let url = l.url.clone();
+        async move {
+            let body = format!(r#"{{"image":"127.0.0.1:5000/team/burst:1.0.{i}"}}"#);
+            post(&url, "application/json", &[], body).await
+        }
+    }))
+    .await;
+    for (status, text, _) in &answers {
+        assert_eq!(*status, 202, "{text}");
+        assert!(!text.contains("not authorised"), "{text}");
+    }
+    let projects = l.db.list(Kind::Project).unwrap();
+    let burst: Vec<_> = projects
+        .iter()
+        .filter(|p| p.spec["image"] == "127.0.0.1:5000/team/burst")
+        .collect();
+    assert_eq!(burst.len(), 1, "one Project for one image");
+    let latest =
+        l.db.stage_status(&burst[0].namespace, "dev")
+            .unwrap()
+            .latest;
+    assert!(latest.is_some_and(|l| l.tag.starts_with("1.0.")));
+}
+
+/// Moves every remembered delivery `secs` into the past, as if that much time had gone by.
+fn age_deliveries(l: &Listener, secs: i64) {
+    let conn = rusqlite::Connection::open(l._dir.path().join("state/state.db")).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn.execute("UPDATE deliveries SET received = received - ?1", [secs])
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_re_push_without_a_delivery_id_counts_once_its_retries_are_over() {
+    let l = listener(|_| {}).await;
+    l.db.upsert(
+        Kind::Project,
+        "default",
+        "web",
+        &serde_json::json!({"image": "quay.io/dgangaia/test"}),
+        None,
+    )
+    .unwrap();
+    l.db.upsert(
+        Kind::Stage,
+        "default",
+        "web-latest",
+        &serde_json::json!({"projectRef": "web", "tagPolicy": {"exact": "latest"}}),
+        None,
+    )
+    .unwrap();
+    let quay = std::fs::read("tests/fixtures/webhooks/quay/repo_push.redhat-docs.json").unwrap();
+    let quay_url = format!("{}/quay", l.url);
+    let seen_at = || {
+        l.db.stage_status("default", "web-latest")
+            .unwrap()
+            .latest
+            .map(|l| l.seen_at)
+    };
+    // Quay sends no delivery id: an identical body at once is a retry of the same request.
+    let (status, text, _) = post(&quay_url, "application/json", &[], quay.clone()).await;
+    assert_eq!(status, 202, "{text}");
+    let first = seen_at();
+    let (status, text, _) = post(&quay_url, "application/json", &[], quay.clone()).await;
+    assert_eq!((status, text.as_str()), (200, r#"{"duplicate":true}"#));
+    // The same tag pushed again later is a new push: recorded.
+    age_deliveries(&l, 3600);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // seenAt has second resolution
+    let (status, text, _) = post(&quay_url, "application/json", &[], quay.clone()).await;
+    assert_eq!(status, 202, "a re-push an hour later: {text}");
+    assert_ne!(seen_at(), first, "recorded anew");
+
+    // A sender's delivery id is remembered for days: a redelivery a day later changes nothing.
+    let body = br#"{"image":"registry.example/team/open:1.3.0"}"#.to_vec();
+    let id = [("idempotency-key", "ci-run-42")];
+    assert_eq!(
+        post(&l.url, "application/json", &id, body.clone()).await.0,
+        202
+    );
+    age_deliveries(&l, 24 * 3600);
+    let (status, text, _) = post(&l.url, "application/json", &id, body).await;
+    assert_eq!((status, text.as_str()), (200, r#"{"duplicate":true}"#));
+}
+
+#[tokio::test]
+async fn a_delivery_that_asks_nothing_is_still_authenticated_first() {
+    let l = listener(|_| {}).await;
+    let secret_ref = serde_json::json!({"secretRef": {"name": "hooks", "key": "signed"}});
+    // A Bitbucket Server repository and a GitHub container package, both with a webhook secret.
+    l.db.upsert(
+        Kind::Project,
+        "default",
+        "bb",
+        &serde_json::json!({
+            "image": "registry.example/team/bb",
+            "gitSource": {"provider": "bitbucket", "repository": "~gopher/webhook-test"},
+            "webhook": secret_ref,
+        }),
+        None,
+    )
+    .unwrap();
+    l.db.upsert(
+        Kind::Project,
+        "default",
+        "pkg",
+        &serde_json::json!({"image": "ghcr.io/codertocat/hello-world-npm", "webhook": secret_ref}),
+        None,
+    )
+    .unwrap();
+    let fixture = |p: &str| std::fs::read(format!("tests/fixtures/webhooks/{p}")).unwrap();
+    // A branch deletion (asks nothing) and an untagged package version (asks nothing).
+    let cases = [
+        (
+            "bitbucket",
+            fixture("bitbucket/repo_refs_changed.server.go-playground.json"),
+            [("x-event-key", "repo:refs_changed")],
+            "x-hub-signature",
+        ),
+        (
+            "github",
+            fixture("github/registry_package.published.docker.json"),
+            [("x-github-event", "registry_package")],
+            "x-hub-signature-256",
+        ),
+    ];
+    for (provider, body, event, signature) in cases {
+        let url = format!("{}/{provider}", l.url);
+        let forged = sign("not-the-secret", &body);
+        let good = sign(PROJECT_SECRET, &body);
+        let unsigned = post(&url, "application/json", &event, body.clone()).await;
+        assert_eq!(unsigned.0, 401, "{provider} unsigned: {}", unsigned.1);
+        let headers = [event[0], (signature, forged.as_str())];
+        let wrong = post(&url, "application/json", &headers, body.clone()).await;
+        assert_eq!(wrong.0, 401, "{provider} forged: {}", wrong.1);
+        let headers = [event[0], (signature, good.as_str())];
+        let right = post(&url, "application/json", &headers, body.clone()).await;
+        assert_eq!(right.0, 200, "{provider} signed: {}", right.1);
+        assert!(right.1.contains("ignored"), "{}", right.1);
+    }
+}
+
+#[tokio::test]
+async fn wrong_secrets_do_not_spend_the_real_urls_rate_budget() {
+    let l = listener(|c| c.rate = Some((NonZeroU32::new(1).unwrap(), NonZeroU32::new(3).unwrap())))
+        .await;
+    let body = r#"{"image":"registry.example/team/open:1.0.0"}"#;
+    for i in 0..20 {
+        let guess = format!("{}/api/webhook/guess-{i}", l.base);
+        assert_eq!(post(&guess, "application/json", &[], body).await.0, 404);
+    }
+    let (status, text, _) = post(&l.url, "application/json", &[], body).await;
+    assert_eq!(status, 202, "the real URL still has its budget: {text}");
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_client_has_its_own_budget() {
+    let limited = |trusted: &str| {
+        let trusted: Vec<server::Cidr> = trusted
+            .split_whitespace()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        move |c: &mut server::Config| {
+            c.rate = Some((NonZeroU32::new(1).unwrap(), NonZeroU32::new(2).unwrap()));
+            c.trusted_proxies = trusted;
+        }
+    };
+    let push = |l: &Listener, i: u32, header: (&'static str, String)| {
+        let url = l.url.clone();
+        async move {
+            let body = format!(r#"{{"image":"registry.example/team/open:1.0.{i}"}}"#);
+            post(
+                &url,
+                "application/json",
+                &[(header.0, header.1.as_str())],
+                body,
+            )
+            .await
+            .0
+        }
+    };
+    // The TLS proxy on loopback is trusted: the client it names is the one limited.
+    let l = listener(limited("127.0.0.0/8 ::1/128")).await;
+    let xff = |ip: &str| ("x-forwarded-for", format!("198.51.100.7, {ip}"));
+    let a: Vec<u16> = [
+        push(&l, 1, xff("203.0.113.1")).await,
+        push(&l, 2, xff("203.0.113.1")).await,
+        push(&l, 3, xff("203.0.113.1")).await,
+    ]
+    .into();
+    assert_eq!(a[..2], [202, 202], "{a:?}");
+    assert_eq!(a[2], 429, "{a:?}");
+    assert_eq!(push(&l, 4, xff("203.0.113.2")).await, 202, "another client");
+    let fwd = |ip: &str| {
+        (
+            "forwarded",
+            format!("for=198.51.100.7, for=\"{ip}\";proto=https"),
+        )
+    };
+    assert_eq!(push(&l, 5, fwd("203.0.113.3")).await, 202);
+    assert_eq!(push(&l, 6, fwd("203.0.113.3")).await, 202);
+    assert_eq!(push(&l, 7, fwd("203.0.113.3")).await, 429);
+    assert_eq!(push(&l, 8, fwd("[2001:db8::1]:4711")).await, 202);
+
+    // Without trusted proxies, the headers are anyone's to write: the connection's address counts.
+    let l = listener(limited("")).await;
+    assert_eq!(push(&l, 1, xff("203.0.113.1")).await, 202);
+    assert_eq!(push(&l, 2, xff("203.0.113.2")).await, 202);
+    assert_eq!(
+        push(&l, 3, xff("203.0.113.3")).await,
+        429,
+        "all from 127.0.0.1"
     );
 }

@@ -72,6 +72,10 @@ pub struct SeenTag {
     pub delivery_id: Option<String>,
     /// When it was seen (RFC 3339).
     pub seen_at: String,
+    /// Delivery ids recorded on this Stage lately (Kubernetes mode, newest last, at most 32):
+    /// a redelivery that reaches another replica, or comes after a restart, changes nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_deliveries: Vec<String>,
 }
 
 /// An image a Stage ran or runs.
@@ -91,6 +95,10 @@ pub struct Deployed {
     /// When it became the serving container (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
+    /// When its tag was last looked up in the registry because it was announced again without
+    /// a digest (a re-push of a mutable tag) and the registry still had this content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<String>,
 }
 
 /// How a deploy ended.

@@ -210,21 +210,51 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
 
         // A steady Stage never contacts the registry: the image is looked up locally unless a
         // newer digest of the same tag was announced.
-        let steady_tag = status.current.as_ref().is_some_and(|c| {
+        let announced = status
+            .latest
+            .as_ref()
+            .and_then(|l| (l.tag == tag).then_some(l.digest.as_ref()).flatten());
+        // The serving tag announced again without a digest (Quay, a script) after it began
+        // serving or was last looked up: a re-push, whose content only the registry knows.
+        let repushed = status.current.as_ref().is_some_and(|c| {
             c.tag == tag
-                && status
-                    .latest
-                    .as_ref()
-                    .and_then(|l| (l.tag == tag).then_some(l.digest.as_ref()).flatten())
-                    .is_none_or(|d| *d == c.digest)
+                && status.latest.as_ref().is_some_and(|l| {
+                    l.tag == tag
+                        && l.digest.is_none()
+                        && c.resolved_at.as_ref().or(c.since.as_ref()) < Some(&l.seen_at)
+                })
         });
+        let steady_tag = !repushed
+            && status
+                .current
+                .as_ref()
+                .is_some_and(|c| c.tag == tag && announced.is_none_or(|d| *d == c.digest));
         let pull = if steady_tag {
             Pull::IfNotPresent
         } else {
             eff.pull(&tag)
         };
         let reference = eff.reference(&tag);
-        let image = self.runtime.ensure_image(&reference, pull).await?;
+        let mut image = self.runtime.ensure_image(&reference, pull).await?;
+        // An announced digest the local image is not (a re-pushed `stable` left a stale local
+        // copy that IfNotPresent takes), or a re-push without a digest that the local image
+        // does not explain (same content as what serves), is fetched whatever the tag's pull
+        // policy says; only `Never` keeps to the local image.
+        let running = status.current.as_ref().map(|c| c.digest.clone());
+        if !steady_tag
+            && pull == Pull::IfNotPresent
+            && (announced.is_some_and(|d| d != image.digest())
+                || (repushed && running.as_deref() == Some(image.digest())))
+        {
+            image = self.runtime.ensure_image(&reference, Pull::Always).await?;
+        }
+        if repushed
+            && running.as_deref() == Some(image.digest())
+            && let Some(current) = status.current.as_mut()
+        {
+            // Looked up: the registry still has what serves. Not again until the next push.
+            current.resolved_at = Some(now());
+        }
         let secrets = self.resolve_secrets(&input.key.namespace, eff)?;
         let spec = eff.container_spec(&input.key, &self.instance, &tag, &image, &secrets);
         let target = observed.iter().find(|c| spec.is_named(&c.name));
@@ -463,6 +493,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                         container_id: Some(id.clone()),
                         container_name: Some(spec.name.clone()),
                         since: Some(now()),
+                        resolved_at: None,
                     };
                     if let Some(old) = status.current.replace(new)
                         && (old.tag != tag || old.digest != digest)

@@ -382,6 +382,7 @@ mod tests {
             source: "test".to_owned(),
             delivery_id: None,
             seen_at: seen_at.to_owned(),
+            recent_deliveries: Vec::new(),
         }
     }
 

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use super::secrets::ClusterSecrets;
 use super::status;
-use crate::api::{Project, ProjectSpec, SeenTag, Stage, StageSpec};
+use crate::api::{Project, SeenTag, Stage, StageSpec};
 use crate::engine::tags::CompiledPolicy;
 use crate::ingest::{Catalog, Ledger, ProjectRef, StageRef};
 use crate::webhook::recorder::{self, Answer, Book, Job};
@@ -233,6 +233,8 @@ pub async fn keep_url_secret(client: Client, index: Arc<ClusterIndex>) {
 #[derive(Clone, Debug)]
 pub struct AutoCreate {
     pub namespace: String,
+    /// Which images may be auto-created, and how many (counted by the annotation).
+    pub policy: crate::ingest::AutoCreatePolicy,
 }
 
 /// Starts the recorder: deliveries arriving together are planned together against the caches,
@@ -303,20 +305,27 @@ type Key = (String, String);
 /// writes to.
 type Planned = (Result<Answer, String>, Vec<String>, Vec<Key>);
 
-/// Delivery keys seen, oldest first out.
+/// Delivery keys seen and when, oldest first out.
 #[derive(Default)]
 struct Remembered {
-    set: std::collections::HashSet<String>,
+    set: HashMap<String, std::time::Instant>,
     order: VecDeque<String>,
 }
 
 impl Remembered {
-    fn contains(&self, key: &str) -> bool {
-        self.set.contains(key)
+    /// Seen — within `window` when one is given (a body hash absorbs retries only).
+    fn contains(&self, key: &str, window: Option<std::time::Duration>) -> bool {
+        self.set
+            .get(key)
+            .is_some_and(|at| window.is_none_or(|w| at.elapsed() < w))
     }
 
     fn insert(&mut self, key: String) {
-        if self.set.insert(key.clone()) {
+        if self
+            .set
+            .insert(key.clone(), std::time::Instant::now())
+            .is_none()
+        {
             self.order.push_back(key);
             while self.order.len() > REMEMBERED {
                 if let Some(old) = self.order.pop_front() {
@@ -401,10 +410,15 @@ impl Ledger for Plan<'_> {
 }
 
 impl Book for Plan<'_> {
-    fn claim(&self, key: &str, _source: &str) -> Result<bool, String> {
+    fn claim(
+        &self,
+        key: &str,
+        _source: &str,
+        window: Option<std::time::Duration>,
+    ) -> Result<bool, String> {
         let mut claims = self.claims.borrow_mut();
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.contains(key)
+        if seen.contains(key, window)
             || claims.iter().any(|c| c == key)
             || self.claimed.borrow().iter().any(|c| c == key)
         {
@@ -436,12 +450,43 @@ impl Book for Plan<'_> {
         })
     }
 
+    fn may_auto_create(&self, repository: &str) -> Result<(), String> {
+        let Some(auto) = self.auto_create else {
+            return Ok(());
+        };
+        auto.policy.admits(repository)?;
+        let made = self
+            .index
+            .projects
+            .state()
+            .iter()
+            .filter(|p| {
+                p.0.as_ref().is_ok_and(|p| {
+                    p.metadata
+                        .annotations
+                        .as_ref()
+                        .is_some_and(|a| a.contains_key(CREATED_FOR))
+                })
+            })
+            .count()
+            + self.created.borrow().len();
+        if made >= auto.policy.max {
+            return Err(format!(
+                "{made} Projects were auto-created already, the limit (--auto-create-max {}); \
+                 delete some or raise the limit",
+                auto.policy.max
+            ));
+        }
+        Ok(())
+    }
+
     fn auto_create(
         &self,
         catalog: &mut Catalog,
         repository: &str,
     ) -> Option<Result<ProjectRef, String>> {
         let namespace = self.auto_create?.namespace.clone();
+        let spec = crate::ingest::auto_created_spec(repository);
         let base = crate::ingest::base_name(repository);
         let taken = |n: &str| {
             catalog
@@ -454,10 +499,6 @@ impl Book for Plan<'_> {
                     .any(|s| s.namespace == namespace && s.name == format!("{n}-dev"))
         };
         let name = crate::ingest::free_name(&base, taken);
-        let spec = ProjectSpec {
-            image: repository.to_string(),
-            ..Default::default()
-        };
         let mut project = Project::new(&name, spec.clone());
         project.metadata.namespace = Some(namespace.clone());
         let stage_name = format!("{name}-dev");
@@ -493,6 +534,35 @@ impl Book for Plan<'_> {
             policy: CompiledPolicy::compile(None).ok(),
         });
         Some(Ok(created))
+    }
+}
+
+/// Delivery ids kept in `status.latest.recentDeliveries`: redeliveries come within hours, and
+/// a Stage sees a few pushes a day.
+const RECENT_DELIVERIES: usize = 32;
+
+/// `seen` as written: with the delivery ids recorded on the Stage so far (the one it replaces
+/// included), its own last, the oldest dropped.
+fn remembering(existing: Option<&SeenTag>, seen: &SeenTag) -> SeenTag {
+    let mut ids: Vec<String> = existing
+        .map(|e| {
+            let mut ids = e.recent_deliveries.clone();
+            ids.extend(e.delivery_id.clone());
+            ids
+        })
+        .unwrap_or_default();
+    ids.extend(seen.delivery_id.clone());
+    let mut unique: Vec<String> = Vec::new();
+    for id in ids.into_iter().rev() {
+        if !unique.contains(&id) {
+            unique.push(id);
+        }
+    }
+    unique.truncate(RECENT_DELIVERIES);
+    unique.reverse();
+    SeenTag {
+        recent_deliveries: unique,
+        ..seen.clone()
     }
 }
 
@@ -625,12 +695,14 @@ async fn write_latest(
         };
         let existing = stage.status.as_ref().and_then(|s| s.latest.as_ref());
         // The same delivery again (a redelivery that reached another replica, or came after a
-        // restart): already recorded.
+        // restart): already recorded — as the latest, or before it (its fresh `seenAt` must not
+        // put an older push back in front of a newer one).
         if existing.is_some_and(|e| {
             e == seen
-                || (e.delivery_id.is_some()
-                    && e.delivery_id == seen.delivery_id
-                    && e.tag == seen.tag)
+                || seen.delivery_id.as_ref().is_some_and(|id| {
+                    (e.delivery_id.as_ref() == Some(id) && e.tag == seen.tag)
+                        || e.recent_deliveries.contains(id)
+                })
         }) {
             return Ok(());
         }
@@ -642,7 +714,8 @@ async fn write_latest(
             return Ok(());
         }
         let version = stage.metadata.resource_version.clone().unwrap_or_default();
-        match status::apply_latest(&api, name, &version, seen).await {
+        let seen = remembering(existing, seen);
+        match status::apply_latest(&api, name, &version, &seen).await {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
             Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),

@@ -148,6 +148,7 @@ fn seen_tag(tag: &str) -> SeenTag {
         source: "registry".into(),
         delivery_id: Some("d-1".into()),
         seen_at: "2024-01-01T00:00:00Z".into(),
+        recent_deliveries: Vec::new(),
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Options {
     pub webhook_secret: String,
     /// Create a Project and a `<name>-dev` Stage for pushed images nobody uses.
     pub auto_create: bool,
+    /// Which images may be auto-created, and how many.
+    pub auto_create_policy: crate::ingest::AutoCreatePolicy,
     pub npm: Option<NpmConfig>,
     pub leader_election: bool,
     pub lease_name: String,
@@ -68,6 +70,7 @@ impl Options {
             webhook: None,
             webhook_secret: "tiny-forge-webhook".into(),
             auto_create: false,
+            auto_create_policy: Default::default(),
             npm: None,
             leader_election: true,
             lease_name: "tiny-forge".into(),
@@ -110,6 +113,9 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    opts.auto_create_policy
+        .validate()
+        .map_err(anyhow::Error::msg)?;
     let index = ingest::ClusterIndex::start(
         client.clone(),
         opts.namespace.as_deref(),
@@ -125,6 +131,7 @@ pub async fn run(
                 client.clone(),
                 index.clone(),
                 opts.auto_create.then(|| ingest::AutoCreate {
+                    policy: opts.auto_create_policy.clone(),
                     namespace: opts
                         .namespace
                         .clone()

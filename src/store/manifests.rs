@@ -46,6 +46,9 @@ pub struct Manifests {
     pub projects: Vec<Loaded<Project>>,
     pub stages: Vec<Loaded<Stage>>,
     pub errors: Vec<ManifestError>,
+    /// (`Project`|`Stage`, namespace, name) defined more than once: every copy is rejected, and
+    /// what the store holds for that name stays as it was.
+    pub conflicts: std::collections::BTreeSet<(&'static str, String, String)>,
 }
 
 impl Manifests {
@@ -308,7 +311,12 @@ fn is_dns_label(s: &str) -> bool {
 
 /// The same resource in two places is ambiguous: both copies are rejected, loudly.
 fn check_duplicates(out: &mut Manifests) {
-    fn dupes<T: Resource>(items: &mut Vec<Loaded<T>>, errors: &mut Vec<ManifestError>, kind: &str) {
+    fn dupes<T: Resource>(
+        items: &mut Vec<Loaded<T>>,
+        errors: &mut Vec<ManifestError>,
+        conflicts: &mut std::collections::BTreeSet<(&'static str, String, String)>,
+        kind: &'static str,
+    ) {
         let key = |r: &T| (r.meta().namespace.clone(), r.meta().name.clone());
         let mut bad = std::collections::BTreeSet::new();
         for (i, a) in items.iter().enumerate() {
@@ -328,9 +336,23 @@ fn check_duplicates(out: &mut Manifests) {
             }
         }
         items.retain(|l| !bad.contains(&key(&l.resource)));
+        conflicts.extend(
+            bad.into_iter()
+                .map(|(ns, n)| (kind, ns.unwrap_or_default(), n.unwrap_or_default())),
+        );
     }
-    dupes(&mut out.projects, &mut out.errors, "Project");
-    dupes(&mut out.stages, &mut out.errors, "Stage");
+    dupes(
+        &mut out.projects,
+        &mut out.errors,
+        &mut out.conflicts,
+        "Project",
+    );
+    dupes(
+        &mut out.stages,
+        &mut out.errors,
+        &mut out.conflicts,
+        "Stage",
+    );
 }
 
 #[cfg(test)]

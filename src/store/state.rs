@@ -193,6 +193,18 @@ impl StateDb {
         self.batch(|tx| tx.delete(kind, namespace, name))
     }
 
+    /// Forgets a resource if it is still the one with `uid` (not re-created since). True when
+    /// it was removed.
+    pub fn delete_seen(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<bool, StoreError> {
+        self.batch(|tx| tx.delete_seen(kind, namespace, name, uid))
+    }
+
     /// Every stored resource of a kind, sorted by namespace and name, status merged.
     pub fn list(&self, kind: Kind) -> Result<Vec<Stored>, StoreError> {
         self.read(|tx| tx.list(kind))
@@ -428,6 +440,42 @@ impl Tx<'_> {
         }
     }
 
+    /// See [`StateDb::delete_seen`].
+    pub fn delete_seen(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .tx
+            .execute(
+                "DELETE FROM resources WHERE kind=?1 AND namespace=?2 AND name=?3 AND uid=?4",
+                params![kind.as_str(), namespace, name, uid],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        if n > 0 {
+            self.bump_catalog()?;
+        }
+        Ok(n > 0)
+    }
+
+    /// A Project's status, default when none.
+    pub fn project_status(&self, namespace: &str, name: &str) -> Result<ProjectStatus, StoreError> {
+        self.json_column(Kind::Project, namespace, name, "status")
+            .map(Option::unwrap_or_default)
+    }
+
+    pub fn save_project_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &ProjectStatus,
+    ) -> Result<(), StoreError> {
+        self.set_status(Kind::Project, namespace, name, status)
+    }
+
     pub fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), StoreError> {
         self.exec(
             "DELETE FROM resources WHERE kind=?1 AND namespace=?2 AND name=?3",
@@ -603,6 +651,28 @@ impl Tx<'_> {
             .execute(
                 "INSERT OR IGNORE INTO deliveries (id, provider, received) VALUES (?1, ?2, ?3)",
                 params![id, provider, now],
+            )
+            .map(|n| n == 1)
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// Marks a delivery that carries no id of its sender, by a hash of its body, as seen at
+    /// `now` (seconds). False when the same body was claimed less than `window` seconds before:
+    /// a retry of the same request. Later, the same body is a new push (the same tag pushed
+    /// again) and counts.
+    pub fn claim_retry(
+        &self,
+        key: &str,
+        provider: &str,
+        now: i64,
+        window: i64,
+    ) -> Result<bool, StoreError> {
+        self.tx
+            .execute(
+                "INSERT INTO deliveries (id, provider, received) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(id) DO UPDATE SET received = excluded.received \
+                 WHERE deliveries.received <= excluded.received - ?4",
+                params![key, provider, now, window],
             )
             .map(|n| n == 1)
             .map_err(|e| self.sqlite(e))

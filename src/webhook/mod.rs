@@ -123,6 +123,19 @@ pub struct Delivery {
     pub delivery_id: Option<String>,
     /// The sender's event name (`package`, `Push Hook`, `push`, …), for logs and metrics.
     pub event: String,
+    /// What a delivery that asks nothing ([`Parsed::Ignored`], [`Parsed::Ping`]) is about: a
+    /// Project using one of these with a webhook secret still authenticates it (401, not an
+    /// "ignored" that would tell a forger what counts).
+    pub named: Vec<Named>,
+}
+
+/// A repository a delivery names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Named {
+    /// An image repository (`ghcr.io/octo/app`).
+    Image(String),
+    /// A Git repository as `gitSource.repository` spells it (`octo/app`).
+    Git(String),
 }
 
 /// Why a delivery is refused. Messages name the problem and never echo secrets or signatures.

@@ -9,13 +9,18 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Delivery, Parsed, Provider};
 use crate::api::SeenTag;
-use crate::ingest::{self, Catalog, Ledger, ProjectRef, Push, Verdict};
+use crate::ingest::{self, AutoCreatePolicy, Catalog, Ledger, ProjectRef, Push, Verdict};
 use crate::store::{StateDb, StoreError, Tx};
 
 /// Deliveries committed together at most.
 const MAX_BATCH: usize = 256;
 /// Delivery ids are kept this long (senders redeliver within hours).
 const DELIVERY_RETENTION_S: i64 = 7 * 24 * 3600;
+/// A delivery without a sender's id (Quay, Docker Hub, Harbor, the generic endpoint without
+/// `Idempotency-Key`) is known by a hash of its body, and only for this long: enough to absorb
+/// a sender's retries of the same request, short enough that the same tag pushed again later
+/// (an identical body) is recorded again.
+pub const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One authenticated delivery waiting to be recorded.
 pub struct Job {
@@ -48,6 +53,19 @@ pub fn spawn(
     auto_create: Option<PathBuf>,
     wake: mpsc::UnboundedSender<()>,
 ) -> mpsc::Sender<Job> {
+    spawn_with(
+        db,
+        auto_create.map(|dir| (dir, AutoCreatePolicy::default())),
+        wake,
+    )
+}
+
+/// [`spawn`], with what may be auto-created (and how many) in that directory.
+pub fn spawn_with(
+    db: Arc<StateDb>,
+    auto_create: Option<(PathBuf, AutoCreatePolicy)>,
+    wake: mpsc::UnboundedSender<()>,
+) -> mpsc::Sender<Job> {
     let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
     tokio::spawn(async move {
         let mut batches = 0u64;
@@ -78,7 +96,7 @@ pub fn spawn(
                             tx.attempt(|tx| {
                                 let book = StoreBook {
                                     tx,
-                                    manifests: auto_create.as_deref(),
+                                    auto_create: auto_create.as_ref(),
                                 };
                                 process(&book, job, &mut catalog)
                             })
@@ -129,9 +147,19 @@ impl From<StoreError> for String {
 /// What recording needs of where it records: the embedded store here, the cluster in Kubernetes
 /// mode (`crate::k8s::ingest`).
 pub trait Book: Ledger<Error = String> {
-    /// Marks a delivery key seen; false when it was seen before.
-    fn claim(&self, key: &str, source: &str) -> Result<bool, String>;
+    /// Marks a delivery key seen; false when it was seen before — within `window` when one is
+    /// given (a body hash: [`RETRY_WINDOW`]), else within the retention of sender ids.
+    fn claim(
+        &self,
+        key: &str,
+        source: &str,
+        window: Option<std::time::Duration>,
+    ) -> Result<bool, String>;
     fn catalog(&self) -> Result<Catalog, String>;
+    /// Whether a Project may be created for `repository` now (allow-list, cap), else why not.
+    fn may_auto_create(&self, _repository: &str) -> Result<(), String> {
+        Ok(())
+    }
     /// Creates a Project (with a Stage) for an image nobody uses; None when that is off.
     fn auto_create(
         &self,
@@ -140,10 +168,11 @@ pub trait Book: Ledger<Error = String> {
     ) -> Option<Result<ProjectRef, String>>;
 }
 
-/// The embedded store's transaction, and the manifest directory auto-created Projects go to.
+/// The embedded store's transaction, and the manifest directory auto-created Projects go to
+/// with what may be created there.
 struct StoreBook<'a, 't> {
     tx: &'a Tx<'t>,
-    manifests: Option<&'a std::path::Path>,
+    auto_create: Option<&'a (PathBuf, AutoCreatePolicy)>,
 }
 
 impl Ledger for StoreBook<'_, '_> {
@@ -162,12 +191,54 @@ impl Ledger for StoreBook<'_, '_> {
 }
 
 impl Book for StoreBook<'_, '_> {
-    fn claim(&self, key: &str, source: &str) -> Result<bool, String> {
-        Ok(self.tx.claim_delivery(key, source)?)
+    fn claim(
+        &self,
+        key: &str,
+        source: &str,
+        window: Option<std::time::Duration>,
+    ) -> Result<bool, String> {
+        Ok(match window {
+            None => self.tx.claim_delivery(key, source)?,
+            Some(w) => self.tx.claim_retry(
+                key,
+                source,
+                k8s_openapi::jiff::Timestamp::now().as_second(),
+                w.as_secs() as i64,
+            )?,
+        })
     }
 
     fn catalog(&self) -> Result<Catalog, String> {
         Ok(Catalog::load(self.tx)?)
+    }
+
+    fn may_auto_create(&self, repository: &str) -> Result<(), String> {
+        let Some((dir, policy)) = self.auto_create else {
+            return Ok(());
+        };
+        policy.admits(repository)?;
+        // The files are what the user sees and deletes: deleting one frees its place.
+        let made = std::fs::read_dir(dir.join("auto-created"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| {
+                        let name = e.file_name();
+                        let name = name.to_string_lossy();
+                        !name.starts_with('.') && name.ends_with(".yaml")
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if made >= policy.max {
+            return Err(format!(
+                "{made} Projects were auto-created already, the limit (--auto-create-max {}); \
+                 edit or delete files under {}, or raise the limit",
+                policy.max,
+                dir.join("auto-created").display()
+            ));
+        }
+        Ok(())
     }
 
     fn auto_create(
@@ -175,7 +246,7 @@ impl Book for StoreBook<'_, '_> {
         catalog: &mut Catalog,
         repository: &str,
     ) -> Option<Result<ProjectRef, String>> {
-        let dir = self.manifests?;
+        let (dir, _) = self.auto_create?;
         Some(ingest::auto_create(self.tx, dir, catalog, repository).map_err(|e| e.to_string()))
     }
 }
@@ -192,7 +263,9 @@ pub fn process<B: Book>(
         delivery_key: job.delivery_key.clone(),
         ..Default::default()
     };
-    let claim = |key: &str| book.claim(&format!("{source}:{key}"), source);
+    // The sender's id is remembered for days; a body hash only long enough for retries.
+    let window = job.delivery.delivery_id.is_none().then_some(RETRY_WINDOW);
+    let claim = |key: &str, window| book.claim(&format!("{source}:{key}"), source, window);
     let mut reasons: Vec<String> = Vec::new();
     match &job.delivery.parsed {
         Parsed::Ping => answer.ignored = Some("ping".into()),
@@ -203,12 +276,12 @@ pub fn process<B: Book>(
             let fresh: Vec<_> = if images.iter().all(|i| i.event_id.is_some()) {
                 let mut fresh = Vec::new();
                 for i in images {
-                    if claim(i.event_id.as_deref().unwrap_or_default())? {
+                    if claim(i.event_id.as_deref().unwrap_or_default(), None)? {
                         fresh.push(i);
                     }
                 }
                 fresh
-            } else if claim(&job.delivery_key)? {
+            } else if claim(&job.delivery_key, window)? {
                 images.iter().collect()
             } else {
                 Vec::new()
@@ -236,6 +309,9 @@ pub fn process<B: Book>(
                         "not authorised for the Projects using {}",
                         image.repository
                     ));
+                } else if let Err(why) = book.may_auto_create(&image.repository) {
+                    tracing::warn!(image = %image.repository, reason = %why, "no Project created for a new image");
+                    reasons.push(format!("no Project uses {}: {why}", image.repository));
                 } else if let Some(created) = book.auto_create(catalog, &image.repository) {
                     // A Project that cannot be created (a read-only manifests directory) is a
                     // reason, not a failure: the registry would retry a non-2xx forever and hold
@@ -267,7 +343,7 @@ pub fn process<B: Book>(
             }
         }
         Parsed::Git(events) => {
-            if !claim(&job.delivery_key)? {
+            if !claim(&job.delivery_key, window)? {
                 answer.duplicate = true;
                 return Ok(answer);
             }
@@ -323,14 +399,22 @@ fn loaded<'c, B: Book>(
     Ok(catalog.as_mut().expect("just loaded"))
 }
 
+/// The Projects of `users` this delivery may speak for: those it authenticated against, and any
+/// without a webhook secret (the URL secret, already checked, is all they ask). The latter covers
+/// Projects created after the listener looked — by an earlier tag of the same delivery, or by a
+/// concurrent delivery for the same new image — so every tag counts.
 fn allowed<'p>(users: &[&'p ProjectRef], accepted: &[(String, String)]) -> Vec<&'p ProjectRef> {
     users
         .iter()
         .copied()
         .filter(|p| {
-            accepted
-                .iter()
-                .any(|(ns, n)| *ns == p.namespace && *n == p.name)
+            p.spec
+                .webhook
+                .as_ref()
+                .is_none_or(|w| w.secret_ref.is_none())
+                || accepted
+                    .iter()
+                    .any(|(ns, n)| *ns == p.namespace && *n == p.name)
         })
         .collect()
 }

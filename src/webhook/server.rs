@@ -34,6 +34,34 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Time allowed for the body.
     pub body_timeout: Duration,
+    /// Reverse proxies (the TLS terminator) whose `Forwarded` / `X-Forwarded-For` name the
+    /// client that rate limits count; anyone else's such headers are ignored.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// An address range (`10.0.0.0/8`, `::1/128`) or one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr(ipnet::IpNet);
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        s.parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+            .map(|n| Cidr(n.trunc()))
+            .map_err(|_| format!("{s:?} is not an address or CIDR range (10.0.0.0/8, ::1/128)"))
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.contains(&ip)
+    }
 }
 
 impl Default for Config {
@@ -44,6 +72,7 @@ impl Default for Config {
             rate: Some((NonZeroU32::new(20).unwrap(), NonZeroU32::new(200).unwrap())),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -380,6 +409,62 @@ fn rate_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The client a request comes from: the connection's peer, unless that is a trusted proxy —
+/// then the nearest address its `Forwarded` (else `X-Forwarded-For`) header names that is not
+/// itself a trusted proxy. Headers from anyone else are ignored: they are the client's to write.
+fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let joined = |name: &str| {
+        let values: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
+    };
+    // Hops in the order the proxies appended them: the nearest last.
+    let hops: Vec<Option<IpAddr>> = if let Some(forwarded) = joined("forwarded") {
+        forwarded
+            .split(',')
+            .map(|element| {
+                element.split(';').find_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("for")
+                        .then(|| forwarded_node(v.trim().trim_matches('"')))?
+                })
+            })
+            .collect()
+    } else if let Some(xff) = joined("x-forwarded-for") {
+        xff.split(',').map(|h| forwarded_node(h.trim())).collect()
+    } else {
+        Vec::new()
+    };
+    let mut client = peer;
+    for hop in hops.into_iter().rev() {
+        // `unknown`, an obfuscated name: the nearest trusted hop is all that is known.
+        let Some(hop) = hop else { break };
+        client = hop;
+        if !is_trusted(hop) {
+            break;
+        }
+    }
+    client
+}
+
+/// `192.0.2.1`, `192.0.2.1:4711`, `[2001:db8::1]`, `[2001:db8::1]:4711`, `2001:db8::1`.
+fn forwarded_node(node: &str) -> Option<IpAddr> {
+    if let Some(rest) = node.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok();
+    }
+    node.parse::<IpAddr>()
+        .ok()
+        .or_else(|| node.parse::<SocketAddr>().ok().map(|s| s.ip()))
+}
+
 /// The answer to an unknown route — and, byte for byte, to a wrong URL secret.
 fn not_found() -> warp::reply::Response {
     warp::reply::with_status(warp::reply(), StatusCode::NOT_FOUND).into_response()
@@ -436,20 +521,6 @@ async fn handle(
         body: None,
         retry_after: None,
     };
-    if let Some(limiter) = &shared.limiter
-        && let Err(not_until) = limiter.check_key(&rate_key(client))
-    {
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(
-            &governor::clock::DefaultClock::default(),
-        ));
-        let mut r = Response::error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many deliveries from this address; retry later",
-        );
-        r.retry_after = Some(wait.as_secs_f64().ceil() as u64);
-        return (None, r);
-    }
     let (url_secret, projects) = match shared.snapshot() {
         Ok(s) => s,
         Err(e) => {
@@ -474,9 +545,26 @@ async fn handle(
         "" => Some(Provider::Generic),
         other => Provider::from_segment(other),
     };
+    // A wrong secret costs a constant-time compare and reads no body: it is answered before
+    // the rate limit, so guesses never spend the budget of the real URL's senders.
     let (true, Some(provider)) = (known, provider) else {
         return (None, not_found());
     };
+    let client = client_address(client, headers, &shared.config.trusted_proxies);
+    if let Some(limiter) = &shared.limiter
+        && let Err(not_until) = limiter.check_key(&rate_key(client))
+    {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        let mut r = Response::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many deliveries from this address; retry later",
+        );
+        r.retry_after = Some(wait.as_secs_f64().ceil() as u64);
+        return (Some(provider), r);
+    }
     let body = match read_body(
         headers,
         body,
@@ -515,7 +603,21 @@ async fn handle(
         super::Parsed::Images(images) => {
             let mut c: Vec<&ProjectRef> = Vec::new();
             for i in images {
-                for p in ingest::for_image(&projects, &i.repository) {
+                let users = ingest::for_image(&projects, &i.repository);
+                // An image no Project uses may become one (auto-creation): it must be one the
+                // controller could ever deploy, by the controller's own validator.
+                if users.is_empty()
+                    && let Err(why) = ingest::valid_repository(&i.repository)
+                {
+                    return (
+                        Some(provider),
+                        refused(
+                            provider,
+                            &WebhookError::BadRequest(format!("image {}: {why}", i.repository)),
+                        ),
+                    );
+                }
+                for p in users {
                     if !c
                         .iter()
                         .any(|x| x.namespace == p.namespace && x.name == p.name)
@@ -540,7 +642,40 @@ async fn handle(
             }
             c
         }
-        super::Parsed::Ignored(_) | super::Parsed::Ping => Vec::new(),
+        // Asks nothing, but names repositories: their Projects' secrets are checked all the
+        // same, so a forger learns nothing and a wrong signature is a 401 everywhere.
+        super::Parsed::Ignored(_) | super::Parsed::Ping => {
+            let mut c: Vec<&ProjectRef> = Vec::new();
+            for named in &delivery.named {
+                let found = match named {
+                    super::Named::Image(repository) => ingest::for_image(&projects, repository),
+                    super::Named::Git(repository) => ingest::for_git(
+                        &projects,
+                        provider.as_str(),
+                        &super::GitEvent {
+                            repository: repository.clone(),
+                            branch: None,
+                            tag: None,
+                            sha: String::new(),
+                            kind: "push",
+                        },
+                    ),
+                };
+                for p in found {
+                    if p.spec
+                        .webhook
+                        .as_ref()
+                        .is_some_and(|w| w.secret_ref.is_some())
+                        && !c
+                            .iter()
+                            .any(|x| x.namespace == p.namespace && x.name == p.name)
+                    {
+                        c.push(p);
+                    }
+                }
+            }
+            c
+        }
     };
     let mut accepted = Vec::new();
     let mut refused_any = false;

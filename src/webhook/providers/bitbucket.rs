@@ -19,12 +19,18 @@ pub(super) fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<Delivery, 
         "diagnostics:ping" => any_json(body).map(|()| Parsed::Ping)?,
         other => any_json(body).map(|()| Parsed::Ignored(format!("event {other} is not used")))?,
     };
+    let named = if matches!(parsed, Parsed::Ignored(_) | Parsed::Ping) {
+        super::named(crate::webhook::Provider::Bitbucket, body)
+    } else {
+        Vec::new()
+    };
     Ok(Delivery {
         parsed,
         auth,
         // Cloud sends `X-Request-UUID`, Server `X-Request-Id`.
         delivery_id: first_header(headers, &["X-Request-UUID", "X-Request-Id"]),
         event,
+        named,
     })
 }
 

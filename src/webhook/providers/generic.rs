@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::{JSON, bad, image_push, json, media_type, split_reference};
+use super::{JSON, bad, first_header, image_push, json, media_type, split_reference};
 use crate::webhook::{Auth, Delivery, Parsed, WebhookError};
 
 #[derive(Deserialize)]
@@ -27,8 +27,11 @@ pub(super) fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<Delivery, 
     Ok(Delivery {
         parsed: Parsed::Images(vec![image_push(repository, tag, digest, None)?]),
         auth: Auth::None,
-        delivery_id: None,
+        // A script may name its delivery (a CI run id): then a redelivery counts once, however
+        // late. Without one, an identical body counts once only within the retry window.
+        delivery_id: first_header(headers, &["Idempotency-Key"]),
         event: "image".into(),
+        named: Vec::new(),
     })
 }
 

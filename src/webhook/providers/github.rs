@@ -33,11 +33,17 @@ pub(super) fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<Delivery, 
         "workflow_run" => workflow_run(json(body)?),
         other => any_json(body).map(|()| Parsed::Ignored(format!("event {other} is not used")))?,
     };
+    let named = if matches!(parsed, Parsed::Ignored(_) | Parsed::Ping) {
+        super::named(crate::webhook::Provider::Github, body)
+    } else {
+        Vec::new()
+    };
     Ok(Delivery {
         parsed,
         auth,
         delivery_id: first_header(headers, &["X-GitHub-Delivery"]),
         event,
+        named,
     })
 }
 

@@ -27,12 +27,18 @@ pub(super) fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<Delivery, 
         }
         other => any_json(body).map(|()| Parsed::Ignored(format!("event {other} is not used")))?,
     };
+    let named = if matches!(parsed, Parsed::Ignored(_) | Parsed::Ping) {
+        super::named(crate::webhook::Provider::Gitlab, body)
+    } else {
+        Vec::new()
+    };
     Ok(Delivery {
         parsed,
         auth,
         // `Idempotency-Key` stays the same across retries; older GitLab sends only the UUID.
         delivery_id: first_header(headers, &["Idempotency-Key", "X-Gitlab-Event-UUID"]),
         event,
+        named,
     })
 }
 

@@ -58,6 +58,7 @@ pub(super) fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<Delivery, 
         auth: token(headers, "Authorization"),
         delivery_id: None,
         event: event.kind,
+        named: Vec::new(),
     })
 }
 

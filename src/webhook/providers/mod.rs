@@ -19,7 +19,7 @@ use http::header::CONTENT_TYPE;
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer};
 
-use super::{Auth, Delivery, GitEvent, ImagePush, Parsed, Provider, WebhookError, header};
+use super::{Auth, Delivery, GitEvent, ImagePush, Named, Parsed, Provider, WebhookError, header};
 
 /// Parses one delivery from `provider`: what it asks for, how it proves its secret, and its id.
 ///
@@ -257,4 +257,53 @@ fn image_push(
         digest: digest.map(str::to_owned),
         event_id: event_id.map(str::to_owned),
     })
+}
+
+/// The repositories a delivery that asks nothing names, read leniently (any field may be
+/// missing): Git repositories as the parsers spell them for [`GitEvent`]s, and for GitHub
+/// package events the ghcr.io image. Only used to find Projects whose secret must be checked.
+pub(super) fn named(provider: Provider, body: &[u8]) -> Vec<Named> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    let text = |pointer: &str| {
+        v.pointer(pointer)
+            .and_then(|x| x.as_str())
+            .filter(|s| !s.is_empty())
+    };
+    let mut out = Vec::new();
+    match provider {
+        Provider::Github => {
+            if let Some(r) = text("/repository/full_name") {
+                out.push(Named::Git(r.to_owned()));
+            }
+            for key in ["package", "registry_package"] {
+                if let (Some(owner), Some(name)) = (
+                    text(&format!("/{key}/owner/login")),
+                    text(&format!("/{key}/name")),
+                ) {
+                    out.push(Named::Image(
+                        format!("ghcr.io/{owner}/{name}").to_lowercase(),
+                    ));
+                }
+            }
+        }
+        Provider::Gitlab => {
+            if let Some(r) = text("/project/path_with_namespace") {
+                out.push(Named::Git(r.to_owned()));
+            }
+        }
+        Provider::Bitbucket => {
+            if let Some(r) = text("/repository/full_name") {
+                out.push(Named::Git(r.to_owned()));
+            }
+            if let (Some(key), Some(slug)) =
+                (text("/repository/project/key"), text("/repository/slug"))
+            {
+                out.push(Named::Git(format!("{key}/{slug}").to_lowercase()));
+            }
+        }
+        _ => {}
+    }
+    out
 }

@@ -55,5 +55,6 @@ pub(super) fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<Delivery, 
         auth: Auth::None,
         delivery_id: None,
         event: "repo_push".into(),
+        named: Vec::new(),
     })
 }

@@ -101,6 +101,7 @@ pub(super) fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<Delivery, 
         } else {
             actions.join(",")
         },
+        named: Vec::new(),
     })
 }
 
