@@ -304,7 +304,7 @@ async fn a_container_named_by_the_previous_release_is_adopted_not_redeployed() {
         digest: image.digest().to_string(),
         container_id: Some(id.clone()),
         container_name: Some(old.name.clone()),
-        since: None,
+        ..Default::default()
     });
     r.runtime.take();
 
