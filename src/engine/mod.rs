@@ -2,6 +2,8 @@
 //! carries them out through small traits. Nothing here knows Kubernetes, Docker or HTTP types.
 
 pub mod conditions;
+#[cfg(any(test, feature = "testing"))]
+pub mod fake;
 pub mod health;
 pub mod reasons;
 pub mod reconcile;

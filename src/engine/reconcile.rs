@@ -976,6 +976,10 @@ fn report(
 }
 
 #[cfg(test)]
+#[path = "machine_tests.rs"]
+mod machine_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

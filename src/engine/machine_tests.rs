@@ -1,0 +1,368 @@
+//! The deploy state machine without Docker: the scripted fake of `engine::fake` on a paused
+//! clock, so health waits and drains take no real time. Each test asserts the order of the
+//! runtime's verbs and what status says; the same paths run on real Docker in
+//! `tests/engine_docker.rs`.
+
+use super::*;
+use crate::api::{HealthCheck, HealthCheckType, ProjectSpec, StageSpec};
+use crate::engine::fake::{Behaviour, FakeDocker, FakeProber};
+
+struct NoSink;
+
+impl StatusSink for NoSink {
+    async fn save(&self, _: &StageKey, _: &StageStatus) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+struct NoSecrets;
+
+impl Secrets for NoSecrets {
+    fn value(&self, _: &str, _: &EnvValueSource<'_>) -> Result<String, String> {
+        Err("no secrets here".into())
+    }
+}
+
+type Machine = Reconciler<FakeDocker, FakeProber, NoSink, NoSecrets>;
+
+/// One Stage of the demo Project on a fake Docker with 1.0.0 and 1.1.0 healthy, 1.2.0-broken
+/// answering 500 and 1.3.0-crash exiting at once.
+struct World {
+    docker: FakeDocker,
+    machine: Machine,
+    project: ProjectSpec,
+    stage: StageSpec,
+    generation: i64,
+    status: StageStatus,
+}
+
+impl World {
+    fn new(tag: &str, host_port: Option<u16>) -> World {
+        let docker = FakeDocker::default();
+        for (tag, b) in [
+            ("1.0.0", Behaviour::Healthy),
+            ("1.1.0", Behaviour::Healthy),
+            ("1.2.0-broken", Behaviour::Unhealthy),
+            ("1.3.0-crash", Behaviour::Crashes),
+        ] {
+            docker.image(&format!("demo:{tag}"), b);
+        }
+        let machine = Reconciler {
+            runtime: docker.clone(),
+            prober: docker.prober(),
+            sink: NoSink,
+            secrets: NoSecrets,
+            proxy: NoProxy,
+            host_name: "default".into(),
+            instance: "unit".into(),
+        };
+        let project = ProjectSpec {
+            image: "demo".into(),
+            health_check: Some(HealthCheck {
+                kind: Some(HealthCheckType::Http),
+                path: Some("/healthz".into()),
+                interval_seconds: Some(1),
+                retries: Some(2),
+                start_period_seconds: Some(2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let stage = StageSpec {
+            project_ref: "demo".into(),
+            pinned_tag: Some(tag.into()),
+            host_port,
+            host_ip: host_port.map(|_| "127.0.0.1".into()),
+            ..Default::default()
+        };
+        World {
+            docker,
+            machine,
+            project,
+            stage,
+            generation: 1,
+            status: StageStatus::default(),
+        }
+    }
+
+    fn pin(&mut self, tag: &str) {
+        self.stage.pinned_tag = Some(tag.into());
+        self.generation += 1;
+    }
+
+    async fn pass(&mut self) -> Requeue {
+        let key = StageKey {
+            namespace: "default".into(),
+            project: "demo".into(),
+            stage: "prod".into(),
+        };
+        let observed = self.docker.containers();
+        let input = StageInput {
+            key,
+            generation: self.generation,
+            stage: &self.stage,
+            project: Some(&self.project),
+        };
+        let out = self
+            .machine
+            .reconcile(&input, &observed, self.status.clone())
+            .await;
+        self.status = out.status;
+        out.requeue
+    }
+
+    fn ready(&self) -> (String, String) {
+        let c = conditions::ready(&self.status.conditions).expect("a Ready condition");
+        (c.status.clone(), c.reason.clone())
+    }
+
+    fn message(&self) -> String {
+        self.status.message.clone().unwrap_or_default()
+    }
+
+    /// The one running container's tag.
+    fn serving(&self) -> Vec<String> {
+        self.docker
+            .containers()
+            .iter()
+            .filter(|c| c.running)
+            .map(|c| c.label(crate::api::labels::TAG).unwrap_or("?").to_string())
+            .collect()
+    }
+}
+
+fn position(steps: &[String], prefix: &str) -> usize {
+    steps
+        .iter()
+        .position(|s| s.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in {steps:?}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_roll_forward_starts_the_new_container_before_the_old_one_stops() {
+    let mut w = World::new("1.0.0", None);
+    assert_eq!(w.pass().await, Requeue::Resync);
+    assert_eq!(w.status.phase, Some(Phase::Healthy), "{}", w.message());
+    assert_eq!(w.serving(), ["1.0.0"]);
+    let old = w.docker.containers()[0].id.clone();
+    w.docker.steps();
+
+    w.pin("1.1.0");
+    assert_eq!(w.pass().await, Requeue::Resync);
+    let steps = w.docker.steps();
+    assert!(
+        position(&steps, "start") < position(&steps, &format!("stop {old}")),
+        "{steps:?}"
+    );
+    assert_eq!(w.serving(), ["1.1.0"]);
+    assert_eq!(
+        w.docker.containers().len(),
+        1,
+        "the old container is removed"
+    );
+    assert_eq!(w.status.current.as_ref().unwrap().tag, "1.1.0");
+    assert_eq!(w.status.previous.as_ref().unwrap().tag, "1.0.0");
+    assert_eq!(w.status.history[0].outcome, Outcome::Succeeded);
+    assert_eq!(w.ready(), ("True".into(), "Healthy".into()));
+    assert!(
+        w.message().starts_with("1.1.0 is serving (healthy in "),
+        "{}",
+        w.message()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_converged_stage_is_left_alone_and_its_status_is_not_rewritten() {
+    let mut w = World::new("1.0.0", None);
+    w.pass().await;
+    let converged = w.status.clone();
+    w.docker.steps();
+    for _ in 0..3 {
+        assert_eq!(w.pass().await, Requeue::Resync);
+    }
+    assert!(w.docker.steps().is_empty(), "a steady Stage writes nothing");
+    assert_eq!(w.status, converged);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_tag_is_rolled_back_held_and_never_touches_what_serves() {
+    let mut w = World::new("1.1.0", None);
+    w.pass().await;
+    let serving = w.docker.containers()[0].id.clone();
+    w.docker.steps();
+
+    w.pin("1.2.0-broken");
+    assert_eq!(w.pass().await, Requeue::Resync);
+    let steps = w.docker.steps();
+    assert!(
+        !steps.iter().any(|s| *s == format!("stop {serving}")),
+        "{steps:?}"
+    );
+    assert_eq!(w.status.phase, Some(Phase::RolledBack));
+    assert_eq!(w.ready(), ("False".into(), "RolledBack".into()));
+    let message = w.message();
+    assert!(
+        message.contains("1.2.0-broken failed its health check"),
+        "{message}"
+    );
+    assert!(message.contains("answered 500"), "{message}");
+    assert!(message.contains("1.1.0 keeps serving"), "{message}");
+    assert_eq!(w.serving(), ["1.1.0"]);
+    assert_eq!(
+        w.docker.containers().len(),
+        1,
+        "the broken container is removed"
+    );
+    let failure = w.status.last_failure.clone().unwrap();
+    assert_eq!(failure.reason, "HealthCheckFailed");
+
+    // Held: the next passes do not try it again.
+    w.pass().await;
+    w.pass().await;
+    assert!(
+        !w.docker.steps().iter().any(|s| s.starts_with("create")),
+        "a held failure was retried"
+    );
+    assert_eq!(w.status.phase, Some(Phase::RolledBack));
+
+    // An edit lifts the hold; pinning what serves ends the episode without a new container.
+    w.pin("1.1.0");
+    w.pass().await;
+    assert_eq!(w.status.phase, Some(Phase::Healthy));
+    assert!(w.status.last_failure.is_none());
+    assert!(!w.docker.steps().iter().any(|s| s.starts_with("create")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fixed_host_port_is_handed_over_first_and_given_back_on_failure() {
+    let mut w = World::new("1.0.0", Some(8081));
+    w.pass().await;
+    let old = w.docker.containers()[0].id.clone();
+    w.docker.steps();
+
+    w.pin("1.3.0-crash");
+    w.pass().await;
+    let steps = w.docker.steps();
+    assert!(
+        position(&steps, &format!("stop {old}")) < position(&steps, "create"),
+        "the old container hands the port over before the new one exists: {steps:?}"
+    );
+    assert_eq!(
+        steps.last().map(String::as_str),
+        Some(format!("start {old}").as_str()),
+        "the old container is started again: {steps:?}"
+    );
+    assert_eq!(w.serving(), ["1.0.0"]);
+    let message = w.message();
+    assert!(message.contains("exited with code 1"), "{message}");
+    assert!(
+        message.contains("1.0.0 serves again on host port 8081, which 1.3.0-crash held for"),
+        "{message}"
+    );
+
+    // A good tag takes the port over and says how long the gap was.
+    w.pin("1.1.0");
+    w.pass().await;
+    assert_eq!(w.serving(), ["1.1.0"]);
+    assert!(
+        w.status.history[0]
+            .message
+            .contains("host port 8081 handed over")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tag_that_cannot_be_had_leaves_the_stage_degraded_and_the_container_alone() {
+    let mut w = World::new("1.0.0", None);
+    w.pass().await;
+    w.docker.steps();
+    w.pin("9.9.9");
+    assert_eq!(w.pass().await, Requeue::Retry);
+    assert!(w.docker.steps().is_empty());
+    assert_eq!(w.status.phase, Some(Phase::Degraded));
+    assert_eq!(w.ready(), ("False".into(), "ImageUnavailable".into()));
+    assert!(w.message().contains("demo:9.9.9"), "{}", w.message());
+    assert!(w.message().contains("1.0.0 is still the deployed version"));
+    assert_eq!(w.serving(), ["1.0.0"]);
+
+    // Docker away: still Degraded, the reason says so; back: Healthy again, nothing redeployed.
+    w.pin("1.0.0");
+    w.docker.set_unreachable(true);
+    assert_eq!(w.pass().await, Requeue::Retry);
+    assert_eq!(w.status.phase, Some(Phase::Degraded));
+    assert_eq!(w.ready(), ("False".into(), "DockerUnreachable".into()));
+    w.docker.set_unreachable(false);
+    assert_eq!(w.pass().await, Requeue::Resync);
+    assert_eq!(w.status.phase, Some(Phase::Healthy));
+    assert!(!w.docker.steps().iter().any(|s| s.starts_with("create")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn drift_is_repaired_without_a_deploy() {
+    let mut w = World::new("1.0.0", None);
+    w.pass().await;
+    let c = w.docker.containers()[0].clone();
+    let history = w.status.history.len();
+
+    w.docker.stop(&c.id, 0).await.unwrap();
+    w.pass().await;
+    assert_eq!(w.serving(), ["1.0.0"]);
+    assert_eq!(
+        w.docker.containers()[0].id,
+        c.id,
+        "the same container is started again"
+    );
+    assert_eq!(w.status.history.len(), history, "a restart is not a deploy");
+
+    w.docker.remove(&c.id).await.unwrap();
+    w.pass().await;
+    let now = w.docker.containers();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0].id, c.id);
+    assert_eq!(now[0].name, c.name, "the same deterministic name");
+    assert_eq!(w.status.phase, Some(Phase::Healthy));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deploy_interrupted_after_create_is_resumed_without_a_second_container() {
+    let mut w = World::new("1.0.0", None);
+    w.pass().await;
+    // A crash right after `create`: the new container exists, stopped; status says Deploying.
+    w.pin("1.1.0");
+    let eff = Effective::new(&w.project, &w.stage).unwrap();
+    let image = w
+        .docker
+        .ensure_image("demo:1.1.0", Pull::Never)
+        .await
+        .unwrap();
+    let key = StageKey {
+        namespace: "default".into(),
+        project: "demo".into(),
+        stage: "prod".into(),
+    };
+    let spec = eff.container_spec(&key, "unit", "1.1.0", &image, &Default::default());
+    w.docker.create(&spec).await.unwrap();
+    w.status.phase = Some(Phase::Deploying);
+    w.docker.steps();
+
+    w.pass().await;
+    assert!(!w.docker.steps().iter().any(|s| s.starts_with("create")));
+    assert_eq!(w.serving(), ["1.1.0"]);
+    assert_eq!(w.docker.containers().len(), 1);
+    assert_eq!(w.status.phase, Some(Phase::Healthy));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_deploy_that_fails_has_nothing_to_roll_back_to() {
+    let mut w = World::new("1.2.0-broken", None);
+    w.pass().await;
+    assert_eq!(w.status.phase, Some(Phase::Failed));
+    assert_eq!(w.ready(), ("False".into(), "DeployFailed".into()));
+    assert!(
+        w.message().contains("nothing to roll back to"),
+        "{}",
+        w.message()
+    );
+    assert!(w.docker.containers().is_empty());
+    assert!(w.status.current.is_none());
+}
