@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -89,6 +90,114 @@ enum Config {
     /// Those nginx last accepted for this host (`status.proxy.settings`), while nginx's
     /// rejection of the desired ones is held; the desired ones when none are recorded.
     LastAccepted,
+}
+
+/// Why a new container did not take over; each is held against its tag (see `held_failure`).
+#[derive(Debug)]
+enum Failure {
+    NoHealthCheck(String),
+    StartFailed(String),
+    Unhealthy(String),
+    /// nginx or NPM refused the route to it.
+    ProxySwitch(String),
+}
+
+impl Failure {
+    fn reason(&self) -> Reason {
+        match self {
+            Failure::NoHealthCheck(_) => Reason::InvalidHealthCheck,
+            Failure::StartFailed(_) => Reason::StartFailed,
+            Failure::Unhealthy(_) => Reason::HealthCheckFailed,
+            Failure::ProxySwitch(_) => Reason::ProxySwitchFailed,
+        }
+    }
+
+    /// "1.2.0 {what} ({detail})".
+    fn what(&self) -> &'static str {
+        match self {
+            Failure::NoHealthCheck(_) => "has no usable health check",
+            Failure::StartFailed(_) => "did not start",
+            Failure::Unhealthy(_) => "failed its health check",
+            Failure::ProxySwitch(_) => "could not take over the proxy route",
+        }
+    }
+
+    fn detail(&self) -> &str {
+        match self {
+            Failure::NoHealthCheck(d)
+            | Failure::StartFailed(d)
+            | Failure::Unhealthy(d)
+            | Failure::ProxySwitch(d) => d,
+        }
+    }
+}
+
+/// One deploy under way: what it rolls out, what it can go back to, and how it started.
+struct Rollout<'a> {
+    input: &'a StageInput<'a>,
+    eff: &'a Effective,
+    tag: String,
+    digest: String,
+    image: ImageInfo,
+    spec: ContainerSpec,
+    /// The new container when it exists already (an interrupted deploy, or drift).
+    existing: Option<&'a ContainerInfo>,
+    /// The Stage's other containers: retired on success.
+    others: &'a [&'a ContainerInfo],
+    /// Which proxy settings the route is written with.
+    config: Config,
+    started_at: String,
+    /// Restarting the serving container after drift is not a deploy: no history, no retiring.
+    drift_restart: bool,
+    /// The rollback target: what status says serves, else the newest other container.
+    fallback: Option<&'a ContainerInfo>,
+    /// With a fixed host port held by a running old container: when its handover began (set
+    /// when it does).
+    handover: Option<Instant>,
+}
+
+impl<'a> Rollout<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        input: &'a StageInput<'a>,
+        eff: &'a Effective,
+        status: &StageStatus,
+        tag: String,
+        image: ImageInfo,
+        spec: ContainerSpec,
+        existing: Option<&'a ContainerInfo>,
+        others: &'a [&'a ContainerInfo],
+        config: Config,
+    ) -> Rollout<'a> {
+        let is_current =
+            |c: &ContainerInfo| status.current.as_ref().is_some_and(|d| is_deployed(d, c));
+        let fallback = others
+            .iter()
+            .find(|c| is_current(c))
+            .or_else(|| others.iter().max_by_key(|c| (c.running, c.created)))
+            .copied();
+        let handover = (spec.host_port.is_some_and(|p| p != 0) && others.iter().any(|c| c.running))
+            .then(Instant::now);
+        Rollout {
+            input,
+            eff,
+            digest: image.digest().to_string(),
+            drift_restart: existing.is_some_and(is_current),
+            tag,
+            image,
+            spec,
+            existing,
+            others,
+            config,
+            started_at: now(),
+            fallback,
+            handover,
+        }
+    }
+
+    fn generation(&self) -> Option<i64> {
+        Some(self.input.generation)
+    }
 }
 
 /// A failed step: its condition reason and whether retrying may help.
@@ -340,278 +449,313 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                 Requeue::Retry
             });
         }
-        self.deploy(
+        let mut rollout = Rollout::new(
             input, eff, status, tag, image, spec, target, &others, config,
-        )
-        .await
+        );
+        self.deploy(&mut rollout, status).await
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Rolls `rollout` out: port handover → create (or adopt) → start → health gate → proxy
+    /// switch and drain → promote and retire; or roll back and say why.
     async fn deploy(
         &self,
-        input: &StageInput<'_>,
-        eff: &Effective,
+        ro: &mut Rollout<'_>,
         status: &mut StageStatus,
-        tag: String,
-        image: ImageInfo,
-        spec: ContainerSpec,
-        existing: Option<&ContainerInfo>,
-        others: &[&ContainerInfo],
-        config: Config,
     ) -> Result<Requeue, StepError> {
-        let generation = Some(input.generation);
-        let started_at = now();
-        let digest = image.digest().to_string();
-        let current = status.current.clone();
-        let is_current = |c: &ContainerInfo| current.as_ref().is_some_and(|d| is_deployed(d, c));
-        // Restarting the serving container after drift is not a deploy: no history, no retiring.
-        let drift_restart = existing.is_some_and(is_current);
-        let message = if drift_restart {
-            format!("restarting {tag}: its container was not running")
-        } else {
-            format!("deploying {tag} ({})", short(&digest))
+        self.begin(ro, status).await;
+        self.hand_over_port(ro).await?;
+        let ro = &*ro;
+        let id = self.create_or_adopt(ro).await?;
+        let checked = self.start_and_check(ro, &id).await;
+        let (verdict, proxy_error) = match checked {
+            Ok(took) => self.switch_proxy(ro, status, &id, took).await,
+            Err(failure) => (Err(failure), None),
         };
-        tracing::info!(%tag, digest = %digest, container = %spec.name, "{message}");
-        status.phase = Some(Phase::Deploying);
-        report(status, false, Reason::Deploying, message, generation);
-        self.save(&input.key, status).await;
+        match verdict {
+            Ok(_) if proxy_error.is_some() && !ro.drift_restart && status.proxy.is_some() => {
+                Ok(self.wait_for_proxy(ro, status))
+            }
+            Ok(took) => self.promote(ro, status, &id, took, proxy_error).await,
+            // Nothing better to go back to: leave it to Docker's restart policy, say so.
+            Err(failure) if ro.drift_restart => Err(StepError {
+                reason: Reason::Unhealthy,
+                message: format!(
+                    "{} was restarted but is not healthy: {}",
+                    ro.tag,
+                    failure.detail()
+                ),
+                transient: true,
+            }),
+            Err(failure) => self.roll_back(ro, status, &id, failure).await,
+        }
+    }
 
-        // The rollback target: what status says serves, else the newest other container.
-        let fallback = others
-            .iter()
-            .find(|c| is_current(c))
-            .or_else(|| others.iter().max_by_key(|c| (c.running, c.created)))
-            .copied();
-        let handover = spec.host_port.is_some_and(|p| p != 0) && others.iter().any(|c| c.running);
-        let handover_started = Instant::now();
-        if handover {
-            // A fixed host port can be bound by one container only: the old one hands it over.
-            for c in others.iter().filter(|c| c.running) {
-                self.runtime.stop(&c.id, stop_timeout(eff)).await?;
+    /// Says what is about to happen and saves it: a restarted controller resumes from it.
+    async fn begin(&self, ro: &Rollout<'_>, status: &mut StageStatus) {
+        let message = if ro.drift_restart {
+            format!("restarting {}: its container was not running", ro.tag)
+        } else {
+            format!("deploying {} ({})", ro.tag, short(&ro.digest))
+        };
+        tracing::info!(tag = %ro.tag, digest = %ro.digest, container = %ro.spec.name, "{message}");
+        status.phase = Some(Phase::Deploying);
+        report(status, false, Reason::Deploying, message, ro.generation());
+        self.save(&ro.input.key, status).await;
+    }
+
+    /// A fixed host port can be bound by one container only: the old one hands it over.
+    async fn hand_over_port(&self, ro: &mut Rollout<'_>) -> Result<(), StepError> {
+        if let Some(started) = &mut ro.handover {
+            *started = Instant::now();
+            for c in ro.others.iter().filter(|c| c.running) {
+                self.runtime.stop(&c.id, stop_timeout(ro.eff)).await?;
             }
         }
+        Ok(())
+    }
 
-        let id = match existing {
-            Some(c) => c.id.clone(),
-            None => match self.runtime.create(&spec).await {
-                Ok(id) => id,
-                // A crash between create and the status write left it there: same name, same spec.
-                Err(RuntimeError::Conflict(_)) => spec.name.clone(),
-                Err(e) => {
-                    self.restore(fallback, handover).await;
-                    return Err(e.into());
+    async fn create_or_adopt(&self, ro: &Rollout<'_>) -> Result<String, StepError> {
+        if let Some(c) = ro.existing {
+            return Ok(c.id.clone());
+        }
+        match self.runtime.create(&ro.spec).await {
+            Ok(id) => Ok(id),
+            // A crash between create and the status write left it there: same name, same spec.
+            Err(RuntimeError::Conflict(_)) => Ok(ro.spec.name.clone()),
+            Err(e) => {
+                self.restore(ro.fallback, ro.handover.is_some()).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Starts the container and waits for the health gate: how long it took, or why not.
+    async fn start_and_check(&self, ro: &Rollout<'_>, id: &str) -> Result<Duration, Failure> {
+        let check = Check::choose(&ro.eff.health, ro.spec.port, ro.image.has_healthcheck)
+            .map_err(Failure::NoHealthCheck)?;
+        self.runtime
+            .start(id)
+            .await
+            .map_err(|e| Failure::StartFailed(e.to_string()))?;
+        health::wait_healthy(
+            &self.runtime,
+            &self.prober,
+            id,
+            &check,
+            &ro.eff.health,
+            reach(&ro.spec),
+        )
+        .await
+        .map_err(Failure::Unhealthy)
+    }
+
+    /// Healthy: the proxy switches to the new container before anything old is retired, then
+    /// requests in flight to the old one drain. A route nginx or NPM refuses fails the deploy;
+    /// the proxy away or the domain taken does not (returned beside the verdict).
+    async fn switch_proxy(
+        &self,
+        ro: &Rollout<'_>,
+        status: &mut StageStatus,
+        id: &str,
+        took: Duration,
+    ) -> (Result<Duration, Failure>, Option<ProxyError>) {
+        let routed_before = status.proxy.as_ref().map(|p| p.target.clone());
+        match self
+            .sync_proxy(ro.input, ro.eff, status, id, ro.spec.port, ro.config)
+            .await
+        {
+            Ok(changed) => {
+                // Also when an earlier attempt's write got through although NPM did not say so:
+                // the route moved, requests may be in flight to the old container.
+                let moved = status.proxy.as_ref().map(|p| &p.target) != routed_before.as_ref();
+                if (changed || moved) && !ro.drift_restart {
+                    let drain = ro.eff.proxy.as_ref().map(|p| p.drain).unwrap_or_default();
+                    tokio::time::sleep(drain).await;
                 }
-            },
+                (Ok(took), None)
+            }
+            Err(e) if e.route_at_fault() && !ro.drift_restart => {
+                (Err(Failure::ProxySwitch(e.to_string())), None)
+            }
+            Err(e) => (Ok(took), Some(e)),
+        }
+    }
+
+    /// The proxy still routes to the old container and cannot be switched now: keep both
+    /// running and try the switch again (the new one is adopted by name).
+    fn wait_for_proxy(&self, ro: &Rollout<'_>, status: &mut StageStatus) -> Requeue {
+        status.phase = Some(Phase::Deploying);
+        let why = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == PROXY_READY)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        let message = format!(
+            "{} is healthy; waiting for the proxy to switch to it ({why})",
+            ro.tag
+        );
+        report(
+            status,
+            false,
+            Reason::ProxyPending,
+            message,
+            ro.generation(),
+        );
+        Requeue::Retry
+    }
+
+    /// The new container serves: retire the old ones, record the deploy.
+    async fn promote(
+        &self,
+        ro: &Rollout<'_>,
+        status: &mut StageStatus,
+        id: &str,
+        took: Duration,
+        proxy_error: Option<ProxyError>,
+    ) -> Result<Requeue, StepError> {
+        let tag = &ro.tag;
+        if !ro.drift_restart {
+            self.retire(ro.others, ro.eff).await?;
+        }
+        let note = match ro.handover {
+            Some(started) => format!(
+                "healthy in {:.1}s; host port {} handed over with a {:.1}s gap",
+                took.as_secs_f64(),
+                ro.spec.host_port.unwrap_or_default(),
+                started.elapsed().as_secs_f64()
+            ),
+            None => format!("healthy in {:.1}s", took.as_secs_f64()),
         };
-        // Err((what failed, why)): the CamelCase reason and the sentence that go into status.
-        let verdict = match Check::choose(&eff.health, spec.port, image.has_healthcheck) {
-            Err(e) => Err((Reason::InvalidHealthCheck, "has no usable health check", e)),
-            Ok(check) => match self.runtime.start(&id).await {
-                Err(e) => Err((Reason::StartFailed, "did not start", e.to_string())),
-                Ok(()) => health::wait_healthy(
-                    &self.runtime,
-                    &self.prober,
-                    &id,
-                    &check,
-                    &eff.health,
-                    reach(&spec),
+        tracing::info!(%tag, container = %ro.spec.name, "{note}");
+        if !ro.drift_restart {
+            let new = Deployed {
+                tag: tag.clone(),
+                digest: ro.digest.clone(),
+                container_id: Some(id.to_string()),
+                container_name: Some(ro.spec.name.clone()),
+                since: Some(now()),
+                resolved_at: None,
+            };
+            if let Some(old) = status.current.replace(new)
+                && (old.tag != *tag || old.digest != ro.digest)
+            {
+                status.previous = Some(old);
+            }
+            let started = ro.started_at.clone();
+            record(
+                status,
+                tag,
+                Some(&ro.digest),
+                started,
+                Outcome::Succeeded,
+                &note,
+            );
+        }
+        status.last_failure = None;
+        status.phase = Some(Phase::Healthy);
+        let pending = proxy_error.is_some();
+        match proxy_error.filter(|e| unserved(status, e)) {
+            Some(e) => {
+                // Healthy container, domains not reaching it: never Healthy beside Ready=False.
+                status.phase = Some(Phase::Degraded);
+                let message = format!("{tag} runs ({note}), but its domains are not served: {e}");
+                report(status, false, e.reason(), message, ro.generation());
+            }
+            None => {
+                let message = serving_message(status);
+                report(status, true, Reason::Healthy, message, ro.generation());
+            }
+        }
+        Ok(if pending {
+            Requeue::Retry
+        } else {
+            Requeue::Resync
+        })
+    }
+
+    /// The new container failed: remove it, bring the previous one back (and the proxy route
+    /// to it, with the settings nginx last accepted), hold the failure, say what happened.
+    async fn roll_back(
+        &self,
+        ro: &Rollout<'_>,
+        status: &mut StageStatus,
+        id: &str,
+        failure: Failure,
+    ) -> Result<Requeue, StepError> {
+        let (tag, what, detail) = (&ro.tag, failure.what(), failure.detail());
+        tracing::warn!(%tag, container = %ro.spec.name, reason = %detail, "deploy failed; rolling back");
+        self.runtime.stop(id, 0).await?;
+        self.runtime.remove(id).await?;
+        let restored = self.restore(ro.fallback, ro.handover.is_some()).await;
+        // The new settings may be what nginx rejected (NPM then took the host offline).
+        let mut pointed_back = Ok(());
+        if matches!(failure, Failure::ProxySwitch(_))
+            && let Some(old) = restored
+            && let Err(e) = self
+                .sync_proxy(
+                    ro.input,
+                    ro.eff,
+                    status,
+                    &old.id,
+                    port_of(old).or(ro.spec.port),
+                    Config::LastAccepted,
                 )
                 .await
-                .map_err(|e| (Reason::HealthCheckFailed, "failed its health check", e)),
-            },
-        };
-
-        // Healthy: the proxy switches to the new container before anything old is retired.
-        let mut proxy_error = None;
-        let routed_before = status.proxy.as_ref().map(|p| p.target.clone());
-        let verdict = match verdict {
-            Ok(took) => match self
-                .sync_proxy(input, eff, status, &id, spec.port, config)
-                .await
-            {
-                Ok(changed) => {
-                    // Also when an earlier attempt's write got through although NPM did not
-                    // say so: the route moved, requests may be in flight to the old container.
-                    let moved = status.proxy.as_ref().map(|p| &p.target) != routed_before.as_ref();
-                    if (changed || moved) && !drift_restart {
-                        // Requests still in flight to the old container finish meanwhile.
-                        tokio::time::sleep(eff.proxy.as_ref().map(|p| p.drain).unwrap_or_default())
-                            .await;
-                    }
-                    Ok(took)
-                }
-                Err(e) if e.route_at_fault() && !drift_restart => Err((
-                    Reason::ProxySwitchFailed,
-                    "could not take over the proxy route",
-                    e.to_string(),
-                )),
-                // The proxy is away or the domain taken: the container side still converges.
-                Err(e) => {
-                    proxy_error = Some(e);
-                    Ok(took)
-                }
-            },
-            failed => failed,
-        };
-        let proxy_pending = proxy_error.is_some();
-
-        match verdict {
-            Ok(_) if proxy_pending && !drift_restart && status.proxy.is_some() => {
-                // The proxy still routes to the old container and cannot be switched now:
-                // keep both running and try the switch again (the new one is adopted by name).
-                status.phase = Some(Phase::Deploying);
-                let why = status
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == PROXY_READY)
-                    .map(|c| c.message.clone())
-                    .unwrap_or_default();
-                let message =
-                    format!("{tag} is healthy; waiting for the proxy to switch to it ({why})");
-                report(status, false, Reason::ProxyPending, message, generation);
-                Ok(Requeue::Retry)
-            }
-            Ok(took) => {
-                if !drift_restart {
-                    self.retire(others, eff).await?;
-                }
-                let gap = handover.then(|| handover_started.elapsed());
-                let note = match gap {
-                    Some(gap) => format!(
-                        "healthy in {:.1}s; host port {} handed over with a {:.1}s gap",
-                        took.as_secs_f64(),
-                        spec.host_port.unwrap_or_default(),
-                        gap.as_secs_f64()
-                    ),
-                    None => format!("healthy in {:.1}s", took.as_secs_f64()),
-                };
-                tracing::info!(%tag, container = %spec.name, "{note}");
-                if !drift_restart {
-                    let new = Deployed {
-                        tag: tag.clone(),
-                        digest: digest.clone(),
-                        container_id: Some(id.clone()),
-                        container_name: Some(spec.name.clone()),
-                        since: Some(now()),
-                        resolved_at: None,
-                    };
-                    if let Some(old) = status.current.replace(new)
-                        && (old.tag != tag || old.digest != digest)
-                    {
-                        status.previous = Some(old);
-                    }
-                    record(
-                        status,
-                        &tag,
-                        Some(&digest),
-                        started_at,
-                        Outcome::Succeeded,
-                        &note,
-                    );
-                }
-                status.last_failure = None;
-                status.phase = Some(Phase::Healthy);
-                match proxy_error.filter(|e| unserved(status, e)) {
-                    Some(e) => {
-                        // Healthy container, domains not reaching it: never Healthy beside
-                        // Ready=False.
-                        status.phase = Some(Phase::Degraded);
-                        let message =
-                            format!("{tag} runs ({note}), but its domains are not served: {e}");
-                        report(status, false, e.reason(), message, generation);
-                    }
-                    None => {
-                        let message = serving_message(status);
-                        report(status, true, Reason::Healthy, message, generation);
-                    }
-                }
-                Ok(if proxy_pending {
-                    Requeue::Retry
-                } else {
-                    Requeue::Resync
-                })
-            }
-            Err((_, _, reason)) if drift_restart => {
-                // Nothing better to go back to: leave it to Docker's restart policy, say so.
-                Err(StepError {
-                    reason: Reason::Unhealthy,
-                    message: format!("{tag} was restarted but is not healthy: {reason}"),
-                    transient: true,
-                })
-            }
-            Err((failure, what, reason)) => {
-                tracing::warn!(%tag, container = %spec.name, %reason, "deploy failed; rolling back");
-                self.runtime.stop(&id, 0).await?;
-                self.runtime.remove(&id).await?;
-                let restored = self.restore(fallback, handover).await;
-                // Back to the previous container, with the proxy settings nginx last accepted
-                // (the new ones may be what it rejected: NPM then took the host offline).
-                let mut pointed_back = Ok(());
-                if failure == Reason::ProxySwitchFailed
-                    && let Some(old) = restored
-                    && let Err(e) = self
-                        .sync_proxy(
-                            input,
-                            eff,
-                            status,
-                            &old.id,
-                            port_of(old).or(spec.port),
-                            Config::LastAccepted,
-                        )
-                        .await
-                {
-                    tracing::error!(error = %e, "could not point the proxy back at the previous container");
-                    pointed_back = Err(e);
-                }
-                let (phase, outcome, cond_reason, message) = match (&restored, &status.current) {
-                    // With a fixed host port the old container stopped before the new one
-                    // started: clients met the failed tag (or nothing) on the port meanwhile.
-                    (Some(_), Some(cur)) if handover => (
-                        Phase::RolledBack,
-                        Outcome::RolledBack,
-                        Reason::RolledBack,
-                        format!(
-                            "{tag} {what} ({reason}); {} serves again on host port {}, which \
-                             {tag} held for {:.1}s (a fixed host port is handed over before \
-                             the health check)",
-                            cur.tag,
-                            spec.host_port.unwrap_or_default(),
-                            handover_started.elapsed().as_secs_f64()
-                        ),
-                    ),
-                    (Some(_), Some(cur)) => (
-                        Phase::RolledBack,
-                        Outcome::RolledBack,
-                        Reason::RolledBack,
-                        match &pointed_back {
-                            Ok(()) => format!("{tag} {what} ({reason}); {} keeps serving", cur.tag),
-                            Err(e) => format!(
-                                "{tag} {what} ({reason}); {} runs, but its domains are not served: {e}",
-                                cur.tag
-                            ),
-                        },
-                    ),
-                    _ => (
-                        Phase::Failed,
-                        Outcome::Failed,
-                        Reason::DeployFailed,
-                        format!("{tag} {what} ({reason}); nothing to roll back to"),
-                    ),
-                };
-                status.last_failure = Some(FailedDeploy {
-                    tag: tag.clone(),
-                    digest: Some(digest.clone()),
-                    generation,
-                    inputs: Some(inputs_hash(input)),
-                    reason: failure.as_str().into(),
-                    message: message.clone(),
-                });
-                record(status, &tag, Some(&digest), started_at, outcome, &message);
-                status.phase = Some(phase);
-                report(status, false, cond_reason, message, generation);
-                Ok(Requeue::Resync)
-            }
+        {
+            tracing::error!(error = %e, "could not point the proxy back at the previous container");
+            pointed_back = Err(e);
         }
+        let (phase, outcome, reason, message) = match (&restored, &status.current) {
+            // With a fixed host port the old container stopped before the new one started:
+            // clients met the failed tag (or nothing) on the port meanwhile.
+            (Some(_), Some(cur)) if ro.handover.is_some() => (
+                Phase::RolledBack,
+                Outcome::RolledBack,
+                Reason::RolledBack,
+                format!(
+                    "{tag} {what} ({detail}); {} serves again on host port {}, which {tag} held \
+                     for {:.1}s (a fixed host port is handed over before the health check)",
+                    cur.tag,
+                    ro.spec.host_port.unwrap_or_default(),
+                    ro.handover
+                        .map(|t| t.elapsed())
+                        .unwrap_or_default()
+                        .as_secs_f64()
+                ),
+            ),
+            (Some(_), Some(cur)) => (
+                Phase::RolledBack,
+                Outcome::RolledBack,
+                Reason::RolledBack,
+                match &pointed_back {
+                    Ok(()) => format!("{tag} {what} ({detail}); {} keeps serving", cur.tag),
+                    Err(e) => format!(
+                        "{tag} {what} ({detail}); {} runs, but its domains are not served: {e}",
+                        cur.tag
+                    ),
+                },
+            ),
+            _ => (
+                Phase::Failed,
+                Outcome::Failed,
+                Reason::DeployFailed,
+                format!("{tag} {what} ({detail}); nothing to roll back to"),
+            ),
+        };
+        status.last_failure = Some(FailedDeploy {
+            tag: tag.clone(),
+            digest: Some(ro.digest.clone()),
+            generation: ro.generation(),
+            inputs: Some(inputs_hash(ro.input)),
+            reason: failure.reason().as_str().into(),
+            message: message.clone(),
+        });
+        let started = ro.started_at.clone();
+        record(status, tag, Some(&ro.digest), started, outcome, &message);
+        status.phase = Some(phase);
+        report(status, false, reason, message, ro.generation());
+        Ok(Requeue::Resync)
     }
 
     /// After a failed deploy: the previous container serves again (it was only stopped for a
