@@ -20,6 +20,7 @@ use crate::api::labels;
 use crate::engine::{
     ContainerInfo, ContainerSpec, ContainerState, ImageInfo, Pull, Runtime, RuntimeError,
 };
+use crate::image::{ImageRef, canonical_repository};
 
 /// Docker calls made, by kind: the resync benchmark reads these.
 #[derive(Debug, Default)]
@@ -110,7 +111,7 @@ impl DockerRuntime {
                 };
             }
         };
-        let repository = repository_of(reference);
+        let repository = canonical_repository(reference);
         let config = image.config.unwrap_or_default();
         let mut exposed_ports: Vec<u16> = config
             .exposed_ports
@@ -127,7 +128,7 @@ impl DockerRuntime {
                 .into_iter()
                 .find_map(|d| {
                     let (repo, digest) = d.split_once('@')?;
-                    (repository_of(repo) == repository).then(|| digest.to_string())
+                    (canonical_repository(repo) == repository).then(|| digest.to_string())
                 }),
             exposed_ports,
             has_healthcheck: config
@@ -139,7 +140,8 @@ impl DockerRuntime {
 
     async fn pull(&self, reference: &str) -> Result<(), RuntimeError> {
         self.count(&self.calls.write);
-        let (repo, tag) = split_reference(reference);
+        let parts = ImageRef::parse(reference);
+        let (repo, tag) = (parts.repository, parts.tag_or_latest());
         let options = CreateImageOptionsBuilder::default()
             .from_image(repo)
             .tag(tag)
@@ -407,49 +409,5 @@ impl DockerRuntime {
             } if message.contains("in progress") => None,
             e => Some(self.classify(e)),
         }
-    }
-}
-
-/// `repo:tag` → (`repo`, `tag`); a `:` before the last `/` is a registry port.
-pub fn split_reference(reference: &str) -> (&str, &str) {
-    match reference.rfind(':') {
-        Some(i) if !reference[i..].contains('/') => (&reference[..i], &reference[i + 1..]),
-        _ => (reference, "latest"),
-    }
-}
-
-/// Canonical repository name: `nginx`, `library/nginx` and `docker.io/library/nginx` are one.
-pub fn repository_of(reference: &str) -> String {
-    let repo = split_reference(reference.split('@').next().unwrap_or(reference)).0;
-    let repo = repo
-        .strip_prefix("docker.io/")
-        .or_else(|| repo.strip_prefix("index.docker.io/"))
-        .unwrap_or(repo);
-    repo.strip_prefix("library/").unwrap_or(repo).to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn references_split_on_the_tag_colon_only() {
-        assert_eq!(split_reference("app:1.0"), ("app", "1.0"));
-        assert_eq!(
-            split_reference("localhost:5000/team/app:1.0"),
-            ("localhost:5000/team/app", "1.0")
-        );
-        assert_eq!(
-            split_reference("localhost:5000/team/app"),
-            ("localhost:5000/team/app", "latest")
-        );
-    }
-
-    #[test]
-    fn docker_hub_names_are_normalised() {
-        assert_eq!(repository_of("docker.io/library/nginx:1"), "nginx");
-        assert_eq!(repository_of("nginx"), "nginx");
-        assert_eq!(repository_of("library/nginx@sha256:ab"), "nginx");
-        assert_eq!(repository_of("localhost:5000/a/b:2"), "localhost:5000/a/b");
     }
 }

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::api::{API_VERSION, ProjectSpec, SeenTag, StageSpec};
-use crate::docker::{repository_of, split_reference};
 use crate::engine::conditions::now;
-use crate::engine::tags::{CompiledPolicy, is_valid_tag};
+use crate::engine::tags::CompiledPolicy;
+use crate::image::{ImageRef, canonical_repository, is_valid_tag};
 use crate::store::{Kind, StoreError, Tx};
 use crate::webhook::{GitEvent, ImagePush};
 
@@ -30,8 +30,9 @@ impl Push {
             Some((n, d)) => (n, Some(d.to_string())),
             None => (reference, None),
         };
-        let (repository, tag) = split_reference(name);
-        if name.len() == repository.len() {
+        let parts = ImageRef::parse(name);
+        let (repository, tag) = (parts.repository, parts.tag_or_latest());
+        if parts.tag.is_none() {
             return Err(format!(
                 "{reference:?} names no tag (expected repository:tag)"
             ));
@@ -122,10 +123,10 @@ pub fn projects(tx: &Tx<'_>) -> Result<Vec<ProjectRef>, StoreError> {
 
 /// Projects whose image is `repository`.
 pub fn for_image<'p>(projects: &'p [ProjectRef], repository: &str) -> Vec<&'p ProjectRef> {
-    let wanted = repository_of(repository);
+    let wanted = canonical_repository(repository);
     projects
         .iter()
-        .filter(|p| repository_of(&p.spec.image) == wanted)
+        .filter(|p| canonical_repository(&p.spec.image) == wanted)
         .collect()
 }
 
@@ -290,7 +291,7 @@ pub fn record<L: Ledger + ?Sized>(
 /// A resource name for the Project of `repository`: its last path segment, lowercased, other
 /// characters as `-`, at most 50 characters; `app` when nothing is left.
 pub fn base_name(repository: &str) -> String {
-    let base: String = repository_of(repository)
+    let base: String = canonical_repository(repository)
         .rsplit('/')
         .next()
         .unwrap_or("app")
@@ -358,7 +359,7 @@ impl AutoCreatePolicy {
         if self.allow.is_empty() {
             return Ok(());
         }
-        let normalized = repository_of(repository);
+        let normalized = canonical_repository(repository);
         let allowed = self.allow.iter().any(|pattern| {
             globset::GlobBuilder::new(pattern)
                 .literal_separator(true)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::runtime::{ContainerSpec, ImageInfo, Pull};
-use super::tags::{self, CompiledPolicy};
+use super::tags::CompiledPolicy;
 use crate::api::{
     ContainerSettings, EnvVar, HealthCheck, HealthCheckType, ProjectSpec, ProxySettings,
     PullPolicy, RestartPolicy, SecretKeyRef, StageSpec, Upstream, labels,
@@ -149,7 +149,7 @@ impl Effective {
         let health = merge_health(project.health_check.as_ref(), stage.health_check.as_ref());
         validate_health(&health, &mut errors);
         if let Some(tag) = &stage.pinned_tag
-            && !tags::is_valid_tag(tag)
+            && !crate::image::is_valid_tag(tag)
         {
             errors.push(FieldError::new(
                 "spec.pinnedTag",

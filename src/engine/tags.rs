@@ -10,6 +10,7 @@ use regex::Regex;
 use semver::{Version, VersionReq};
 
 use crate::api::{SeenTag, TagPolicy};
+use crate::image::is_valid_tag;
 
 /// Tags excluded when a policy sets no `exclude`: cosign signatures, attestations and SBOMs.
 /// They are pushed to the same repository as the images but are not runnable.
@@ -249,15 +250,6 @@ impl CompiledPolicy {
             _ => Ordering::Equal,
         }
     }
-}
-
-/// Whether `tag` is a valid Docker image tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-pub fn is_valid_tag(tag: &str) -> bool {
-    let word = |c: &u8| c.is_ascii_alphanumeric() || *c == b'_';
-    let bytes = tag.as_bytes();
-    bytes.first().is_some_and(word)
-        && bytes.len() <= 128
-        && bytes.iter().all(|c| word(c) || matches!(c, b'.' | b'-'))
 }
 
 fn exact(tag: &str) -> Result<Matcher, PolicyError> {

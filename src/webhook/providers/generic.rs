@@ -3,7 +3,8 @@
 
 use serde::Deserialize;
 
-use super::{JSON, bad, first_header, image_push, json, media_type, split_reference};
+use super::{JSON, bad, first_header, image_push, json, media_type};
+use crate::image::ImageRef;
 use crate::webhook::{Auth, Delivery, Parsed, WebhookError};
 
 #[derive(Deserialize)]
@@ -15,7 +16,11 @@ struct Body {
 pub(super) fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<Delivery, WebhookError> {
     media_type(headers, &[JSON])?;
     let Body { image, digest } = json(body)?;
-    let (repository, tag, pinned) = split_reference(&image);
+    let ImageRef {
+        repository,
+        tag,
+        digest: pinned,
+    } = ImageRef::parse(&image);
     // A digest alone names no tag to deploy under: the Project's tag rules could not match it.
     let tag = tag.ok_or_else(|| bad("`image` must name a tag (repo:tag)"))?;
     let digest = match (digest.as_deref(), pinned) {

@@ -5,8 +5,9 @@ use serde::Deserialize;
 
 use super::{
     JSON, any_json, bad, first_header, hmac_sha256, image_push, is_zero_sha, json, lenient,
-    media_type, pushed_ref, required_header, split_reference, valid_digest,
+    media_type, pushed_ref, required_header,
 };
+use crate::image::{ImageRef, is_valid_digest};
 use crate::webhook::{Delivery, GitEvent, Parsed, WebhookError};
 
 const FORM: &str = "application/x-www-form-urlencoded";
@@ -148,7 +149,7 @@ fn package(event: PackageEvent) -> Result<Parsed, WebhookError> {
     ]
     .into_iter()
     .flatten()
-    .find(|d| d.starts_with("sha256:") && valid_digest(d));
+    .find(|d| d.starts_with("sha256:") && is_valid_digest(d));
     let repository = container_repository(&package)
         .ok_or_else(|| bad("package: neither `package_url` nor `owner.login` names the image"))?;
     Ok(Parsed::Images(vec![image_push(
@@ -167,7 +168,7 @@ fn container_repository(package: &Package) -> Option<String> {
         .package_version
         .as_ref()
         .and_then(|v| v.package_url.as_deref())
-        .map(|url| split_reference(url).0)
+        .map(|url| ImageRef::parse(url).repository)
         .filter(|repo| repo.contains('/'))
         .map(str::to_owned);
     // The examples' `registry.url` is `https://CONTAINER.pkg.github.com/Owner`, not a host one

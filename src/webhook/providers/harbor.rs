@@ -4,7 +4,8 @@
 
 use serde::Deserialize;
 
-use super::{JSON, bad, image_push, json, media_type, split_reference, token, valid_tag};
+use super::{JSON, bad, image_push, json, media_type, token};
+use crate::image::{ImageRef, is_valid_tag};
 use crate::webhook::{Delivery, Parsed, WebhookError};
 
 /// Harbor's CloudEvents formatter sends its structured mode media type.
@@ -67,11 +68,11 @@ fn pushed(data: Data) -> Result<Parsed, WebhookError> {
     let mut images = Vec::new();
     for resource in data.resources {
         // An artifact pushed by digest has the digest (or nothing) where the tag goes.
-        let Some(tag) = resource.tag.filter(|t| valid_tag(t)) else {
+        let Some(tag) = resource.tag.filter(|t| is_valid_tag(t)) else {
             continue;
         };
         let repository = match (resource.resource_url.as_deref(), full_name.as_deref()) {
-            (Some(url), _) => split_reference(url).0.to_owned(),
+            (Some(url), _) => ImageRef::parse(url).repository.to_owned(),
             (None, Some(name)) => name.to_owned(),
             (None, None) => {
                 return Err(bad(

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer};
 
 use super::{Auth, Delivery, GitEvent, ImagePush, Named, Parsed, Provider, WebhookError, header};
+use crate::image::{is_valid_digest, is_valid_tag};
 
 /// Parses one delivery from `provider`: what it asks for, how it proves its secret, and its id.
 ///
@@ -171,49 +172,6 @@ fn is_zero_sha(sha: &str) -> bool {
     !sha.is_empty() && sha.bytes().all(|b| b == b'0')
 }
 
-/// Splits `host/ns/repo:tag@algo:hex` into its name, tag and digest. A `:` before the last `/`
-/// belongs to the host's port, not to a tag.
-fn split_reference(reference: &str) -> (&str, Option<&str>, Option<&str>) {
-    let (name, digest) = match reference.split_once('@') {
-        Some((name, digest)) => (name, Some(digest)),
-        None => (reference, None),
-    };
-    let last = name.rfind('/').map_or(0, |i| i + 1);
-    match name[last..].rfind(':') {
-        Some(i) => (&name[..last + i], Some(&name[last + i + 1..]), digest),
-        None => (name, None, digest),
-    }
-}
-
-/// Docker's tag grammar: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-fn valid_tag(tag: &str) -> bool {
-    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    tag.len() <= 128
-        && tag.bytes().next().is_some_and(word)
-        && tag.bytes().all(|b| word(b) || b == b'.' || b == b'-')
-}
-
-/// `algo:hex` (OCI digest), with the length the registered algorithms imply.
-fn valid_digest(digest: &str) -> bool {
-    let Some((algo, hex)) = digest.split_once(':') else {
-        return false;
-    };
-    let algo_ok = !algo.is_empty()
-        && algo
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b));
-    let len_ok = match algo {
-        "sha256" => hex.len() == 64,
-        "sha512" => hex.len() == 128,
-        _ => !hex.is_empty(),
-    };
-    algo_ok
-        && len_ok
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 /// A sender's value in an error message, cut short: it is input, maybe huge.
 fn shown(value: &str) -> String {
     let cut: String = value.chars().take(80).collect();
@@ -239,13 +197,13 @@ fn image_push(
     {
         return Err(bad(format!("invalid repository {}", shown(repository))));
     }
-    if !valid_tag(tag) {
+    if !is_valid_tag(tag) {
         return Err(bad(format!(
             "invalid tag {} (expected [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})",
             shown(tag)
         )));
     }
-    if let Some(d) = digest.filter(|d| !valid_digest(d)) {
+    if let Some(d) = digest.filter(|d| !is_valid_digest(d)) {
         return Err(bad(format!(
             "invalid digest {} (expected algo:hex)",
             shown(d)
