@@ -132,6 +132,14 @@ impl Failure {
     }
 }
 
+/// The container that serves, as a steady pass finds it.
+struct Serving<'a> {
+    container: &'a ContainerInfo,
+    port: Option<u16>,
+    /// The Stage's other containers: leftovers, retired once the route is right.
+    others: &'a [&'a ContainerInfo],
+}
+
 /// One deploy under way: what it rolls out, what it can go back to, and how it started.
 struct Rollout<'a> {
     input: &'a StageInput<'a>,
@@ -317,8 +325,45 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             }
         };
 
-        // A steady Stage never contacts the registry: the image is looked up locally unless a
-        // newer digest of the same tag was announced.
+        let image = self.image_for(eff, status, &tag).await?;
+        let secrets = self.resolve_secrets(&input.key.namespace, eff)?;
+        let spec = eff.container_spec(&input.key, &self.instance, &tag, &image, &secrets);
+        let target = observed.iter().find(|c| spec.is_named(&c.name));
+        let others: Vec<&ContainerInfo> = observed
+            .iter()
+            .filter(|c| !spec.is_named(&c.name))
+            .collect();
+
+        if let Some(c) = target
+            && c.running
+            && status
+                .current
+                .as_ref()
+                .is_some_and(|cur| is_deployed(cur, c))
+        {
+            let serving = Serving {
+                container: c,
+                port: spec.port,
+                others: &others,
+            };
+            return self
+                .keep_steady(input, eff, status, &serving, held, config)
+                .await;
+        }
+        let mut rollout = Rollout::new(
+            input, eff, status, tag, image, spec, target, &others, config,
+        );
+        self.deploy(&mut rollout, status).await
+    }
+
+    /// The image for `tag`. A steady Stage never contacts the registry: the image is looked up
+    /// locally unless a newer digest of the same tag was announced, or the tag was re-pushed.
+    async fn image_for(
+        &self,
+        eff: &Effective,
+        status: &mut StageStatus,
+        tag: &str,
+    ) -> Result<ImageInfo, StepError> {
         let announced = status
             .latest
             .as_ref()
@@ -341,9 +386,9 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
         let pull = if steady_tag {
             Pull::IfNotPresent
         } else {
-            eff.pull(&tag)
+            eff.pull(tag)
         };
-        let reference = eff.reference(&tag);
+        let reference = eff.reference(tag);
         let mut image = self.runtime.ensure_image(&reference, pull).await?;
         // An announced digest the local image is not (a re-pushed `stable` left a stale local
         // copy that IfNotPresent takes), or a re-push without a digest that the local image
@@ -364,95 +409,80 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             // Looked up: the registry still has what serves. Not again until the next push.
             current.resolved_at = Some(now());
         }
-        let secrets = self.resolve_secrets(&input.key.namespace, eff)?;
-        let spec = eff.container_spec(&input.key, &self.instance, &tag, &image, &secrets);
-        let target = observed.iter().find(|c| spec.is_named(&c.name));
-        let others: Vec<&ContainerInfo> = observed
-            .iter()
-            .filter(|c| !spec.is_named(&c.name))
-            .collect();
+        Ok(image)
+    }
 
-        if let Some(c) = target
-            && c.running
-            && status
-                .current
-                .as_ref()
-                .is_some_and(|cur| is_deployed(cur, c))
+    /// Steady state (also after a rollback back to what serves, or a Docker outage): the proxy
+    /// must point here before leftovers of an interrupted deploy are retired — one of them may
+    /// be what it still routes to.
+    async fn keep_steady(
+        &self,
+        input: &StageInput<'_>,
+        eff: &Effective,
+        status: &mut StageStatus,
+        serving: &Serving<'_>,
+        held: Option<FailedDeploy>,
+        config: Config,
+    ) -> Result<Requeue, StepError> {
+        let generation = Some(input.generation);
+        let (c, others) = (serving.container, serving.others);
+        let mut proxied = self
+            .sync_proxy(input, eff, status, &c.id, serving.port, config)
+            .await;
+        if let Err(rejected) = &proxied
+            && rejected.route_at_fault()
+            && config == Config::Desired
+            && let Some(accepted) = accepted_settings(status)
+            && eff.proxy.as_ref().is_some_and(|p| p.settings != accepted)
         {
-            // Steady state (also after a rollback back to what serves, or a Docker outage): the
-            // proxy must point here before leftovers of an interrupted deploy are retired — one
-            // of them may be what it still routes to.
-            let mut proxied = self
-                .sync_proxy(input, eff, status, &c.id, spec.port, config)
+            let rejected = rejected.clone();
+            proxied = self
+                .sync_proxy(
+                    input,
+                    eff,
+                    status,
+                    &c.id,
+                    serving.port,
+                    Config::LastAccepted,
+                )
                 .await;
-            if let Err(rejected) = &proxied
-                && rejected.route_at_fault()
-                && config == Config::Desired
-                && let Some(accepted) = accepted_settings(status)
-                && eff.proxy.as_ref().is_some_and(|p| p.settings != accepted)
-            {
-                // nginx rejected the new settings (NPM then takes the host offline): put the host
-                // back on those it accepted last, and hold the new ones until the spec changes.
-                let rejected = rejected.clone();
-                proxied = self
-                    .sync_proxy(input, eff, status, &c.id, spec.port, Config::LastAccepted)
-                    .await;
-                if proxied.is_ok() {
-                    self.retire(&others, eff).await?;
-                    let serving = status.current.clone().unwrap_or_default();
-                    let message = format!(
-                        "{} is serving with the last proxy settings nginx accepted; the new ones were rejected ({rejected})",
-                        serving.tag
-                    );
-                    status.last_failure = Some(FailedDeploy {
-                        tag: serving.tag,
-                        digest: Some(serving.digest),
-                        generation,
-                        inputs: Some(inputs_hash(input)),
-                        reason: rejected.reason().as_str().into(),
-                        message: message.clone(),
-                    });
-                    status.phase = Some(Phase::Degraded);
-                    report(status, false, rejected.reason(), message, generation);
-                    return Ok(Requeue::Resync);
-                }
-            }
             if proxied.is_ok() {
-                self.retire(&others, eff).await?;
-            }
-            if let Err(e) = &proxied
-                && unserved(status, e)
-            {
-                // The container runs; traffic for its domains does not reach it.
-                let tag = status
-                    .current
-                    .as_ref()
-                    .map(|c| c.tag.as_str())
-                    .unwrap_or("");
-                let message = format!("{tag} runs, but its domains are not served: {e}");
-                status.phase = Some(Phase::Degraded);
-                report(status, false, e.reason(), message, generation);
-                return Ok(Requeue::Retry);
-            }
-            if let Some(failure) = held {
-                status.message = Some(failure.message);
+                self.retire(others, eff).await?;
+                hold_rejected_settings(input, status, &rejected);
                 return Ok(Requeue::Resync);
             }
-            status.phase = Some(Phase::Healthy);
-            status.last_failure = None;
-            let message = serving_message(status);
-            report(status, true, Reason::Healthy, message, generation);
-            // The container side converged; the proxy catches up with backoff.
-            return Ok(if proxied.is_ok() {
-                Requeue::Resync
-            } else {
-                Requeue::Retry
-            });
         }
-        let mut rollout = Rollout::new(
-            input, eff, status, tag, image, spec, target, &others, config,
-        );
-        self.deploy(&mut rollout, status).await
+        if proxied.is_ok() {
+            self.retire(others, eff).await?;
+        }
+        if let Err(e) = &proxied
+            && unserved(status, e)
+        {
+            // The container runs; traffic for its domains does not reach it.
+            let tag = status
+                .current
+                .as_ref()
+                .map(|c| c.tag.as_str())
+                .unwrap_or("");
+            let message = format!("{tag} runs, but its domains are not served: {e}");
+            status.phase = Some(Phase::Degraded);
+            report(status, false, e.reason(), message, generation);
+            return Ok(Requeue::Retry);
+        }
+        if let Some(failure) = held {
+            status.message = Some(failure.message);
+            return Ok(Requeue::Resync);
+        }
+        status.phase = Some(Phase::Healthy);
+        status.last_failure = None;
+        let message = serving_message(status);
+        report(status, true, Reason::Healthy, message, generation);
+        // The container side converged; the proxy catches up with backoff.
+        Ok(if proxied.is_ok() {
+            Requeue::Resync
+        } else {
+            Requeue::Retry
+        })
     }
 
     /// Rolls `rollout` out: port handover → create (or adopt) → start → health gate → proxy
@@ -947,6 +977,27 @@ pub fn desired_tag(stage: &StageSpec, eff: &Effective, status: &StageStatus) -> 
     latest
         .map(|l: &SeenTag| l.tag.clone())
         .or_else(|| status.current.as_ref().map(|c| c.tag.clone()))
+}
+
+/// nginx rejected the new proxy settings (NPM then takes the host offline) and the host is back
+/// on those it accepted last: hold the new ones until the spec changes, and say so.
+fn hold_rejected_settings(input: &StageInput<'_>, status: &mut StageStatus, rejected: &ProxyError) {
+    let generation = Some(input.generation);
+    let serving = status.current.clone().unwrap_or_default();
+    let message = format!(
+        "{} is serving with the last proxy settings nginx accepted; the new ones were rejected ({rejected})",
+        serving.tag
+    );
+    status.last_failure = Some(FailedDeploy {
+        tag: serving.tag,
+        digest: Some(serving.digest),
+        generation,
+        inputs: Some(inputs_hash(input)),
+        reason: rejected.reason().as_str().into(),
+        message: message.clone(),
+    });
+    status.phase = Some(Phase::Degraded);
+    report(status, false, rejected.reason(), message, generation);
 }
 
 /// The proxy settings nginx last accepted for the Stage's host.
