@@ -20,10 +20,10 @@ use tokio::time::{Instant, sleep, sleep_until};
 use crate::api::{Project, StageSpec, StageStatus, labels};
 use crate::crypto::SecretBox;
 use crate::docker::DockerRuntime;
+use crate::engine::policy::{Backoff, Orphans, orphan_grace};
 use crate::engine::spec::assess_project;
 use crate::engine::{
-    ContainerInfo, Reconciled, Reconciler, Requeue, Runtime, RuntimeError, StageInput, StageKey,
-    StatusSink,
+    ContainerInfo, Reconciled, Reconciler, Runtime, RuntimeError, StageInput, StageKey, StatusSink,
 };
 use crate::probe::NetProber;
 use crate::proxy::npm::{Npm, NpmConfig};
@@ -116,7 +116,7 @@ struct Slot {
     next_due: Option<Instant>,
     /// Inputs seen by the last finished reconcile; a change makes the Stage due at once.
     fingerprint: Option<String>,
-    backoff: Duration,
+    backoff: Backoff,
     finished: Option<Instant>,
 }
 
@@ -253,6 +253,7 @@ async fn control(
         instance: opts.instance.clone(),
     });
     Controller {
+        missing: Orphans::new(orphan_grace(opts.resync), ROUTE_DRAIN),
         opts,
         db,
         engine,
@@ -261,7 +262,6 @@ async fn control(
         task_keys: HashMap::new(),
         last_errors: None,
         last_gc: None,
-        missing: Missing::default(),
     }
     .run(wake_rx, shutdown)
     .await
@@ -280,67 +280,10 @@ struct Controller {
     last_errors: Option<Vec<String>>,
     last_gc: Option<Instant>,
     /// Stages gone, since when, and the routes removed.
-    missing: Missing,
+    missing: Orphans<Key>,
 }
-
-/// How long a Stage must be gone before its containers and proxy host are removed.
-const ORPHAN_GRACE: Duration = Duration::from_secs(5);
 
 type Key = (String, String);
-
-/// The clock of removed Stages: since when each has been gone (counted from the pass that first
-/// found it gone, whatever cleanup ran before), and whose route was removed when.
-#[derive(Default)]
-struct Missing {
-    /// The Stages of the last pass.
-    known: BTreeSet<Key>,
-    since: HashMap<Key, Instant>,
-    /// Stages whose proxy host was removed: their containers go once [`ROUTE_DRAIN`] is over.
-    unrouted: HashMap<Key, Instant>,
-}
-
-impl Missing {
-    /// Every pass, with the Stages that exist now: the ones gone since the last pass start their
-    /// clock; the ones back forget theirs.
-    fn stages(&mut self, known: &BTreeSet<Key>, now: Instant) {
-        for k in self.known.difference(known) {
-            self.since.entry(k.clone()).or_insert(now);
-        }
-        self.since.retain(|k, _| !known.contains(k));
-        self.unrouted.retain(|k, _| !known.contains(k));
-        self.known.clone_from(known);
-    }
-
-    /// Whether what `key` left behind (containers, a proxy host) may go: its Stage has been gone
-    /// for `grace`. Never for a Stage that exists. Leftovers found without a Stage that was never
-    /// seen (at start-up) start their clock now.
-    fn gone(&mut self, key: &Key, now: Instant, grace: Duration) -> bool {
-        if self.known.contains(key) {
-            return false;
-        }
-        let since = *self.since.entry(key.clone()).or_insert(now);
-        now.duration_since(since) >= grace
-    }
-
-    /// The route of `key` was removed now.
-    fn unrouted(&mut self, key: &Key, now: Instant) {
-        self.unrouted.insert(key.clone(), now);
-    }
-
-    /// Whether the containers of `key` may go: no route was removed, or its drain is over.
-    fn route_drained(&self, key: &Key, now: Instant) -> bool {
-        self.unrouted
-            .get(key)
-            .is_none_or(|t| now.duration_since(*t) >= ROUTE_DRAIN)
-    }
-
-    /// A removed route's drain is over: its containers are due.
-    fn drained(&self, now: Instant) -> bool {
-        self.unrouted
-            .values()
-            .any(|t| now.duration_since(*t) >= ROUTE_DRAIN)
-    }
-}
 
 impl Controller {
     async fn run(
@@ -437,8 +380,7 @@ impl Controller {
                 tracing::error!(error = %e, stage = ?key, "reconcile task failed");
                 if let Some(slot) = key.and_then(|k| self.slots.get_mut(&k)) {
                     slot.running = false;
-                    slot.backoff = Duration::from_secs(30);
-                    slot.next_due = Some(Instant::now() + slot.backoff);
+                    slot.next_due = Some(Instant::now() + slot.backoff.panicked());
                 }
                 return;
             }
@@ -450,19 +392,11 @@ impl Controller {
         let slot = self.slots.entry((ns, name)).or_default();
         slot.running = false;
         slot.finished = Some(Instant::now());
-        let delay = match reconciled.requeue {
-            Requeue::Resync => {
-                slot.backoff = Duration::ZERO;
-                resync
-            }
-            Requeue::Retry => {
-                slot.backoff =
-                    (slot.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
-                slot.backoff
-            }
-            // Only a change of inputs (fingerprint) makes it due again.
-            Requeue::WaitForChange => Duration::from_secs(24 * 3600),
-        };
+        // None: only a change of inputs (fingerprint) makes it due again.
+        let delay = slot
+            .backoff
+            .after(reconciled.requeue, resync)
+            .unwrap_or(Duration::from_secs(24 * 3600));
         slot.next_due = Some(Instant::now() + delay);
     }
 
@@ -597,17 +531,14 @@ impl Controller {
         gc_due: bool,
     ) {
         let now = Instant::now();
-        let grace = self.opts.resync.max(ORPHAN_GRACE);
         let idle = |slots: &HashMap<Key, Slot>, k: &Key| !slots.get(k).is_some_and(|s| s.running);
         let mut candidates: Vec<&Key> = Vec::new();
         for k in by_stage.keys() {
-            if self.missing.gone(k, now, grace) && idle(&self.slots, k) {
+            if self.missing.gone(k, now) && idle(&self.slots, k) {
                 candidates.push(k);
             }
         }
-        self.missing
-            .unrouted
-            .retain(|k, _| by_stage.contains_key(k));
+        self.missing.retain_unrouted(|k| by_stage.contains_key(k));
         if candidates.is_empty() && !gc_due {
             return;
         }
@@ -616,7 +547,7 @@ impl Controller {
                 let mut routed = BTreeSet::new();
                 for owner in owners {
                     let key = (owner.namespace.clone(), owner.stage.clone());
-                    if !self.missing.gone(&key, now, grace) || !idle(&self.slots, &key) {
+                    if !self.missing.gone(&key, now) || !idle(&self.slots, &key) {
                         continue;
                     }
                     tracing::info!(stage = %owner, "removing the proxy host of a removed Stage");
@@ -658,9 +589,7 @@ impl Controller {
             tracing::error!(error = %err, "cannot save status");
         }
         if let Some(slot) = self.slots.get_mut(&(ns.to_string(), name.to_string())) {
-            slot.backoff =
-                (slot.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
-            slot.next_due = Some(Instant::now() + slot.backoff);
+            slot.next_due = Some(Instant::now() + slot.backoff.failed());
             slot.fingerprint = None;
         }
     }
@@ -809,60 +738,4 @@ fn fingerprint(
         .take(12)
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(name: &str) -> Key {
-        ("ns".into(), name.into())
-    }
-
-    #[test]
-    fn the_grace_counts_from_when_the_stage_disappeared_not_from_an_earlier_cleanup() {
-        let grace = Duration::from_secs(5);
-        let t0 = Instant::now();
-        let mut m = Missing::default();
-        let web: BTreeSet<Key> = [key("web")].into();
-        m.stages(&web, t0);
-        // A cleanup pass sees the Stage's proxy host while the Stage exists: no clock starts.
-        assert!(!m.gone(&key("web"), t0, grace));
-        // Removed 4 s later: still within its grace 4.9 s after that, gone at 5 s.
-        let removed = t0 + Duration::from_secs(4);
-        m.stages(&BTreeSet::new(), removed);
-        assert!(!m.gone(&key("web"), removed + Duration::from_millis(4900), grace));
-        assert!(m.gone(&key("web"), removed + grace, grace));
-        // Back within its grace: its clock is forgotten; removed again later, a new one starts.
-        let back = removed + Duration::from_secs(3);
-        m.stages(&web, back);
-        assert!(!m.gone(&key("web"), back + Duration::from_secs(60), grace));
-        let again = back + Duration::from_secs(60);
-        m.stages(&BTreeSet::new(), again);
-        assert!(!m.gone(&key("web"), again + Duration::from_secs(4), grace));
-        assert!(m.gone(&key("web"), again + grace, grace));
-    }
-
-    #[test]
-    fn leftovers_of_a_stage_never_seen_start_their_clock_when_found() {
-        let grace = Duration::from_secs(5);
-        let t0 = Instant::now();
-        let mut m = Missing::default();
-        m.stages(&BTreeSet::new(), t0);
-        assert!(!m.gone(&key("old"), t0 + Duration::from_secs(1), grace));
-        assert!(!m.gone(&key("old"), t0 + Duration::from_secs(5), grace));
-        assert!(m.gone(&key("old"), t0 + Duration::from_secs(6), grace));
-    }
-
-    #[test]
-    fn containers_wait_for_the_drain_of_their_removed_route() {
-        let t0 = Instant::now();
-        let mut m = Missing::default();
-        assert!(m.route_drained(&key("web"), t0), "no route was removed");
-        m.unrouted(&key("web"), t0);
-        assert!(!m.route_drained(&key("web"), t0 + Duration::from_millis(100)));
-        assert!(!m.drained(t0 + Duration::from_millis(100)));
-        assert!(m.route_drained(&key("web"), t0 + ROUTE_DRAIN));
-        assert!(m.drained(t0 + ROUTE_DRAIN));
-    }
 }

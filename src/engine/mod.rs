@@ -3,6 +3,7 @@
 
 pub mod conditions;
 pub mod health;
+pub mod policy;
 pub mod reasons;
 pub mod reconcile;
 pub mod runtime;
