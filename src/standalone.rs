@@ -20,11 +20,12 @@ use tokio::time::{Instant, sleep, sleep_until};
 use crate::api::{Project, StageSpec, StageStatus, labels};
 use crate::crypto::SecretBox;
 use crate::docker::DockerRuntime;
-use crate::engine::policy::{Backoff, Orphans, orphan_grace};
+use crate::engine::policy::{Backoff, ByStage, Orphans, group_by_stage, orphan_grace};
 use crate::engine::spec::assess_project;
 use crate::engine::{
-    ContainerInfo, Reconciled, Reconciler, Runtime, RuntimeError, StageInput, StageKey, StatusSink,
+    Reconciled, Reconciler, Runtime, RuntimeError, StageInput, StageKey, StatusSink,
 };
+use crate::host;
 use crate::probe::NetProber;
 use crate::proxy::npm::{Npm, NpmConfig};
 use crate::proxy::{Proxy as _, ROUTE_DRAIN};
@@ -227,31 +228,22 @@ async fn control(
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> anyhow::Result<()> {
     // Until Docker answers, say so in status (and keep reading manifests so `get` is useful).
-    let runtime = loop {
+    let connected = host::connect_docker(opts.docker_host.as_deref(), shutdown.as_mut(), |e| {
         let manifests = sync_manifests(&opts.manifests, &db, &mut None)?;
-        match DockerRuntime::connect(opts.docker_host.as_deref()).await {
-            Ok(rt) => break rt,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot reach Docker; retrying in 5s");
-                mark_all(&db, &manifests, &e);
-            }
-        }
-        tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            _ = sleep(Duration::from_secs(5)) => {}
-        }
+        mark_all(&db, &manifests, e);
+        Ok(())
+    })
+    .await?;
+    let Some(runtime) = connected else {
+        return Ok(());
     };
-    tracing::info!(endpoint = runtime.endpoint(), "connected to Docker");
-
-    let engine = Arc::new(Reconciler {
-        proxy,
+    let engine = Arc::new(host::single_host(
         runtime,
-        prober: NetProber::new(),
-        sink: DbSink(db.clone()),
+        DbSink(db.clone()),
         secrets,
-        host_name: "default".to_string(),
-        instance: opts.instance.clone(),
-    });
+        proxy,
+        &opts.instance,
+    ));
     Controller {
         missing: Orphans::new(orphan_grace(opts.resync), ROUTE_DRAIN),
         opts,
@@ -472,12 +464,7 @@ impl Controller {
                 return;
             }
         };
-        let mut by_stage: BTreeMap<(String, String), Vec<ContainerInfo>> = BTreeMap::new();
-        for c in containers {
-            let ns = c.label(labels::NAMESPACE).unwrap_or_default().to_string();
-            let stage = c.label(labels::STAGE).unwrap_or_default().to_string();
-            by_stage.entry((ns, stage)).or_default().push(c);
-        }
+        let mut by_stage = group_by_stage(containers);
         // Orphans: ours, but no Stage. Not while any manifest is broken: the broken file might be
         // the one that defines their Stage, and deleting a serving container is not undoable.
         // Nor before the Stage has been gone for a grace period: a checkout or an editor may
@@ -525,11 +512,7 @@ impl Controller {
     /// Removes what gone Stages left behind, once their grace is over: the proxy host first, the
     /// containers once nginx stopped sending them requests (a drain later). While the proxy
     /// cannot be listed, containers that may still be routed to stay.
-    async fn collect_orphans(
-        &mut self,
-        by_stage: &BTreeMap<Key, Vec<ContainerInfo>>,
-        gc_due: bool,
-    ) {
+    async fn collect_orphans(&mut self, by_stage: &ByStage, gc_due: bool) {
         let now = Instant::now();
         let idle = |slots: &HashMap<Key, Slot>, k: &Key| !slots.get(k).is_some_and(|s| s.running);
         let mut candidates: Vec<&Key> = Vec::new();

@@ -10,13 +10,14 @@
 //! Standalone mode and Kubernetes mode schedule differently (a pass over all Stages vs
 //! kube-runtime's per-object queue) but take these numbers from here only.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::Requeue;
+use super::{ContainerInfo, Requeue};
+use crate::api::labels;
 
 /// The wait after the first transient failure; each further one doubles it.
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
@@ -97,6 +98,21 @@ impl Backoff {
 /// confirmation does not, and one rule for both modes is easier to reason about.
 pub fn orphan_grace(resync: Duration) -> Duration {
     resync.max(ORPHAN_GRACE_MIN)
+}
+
+/// Containers by the Stage their labels name, (namespace, Stage): how both modes find what a
+/// Stage runs and what a gone Stage left behind.
+pub type ByStage = BTreeMap<(String, String), Vec<ContainerInfo>>;
+
+/// Groups containers by the (namespace, Stage) of their ownership labels.
+pub fn group_by_stage(containers: Vec<ContainerInfo>) -> ByStage {
+    let mut by_stage = ByStage::new();
+    for c in containers {
+        let namespace = c.label(labels::NAMESPACE).unwrap_or_default().to_string();
+        let stage = c.label(labels::STAGE).unwrap_or_default().to_string();
+        by_stage.entry((namespace, stage)).or_default().push(c);
+    }
+    by_stage
 }
 
 /// The clock of removed Stages: since when each has been gone (counted from the look that first
@@ -268,6 +284,35 @@ mod tests {
         m.forget(&key("old"));
         assert!(!m.gone(&key("old"), t0 + S(7)));
         assert!(m.gone(&key("old"), t0 + S(12)));
+    }
+
+    #[test]
+    fn containers_are_grouped_by_the_stage_their_labels_name() {
+        let c = |id: &str, ns: &str, stage: &str| ContainerInfo {
+            id: id.into(),
+            name: id.into(),
+            labels: [
+                (labels::NAMESPACE.to_string(), ns.to_string()),
+                (labels::STAGE.to_string(), stage.to_string()),
+            ]
+            .into(),
+            running: true,
+            created: 0,
+        };
+        let by = group_by_stage(vec![
+            c("1", "a", "web"),
+            c("2", "b", "web"),
+            c("3", "a", "web"),
+        ]);
+        let ids = |k: (&str, &str)| -> Vec<String> {
+            by[&(k.0.into(), k.1.into())]
+                .iter()
+                .map(|c| c.id.clone())
+                .collect()
+        };
+        assert_eq!(by.len(), 2);
+        assert_eq!(ids(("a", "web")), ["1", "3"]);
+        assert_eq!(ids(("b", "web")), ["2"]);
     }
 
     #[test]

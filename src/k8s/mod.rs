@@ -26,9 +26,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 
 use crate::api::{Project, Stage};
-use crate::docker::DockerRuntime;
-use crate::engine::{Reconciler, Runtime as _};
-use crate::probe::NetProber;
+use crate::host;
 use crate::proxy::npm::{Npm, NpmConfig};
 use crate::webhook::{metrics::Metrics, server};
 use controller::{Ctx, ProjectView};
@@ -153,17 +151,12 @@ pub async fn run(
     };
 
     let result = async {
-        let runtime = loop {
-            match DockerRuntime::connect(opts.docker_host.as_deref()).await {
-                Ok(rt) => break rt,
-                Err(e) => tracing::error!(error = %e, "cannot reach Docker; retrying in 5s"),
-            }
-            tokio::select! {
-                _ = &mut shutdown => return Ok(()),
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            }
+        let connected =
+            host::connect_docker(opts.docker_host.as_deref(), shutdown.as_mut(), |_| Ok(()))
+                .await?;
+        let Some(runtime) = connected else {
+            return Ok(());
         };
-        tracing::info!(endpoint = runtime.endpoint(), "connected to Docker");
         let npm = match opts.npm.clone() {
             Some(config) => {
                 anyhow::ensure!(
@@ -176,15 +169,13 @@ pub async fn run(
         };
         let ctx = Arc::new(Ctx {
             client: client.clone(),
-            engine: Arc::new(Reconciler {
+            engine: Arc::new(host::single_host(
                 runtime,
-                prober: NetProber::new(),
-                sink: status::KubeSink::new(client.clone()),
-                secrets: index.secrets.clone(),
-                proxy: npm,
-                host_name: "default".into(),
-                instance: opts.instance.clone(),
-            }),
+                status::KubeSink::new(client.clone()),
+                index.secrets.clone(),
+                npm,
+                &opts.instance,
+            )),
             containers: containers::ContainerCache::new(
                 &opts.instance,
                 (opts.resync / 2).clamp(Duration::from_secs(1), Duration::from_secs(10)),
