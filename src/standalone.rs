@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until};
 
-use crate::api::{Project, StageSpec, StageStatus, labels};
+use crate::api::{Project, ProjectSpec, StageSpec, StageStatus, labels};
 use crate::crypto::SecretBox;
 use crate::docker::DockerRuntime;
 use crate::engine::policy::{Backoff, ByStage, Orphans, group_by_stage, orphan_grace};
@@ -29,7 +29,7 @@ use crate::host;
 use crate::probe::NetProber;
 use crate::proxy::npm::{Npm, NpmConfig};
 use crate::proxy::{Proxy as _, ROUTE_DRAIN};
-use crate::store::{Kind, Manifests, StateDb, StoreSecrets, load_dir};
+use crate::store::{Kind, Manifests, StateDb, StoreSecrets, Stored, load_dir};
 use crate::webhook::{self, metrics::Metrics, recorder, server};
 
 /// Settings of `tiny-forge run` in standalone mode.
@@ -277,6 +277,14 @@ struct Controller {
 
 type Key = (String, String);
 
+/// A Stage to reconcile, with what its reconcile reads.
+struct Due {
+    key: Key,
+    generation: i64,
+    spec: StageSpec,
+    project: Option<ProjectSpec>,
+}
+
 impl Controller {
     async fn run(
         mut self,
@@ -394,12 +402,6 @@ impl Controller {
 
     /// One pass: find due Stages, list containers once, collect orphans, dispatch.
     async fn pass(&mut self, manifests: &Manifests) {
-        let now = Instant::now();
-        let projects: BTreeMap<(String, String), &Project> = manifests
-            .projects
-            .iter()
-            .map(|l| (key_of(&l.resource), &l.resource))
-            .collect();
         // Stages as the store knows them: a Stage in a broken file keeps its last good spec.
         let stored = match self.db.list(Kind::Stage) {
             Ok(s) => s,
@@ -408,35 +410,8 @@ impl Controller {
                 return;
             }
         };
-        let mut due = Vec::new();
-        for row in &stored {
-            let Ok(spec) = serde_json::from_value::<StageSpec>(row.spec.clone()) else {
-                continue;
-            };
-            let project = projects
-                .get(&(row.namespace.clone(), spec.project_ref.clone()))
-                .map(|p| &p.spec);
-            let fingerprint = fingerprint(&row.spec, project, &row.status);
-            let slot = self
-                .slots
-                .entry((row.namespace.clone(), row.name.clone()))
-                .or_default();
-            if slot.running {
-                continue;
-            }
-            let changed = slot.fingerprint.as_deref() != Some(fingerprint.as_str());
-            if changed || slot.next_due.is_none_or(|d| d <= now) {
-                slot.fingerprint = Some(fingerprint);
-                due.push((
-                    row.namespace.clone(),
-                    row.name.clone(),
-                    row.generation,
-                    spec,
-                    project.cloned(),
-                ));
-            }
-        }
-        let known: BTreeSet<(String, String)> = stored
+        let due = self.due(manifests, &stored);
+        let known: BTreeSet<Key> = stored
             .iter()
             .map(|r| (r.namespace.clone(), r.name.clone()))
             .collect();
@@ -458,13 +433,13 @@ impl Controller {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list containers");
-                for (ns, name, generation, ..) in &due {
-                    self.report_unreachable(ns, name, *generation, &e);
+                for d in &due {
+                    self.report_unreachable(&d.key.0, &d.key.1, d.generation, &e);
                 }
                 return;
             }
         };
-        let mut by_stage = group_by_stage(containers);
+        let by_stage = group_by_stage(containers);
         // Orphans: ours, but no Stage. Not while any manifest is broken: the broken file might be
         // the one that defines their Stage, and deleting a serving container is not undoable.
         // Nor before the Stage has been gone for a grace period: a checkout or an editor may
@@ -473,12 +448,59 @@ impl Controller {
         if manifests.errors.is_empty() {
             self.collect_orphans(&by_stage, gc_due).await;
         }
+        self.dispatch(due, by_stage, listed_at);
+    }
 
-        let mut in_flight = self.slots.values().filter(|s| s.running).count();
-        for (ns, name, generation, spec, project) in due {
-            let key = (ns.clone(), name.clone());
+    /// The Stages to reconcile now: their inputs changed (spec, Project, `latest`) or their
+    /// next look (resync, backoff) is due; none that is running.
+    fn due(&mut self, manifests: &Manifests, stored: &[Stored]) -> Vec<Due> {
+        let now = Instant::now();
+        let projects: BTreeMap<Key, &Project> = manifests
+            .projects
+            .iter()
+            .map(|l| (key_of(&l.resource), &l.resource))
+            .collect();
+        let mut due = Vec::new();
+        for row in stored {
+            let Ok(spec) = serde_json::from_value::<StageSpec>(row.spec.clone()) else {
+                continue;
+            };
+            let project = projects
+                .get(&(row.namespace.clone(), spec.project_ref.clone()))
+                .map(|p| &p.spec);
+            let fingerprint = fingerprint(&row.spec, project, &row.status);
+            let key = (row.namespace.clone(), row.name.clone());
             let slot = self.slots.entry(key.clone()).or_default();
-            // Finished after the listing began: the list may predate its work. Next pass.
+            if slot.running {
+                continue;
+            }
+            let changed = slot.fingerprint.as_deref() != Some(fingerprint.as_str());
+            if changed || slot.next_due.is_none_or(|d| d <= now) {
+                slot.fingerprint = Some(fingerprint);
+                due.push(Due {
+                    key,
+                    generation: row.generation,
+                    spec,
+                    project: project.cloned(),
+                });
+            }
+        }
+        due
+    }
+
+    /// Starts the reconciles of `due` Stages on the containers listed at `listed_at`, as many
+    /// as the concurrency allows; the rest (and those that finished after the listing began,
+    /// which it may predate) wait for the next pass.
+    fn dispatch(&mut self, due: Vec<Due>, mut by_stage: ByStage, listed_at: Instant) {
+        let mut in_flight = self.slots.values().filter(|s| s.running).count();
+        for Due {
+            key,
+            generation,
+            spec,
+            project,
+        } in due
+        {
+            let slot = self.slots.entry(key.clone()).or_default();
             if slot.finished.is_some_and(|f| f > listed_at) || in_flight >= self.opts.concurrency {
                 slot.fingerprint = None;
                 continue;
@@ -490,14 +512,14 @@ impl Controller {
             let db = self.db.clone();
             let task_key = key.clone();
             let handle = self.tasks.spawn(async move {
-                let status = db.stage_status(&ns, &name).unwrap_or_default();
-                let stage_key = StageKey {
-                    namespace: ns.clone(),
-                    project: spec.project_ref.clone(),
-                    stage: name.clone(),
-                };
+                let (ns, name) = &key;
+                let status = db.stage_status(ns, name).unwrap_or_default();
                 let input = StageInput {
-                    key: stage_key,
+                    key: StageKey {
+                        namespace: ns.clone(),
+                        project: spec.project_ref.clone(),
+                        stage: name.clone(),
+                    },
                     generation,
                     stage: &spec,
                     project: project.as_ref(),
