@@ -17,18 +17,19 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until};
 
-use crate::api::{Project, StageSpec, StageStatus, labels};
+use crate::api::{Project, ProjectSpec, StageSpec, StageStatus, labels};
 use crate::crypto::SecretBox;
 use crate::docker::DockerRuntime;
+use crate::engine::policy::{Backoff, ByStage, Orphans, group_by_stage, orphan_grace};
 use crate::engine::spec::assess_project;
 use crate::engine::{
-    ContainerInfo, Reconciled, Reconciler, Requeue, Runtime, RuntimeError, StageInput, StageKey,
-    StatusSink,
+    Reconciled, Reconciler, Runtime, RuntimeError, StageInput, StageKey, StatusSink,
 };
+use crate::host;
 use crate::probe::NetProber;
 use crate::proxy::npm::{Npm, NpmConfig};
 use crate::proxy::{Proxy as _, ROUTE_DRAIN};
-use crate::store::{Kind, Manifests, StateDb, StoreSecrets, load_dir};
+use crate::store::{Kind, Manifests, StateDb, StoreSecrets, Stored, load_dir};
 use crate::webhook::{self, metrics::Metrics, recorder, server};
 
 /// Settings of `tiny-forge run` in standalone mode.
@@ -116,7 +117,7 @@ struct Slot {
     next_due: Option<Instant>,
     /// Inputs seen by the last finished reconcile; a change makes the Stage due at once.
     fingerprint: Option<String>,
-    backoff: Duration,
+    backoff: Backoff,
     finished: Option<Instant>,
 }
 
@@ -227,32 +228,24 @@ async fn control(
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> anyhow::Result<()> {
     // Until Docker answers, say so in status (and keep reading manifests so `get` is useful).
-    let runtime = loop {
+    let connected = host::connect_docker(opts.docker_host.as_deref(), shutdown.as_mut(), |e| {
         let manifests = sync_manifests(&opts.manifests, &db, &mut None)?;
-        match DockerRuntime::connect(opts.docker_host.as_deref()).await {
-            Ok(rt) => break rt,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot reach Docker; retrying in 5s");
-                mark_all(&db, &manifests, &e);
-            }
-        }
-        tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            _ = sleep(Duration::from_secs(5)) => {}
-        }
+        mark_all(&db, &manifests, e);
+        Ok(())
+    })
+    .await?;
+    let Some(runtime) = connected else {
+        return Ok(());
     };
-    tracing::info!(endpoint = runtime.endpoint(), "connected to Docker");
-
-    let engine = Arc::new(Reconciler {
-        proxy,
+    let engine = Arc::new(host::single_host(
         runtime,
-        prober: NetProber::new(),
-        sink: DbSink(db.clone()),
+        DbSink(db.clone()),
         secrets,
-        host_name: "default".to_string(),
-        instance: opts.instance.clone(),
-    });
+        proxy,
+        &opts.instance,
+    ));
     Controller {
+        missing: Orphans::new(orphan_grace(opts.resync), ROUTE_DRAIN),
         opts,
         db,
         engine,
@@ -261,7 +254,6 @@ async fn control(
         task_keys: HashMap::new(),
         last_errors: None,
         last_gc: None,
-        missing: Missing::default(),
     }
     .run(wake_rx, shutdown)
     .await
@@ -280,66 +272,17 @@ struct Controller {
     last_errors: Option<Vec<String>>,
     last_gc: Option<Instant>,
     /// Stages gone, since when, and the routes removed.
-    missing: Missing,
+    missing: Orphans<Key>,
 }
-
-/// How long a Stage must be gone before its containers and proxy host are removed.
-const ORPHAN_GRACE: Duration = Duration::from_secs(5);
 
 type Key = (String, String);
 
-/// The clock of removed Stages: since when each has been gone (counted from the pass that first
-/// found it gone, whatever cleanup ran before), and whose route was removed when.
-#[derive(Default)]
-struct Missing {
-    /// The Stages of the last pass.
-    known: BTreeSet<Key>,
-    since: HashMap<Key, Instant>,
-    /// Stages whose proxy host was removed: their containers go once [`ROUTE_DRAIN`] is over.
-    unrouted: HashMap<Key, Instant>,
-}
-
-impl Missing {
-    /// Every pass, with the Stages that exist now: the ones gone since the last pass start their
-    /// clock; the ones back forget theirs.
-    fn stages(&mut self, known: &BTreeSet<Key>, now: Instant) {
-        for k in self.known.difference(known) {
-            self.since.entry(k.clone()).or_insert(now);
-        }
-        self.since.retain(|k, _| !known.contains(k));
-        self.unrouted.retain(|k, _| !known.contains(k));
-        self.known.clone_from(known);
-    }
-
-    /// Whether what `key` left behind (containers, a proxy host) may go: its Stage has been gone
-    /// for `grace`. Never for a Stage that exists. Leftovers found without a Stage that was never
-    /// seen (at start-up) start their clock now.
-    fn gone(&mut self, key: &Key, now: Instant, grace: Duration) -> bool {
-        if self.known.contains(key) {
-            return false;
-        }
-        let since = *self.since.entry(key.clone()).or_insert(now);
-        now.duration_since(since) >= grace
-    }
-
-    /// The route of `key` was removed now.
-    fn unrouted(&mut self, key: &Key, now: Instant) {
-        self.unrouted.insert(key.clone(), now);
-    }
-
-    /// Whether the containers of `key` may go: no route was removed, or its drain is over.
-    fn route_drained(&self, key: &Key, now: Instant) -> bool {
-        self.unrouted
-            .get(key)
-            .is_none_or(|t| now.duration_since(*t) >= ROUTE_DRAIN)
-    }
-
-    /// A removed route's drain is over: its containers are due.
-    fn drained(&self, now: Instant) -> bool {
-        self.unrouted
-            .values()
-            .any(|t| now.duration_since(*t) >= ROUTE_DRAIN)
-    }
+/// A Stage to reconcile, with what its reconcile reads.
+struct Due {
+    key: Key,
+    generation: i64,
+    spec: StageSpec,
+    project: Option<ProjectSpec>,
 }
 
 impl Controller {
@@ -437,8 +380,7 @@ impl Controller {
                 tracing::error!(error = %e, stage = ?key, "reconcile task failed");
                 if let Some(slot) = key.and_then(|k| self.slots.get_mut(&k)) {
                     slot.running = false;
-                    slot.backoff = Duration::from_secs(30);
-                    slot.next_due = Some(Instant::now() + slot.backoff);
+                    slot.next_due = Some(Instant::now() + slot.backoff.panicked());
                 }
                 return;
             }
@@ -450,30 +392,16 @@ impl Controller {
         let slot = self.slots.entry((ns, name)).or_default();
         slot.running = false;
         slot.finished = Some(Instant::now());
-        let delay = match reconciled.requeue {
-            Requeue::Resync => {
-                slot.backoff = Duration::ZERO;
-                resync
-            }
-            Requeue::Retry => {
-                slot.backoff =
-                    (slot.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
-                slot.backoff
-            }
-            // Only a change of inputs (fingerprint) makes it due again.
-            Requeue::WaitForChange => Duration::from_secs(24 * 3600),
-        };
+        // None: only a change of inputs (fingerprint) makes it due again.
+        let delay = slot
+            .backoff
+            .after(reconciled.requeue, resync)
+            .unwrap_or(Duration::from_secs(24 * 3600));
         slot.next_due = Some(Instant::now() + delay);
     }
 
     /// One pass: find due Stages, list containers once, collect orphans, dispatch.
     async fn pass(&mut self, manifests: &Manifests) {
-        let now = Instant::now();
-        let projects: BTreeMap<(String, String), &Project> = manifests
-            .projects
-            .iter()
-            .map(|l| (key_of(&l.resource), &l.resource))
-            .collect();
         // Stages as the store knows them: a Stage in a broken file keeps its last good spec.
         let stored = match self.db.list(Kind::Stage) {
             Ok(s) => s,
@@ -482,35 +410,8 @@ impl Controller {
                 return;
             }
         };
-        let mut due = Vec::new();
-        for row in &stored {
-            let Ok(spec) = serde_json::from_value::<StageSpec>(row.spec.clone()) else {
-                continue;
-            };
-            let project = projects
-                .get(&(row.namespace.clone(), spec.project_ref.clone()))
-                .map(|p| &p.spec);
-            let fingerprint = fingerprint(&row.spec, project, &row.status);
-            let slot = self
-                .slots
-                .entry((row.namespace.clone(), row.name.clone()))
-                .or_default();
-            if slot.running {
-                continue;
-            }
-            let changed = slot.fingerprint.as_deref() != Some(fingerprint.as_str());
-            if changed || slot.next_due.is_none_or(|d| d <= now) {
-                slot.fingerprint = Some(fingerprint);
-                due.push((
-                    row.namespace.clone(),
-                    row.name.clone(),
-                    row.generation,
-                    spec,
-                    project.cloned(),
-                ));
-            }
-        }
-        let known: BTreeSet<(String, String)> = stored
+        let due = self.due(manifests, &stored);
+        let known: BTreeSet<Key> = stored
             .iter()
             .map(|r| (r.namespace.clone(), r.name.clone()))
             .collect();
@@ -532,18 +433,13 @@ impl Controller {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list containers");
-                for (ns, name, generation, ..) in &due {
-                    self.report_unreachable(ns, name, *generation, &e);
+                for d in &due {
+                    self.report_unreachable(&d.key.0, &d.key.1, d.generation, &e);
                 }
                 return;
             }
         };
-        let mut by_stage: BTreeMap<(String, String), Vec<ContainerInfo>> = BTreeMap::new();
-        for c in containers {
-            let ns = c.label(labels::NAMESPACE).unwrap_or_default().to_string();
-            let stage = c.label(labels::STAGE).unwrap_or_default().to_string();
-            by_stage.entry((ns, stage)).or_default().push(c);
-        }
+        let by_stage = group_by_stage(containers);
         // Orphans: ours, but no Stage. Not while any manifest is broken: the broken file might be
         // the one that defines their Stage, and deleting a serving container is not undoable.
         // Nor before the Stage has been gone for a grace period: a checkout or an editor may
@@ -552,12 +448,59 @@ impl Controller {
         if manifests.errors.is_empty() {
             self.collect_orphans(&by_stage, gc_due).await;
         }
+        self.dispatch(due, by_stage, listed_at);
+    }
 
-        let mut in_flight = self.slots.values().filter(|s| s.running).count();
-        for (ns, name, generation, spec, project) in due {
-            let key = (ns.clone(), name.clone());
+    /// The Stages to reconcile now: their inputs changed (spec, Project, `latest`) or their
+    /// next look (resync, backoff) is due; none that is running.
+    fn due(&mut self, manifests: &Manifests, stored: &[Stored]) -> Vec<Due> {
+        let now = Instant::now();
+        let projects: BTreeMap<Key, &Project> = manifests
+            .projects
+            .iter()
+            .map(|l| (key_of(&l.resource), &l.resource))
+            .collect();
+        let mut due = Vec::new();
+        for row in stored {
+            let Ok(spec) = serde_json::from_value::<StageSpec>(row.spec.clone()) else {
+                continue;
+            };
+            let project = projects
+                .get(&(row.namespace.clone(), spec.project_ref.clone()))
+                .map(|p| &p.spec);
+            let fingerprint = fingerprint(&row.spec, project, &row.status);
+            let key = (row.namespace.clone(), row.name.clone());
             let slot = self.slots.entry(key.clone()).or_default();
-            // Finished after the listing began: the list may predate its work. Next pass.
+            if slot.running {
+                continue;
+            }
+            let changed = slot.fingerprint.as_deref() != Some(fingerprint.as_str());
+            if changed || slot.next_due.is_none_or(|d| d <= now) {
+                slot.fingerprint = Some(fingerprint);
+                due.push(Due {
+                    key,
+                    generation: row.generation,
+                    spec,
+                    project: project.cloned(),
+                });
+            }
+        }
+        due
+    }
+
+    /// Starts the reconciles of `due` Stages on the containers listed at `listed_at`, as many
+    /// as the concurrency allows; the rest (and those that finished after the listing began,
+    /// which it may predate) wait for the next pass.
+    fn dispatch(&mut self, due: Vec<Due>, mut by_stage: ByStage, listed_at: Instant) {
+        let mut in_flight = self.slots.values().filter(|s| s.running).count();
+        for Due {
+            key,
+            generation,
+            spec,
+            project,
+        } in due
+        {
+            let slot = self.slots.entry(key.clone()).or_default();
             if slot.finished.is_some_and(|f| f > listed_at) || in_flight >= self.opts.concurrency {
                 slot.fingerprint = None;
                 continue;
@@ -569,14 +512,14 @@ impl Controller {
             let db = self.db.clone();
             let task_key = key.clone();
             let handle = self.tasks.spawn(async move {
-                let status = db.stage_status(&ns, &name).unwrap_or_default();
-                let stage_key = StageKey {
-                    namespace: ns.clone(),
-                    project: spec.project_ref.clone(),
-                    stage: name.clone(),
-                };
+                let (ns, name) = &key;
+                let status = db.stage_status(ns, name).unwrap_or_default();
                 let input = StageInput {
-                    key: stage_key,
+                    key: StageKey {
+                        namespace: ns.clone(),
+                        project: spec.project_ref.clone(),
+                        stage: name.clone(),
+                    },
                     generation,
                     stage: &spec,
                     project: project.as_ref(),
@@ -591,23 +534,16 @@ impl Controller {
     /// Removes what gone Stages left behind, once their grace is over: the proxy host first, the
     /// containers once nginx stopped sending them requests (a drain later). While the proxy
     /// cannot be listed, containers that may still be routed to stay.
-    async fn collect_orphans(
-        &mut self,
-        by_stage: &BTreeMap<Key, Vec<ContainerInfo>>,
-        gc_due: bool,
-    ) {
+    async fn collect_orphans(&mut self, by_stage: &ByStage, gc_due: bool) {
         let now = Instant::now();
-        let grace = self.opts.resync.max(ORPHAN_GRACE);
         let idle = |slots: &HashMap<Key, Slot>, k: &Key| !slots.get(k).is_some_and(|s| s.running);
         let mut candidates: Vec<&Key> = Vec::new();
         for k in by_stage.keys() {
-            if self.missing.gone(k, now, grace) && idle(&self.slots, k) {
+            if self.missing.gone(k, now) && idle(&self.slots, k) {
                 candidates.push(k);
             }
         }
-        self.missing
-            .unrouted
-            .retain(|k, _| by_stage.contains_key(k));
+        self.missing.retain_unrouted(|k| by_stage.contains_key(k));
         if candidates.is_empty() && !gc_due {
             return;
         }
@@ -616,7 +552,7 @@ impl Controller {
                 let mut routed = BTreeSet::new();
                 for owner in owners {
                     let key = (owner.namespace.clone(), owner.stage.clone());
-                    if !self.missing.gone(&key, now, grace) || !idle(&self.slots, &key) {
+                    if !self.missing.gone(&key, now) || !idle(&self.slots, &key) {
                         continue;
                     }
                     tracing::info!(stage = %owner, "removing the proxy host of a removed Stage");
@@ -658,9 +594,7 @@ impl Controller {
             tracing::error!(error = %err, "cannot save status");
         }
         if let Some(slot) = self.slots.get_mut(&(ns.to_string(), name.to_string())) {
-            slot.backoff =
-                (slot.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
-            slot.next_due = Some(Instant::now() + slot.backoff);
+            slot.next_due = Some(Instant::now() + slot.backoff.failed());
             slot.fingerprint = None;
         }
     }
@@ -809,60 +743,4 @@ fn fingerprint(
         .take(12)
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(name: &str) -> Key {
-        ("ns".into(), name.into())
-    }
-
-    #[test]
-    fn the_grace_counts_from_when_the_stage_disappeared_not_from_an_earlier_cleanup() {
-        let grace = Duration::from_secs(5);
-        let t0 = Instant::now();
-        let mut m = Missing::default();
-        let web: BTreeSet<Key> = [key("web")].into();
-        m.stages(&web, t0);
-        // A cleanup pass sees the Stage's proxy host while the Stage exists: no clock starts.
-        assert!(!m.gone(&key("web"), t0, grace));
-        // Removed 4 s later: still within its grace 4.9 s after that, gone at 5 s.
-        let removed = t0 + Duration::from_secs(4);
-        m.stages(&BTreeSet::new(), removed);
-        assert!(!m.gone(&key("web"), removed + Duration::from_millis(4900), grace));
-        assert!(m.gone(&key("web"), removed + grace, grace));
-        // Back within its grace: its clock is forgotten; removed again later, a new one starts.
-        let back = removed + Duration::from_secs(3);
-        m.stages(&web, back);
-        assert!(!m.gone(&key("web"), back + Duration::from_secs(60), grace));
-        let again = back + Duration::from_secs(60);
-        m.stages(&BTreeSet::new(), again);
-        assert!(!m.gone(&key("web"), again + Duration::from_secs(4), grace));
-        assert!(m.gone(&key("web"), again + grace, grace));
-    }
-
-    #[test]
-    fn leftovers_of_a_stage_never_seen_start_their_clock_when_found() {
-        let grace = Duration::from_secs(5);
-        let t0 = Instant::now();
-        let mut m = Missing::default();
-        m.stages(&BTreeSet::new(), t0);
-        assert!(!m.gone(&key("old"), t0 + Duration::from_secs(1), grace));
-        assert!(!m.gone(&key("old"), t0 + Duration::from_secs(5), grace));
-        assert!(m.gone(&key("old"), t0 + Duration::from_secs(6), grace));
-    }
-
-    #[test]
-    fn containers_wait_for_the_drain_of_their_removed_route() {
-        let t0 = Instant::now();
-        let mut m = Missing::default();
-        assert!(m.route_drained(&key("web"), t0), "no route was removed");
-        m.unrouted(&key("web"), t0);
-        assert!(!m.route_drained(&key("web"), t0 + Duration::from_millis(100)));
-        assert!(!m.drained(t0 + Duration::from_millis(100)));
-        assert!(m.route_drained(&key("web"), t0 + ROUTE_DRAIN));
-        assert!(m.drained(t0 + ROUTE_DRAIN));
-    }
 }

@@ -13,20 +13,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::api::labels;
+use crate::engine::policy::{ByStage, group_by_stage};
 use crate::engine::{ContainerInfo, Runtime, RuntimeError};
-
-/// Containers by (namespace, Stage).
-pub type ByStage = HashMap<(String, String), Vec<ContainerInfo>>;
-
-fn group(containers: Vec<ContainerInfo>) -> ByStage {
-    let mut by_stage = ByStage::new();
-    for c in containers {
-        let ns = c.label(labels::NAMESPACE).unwrap_or_default().to_string();
-        let st = c.label(labels::STAGE).unwrap_or_default().to_string();
-        by_stage.entry((ns, st)).or_default().push(c);
-    }
-    by_stage
-}
 
 struct Listing {
     taken: Instant,
@@ -102,7 +90,7 @@ impl ContainerCache {
         let containers = runtime
             .list_managed(&[(labels::INSTANCE, self.instance.as_str())])
             .await?;
-        let by_stage = Arc::new(group(containers));
+        let by_stage = Arc::new(group_by_stage(containers));
         *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(Listing {
             taken,
             by_stage: by_stage.clone(),

@@ -26,6 +26,7 @@ use crate::api::{Phase, Project, ProjectSpec, Stage, StageStatus, labels};
 use crate::docker::DockerRuntime;
 use crate::engine::Reason;
 use crate::engine::conditions::{self, READY};
+use crate::engine::policy::{Backoff, Orphans, orphan_grace};
 use crate::engine::reconcile::report_unreachable;
 use crate::engine::spec::assess_project;
 use crate::engine::{Reconciler, Requeue, Runtime, RuntimeError, StageInput, StageKey};
@@ -46,8 +47,9 @@ pub struct Ctx {
     pub projects: ProjectView,
     pub recorder: Recorder,
     pub resync: Duration,
-    /// Consecutive transient failures per object, for the backoff.
-    pub failures: Mutex<HashMap<String, u32>>,
+    /// The retry schedule of each object in a streak of transient failures, by
+    /// `kind/namespace/name`.
+    pub failures: Mutex<HashMap<String, Backoff>>,
     pub metrics: Arc<crate::webhook::metrics::Metrics>,
 }
 
@@ -217,10 +219,14 @@ async fn stage(obj: Arc<DeserializeGuard<Stage>>, ctx: &Arc<Ctx>) -> Result<Acti
         Err(invalid) => return invalid_object::<Stage>(invalid, &ctx).await,
     };
     let namespace = stage.namespace().unwrap_or_default();
+    let key = key_of(stage);
     let api: Api<Stage> = Api::namespaced(ctx.client.clone(), &namespace);
-    let action = finalizer(&api, FINALIZER, Arc::new(stage.clone()), |event| async {
+    finalizer(&api, FINALIZER, Arc::new(stage.clone()), |event| async {
         match event {
-            Finalizer::Apply(stage) => apply_stage(&stage, &ctx).await,
+            Finalizer::Apply(stage) => {
+                let requeue = apply_stage(&stage, &ctx).await?;
+                Ok(schedule(&ctx, &key, requeue))
+            }
             Finalizer::Cleanup(stage) => {
                 cleanup(&ctx, &namespace, Scope::Stage(&stage.name_any())).await?;
                 publish(
@@ -231,20 +237,16 @@ async fn stage(obj: Arc<DeserializeGuard<Stage>>, ctx: &Arc<Ctx>) -> Result<Acti
                     "containers and proxy host removed".into(),
                 )
                 .await;
-                Ok(Action::await_change())
+                Ok(schedule(&ctx, &key, Requeue::WaitForChange))
             }
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))?;
-    ctx.failures
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&key_of(stage));
-    Ok(action)
+    .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-async fn apply_stage(stage: &Stage, ctx: &Ctx) -> Result<Action, Error> {
+/// Converges one Stage; says when to look again.
+async fn apply_stage(stage: &Stage, ctx: &Ctx) -> Result<Requeue, Error> {
     let namespace = stage.namespace().unwrap_or_default();
     let name = stage.name_any();
     let generation = stage.metadata.generation.unwrap_or(1);
@@ -258,7 +260,7 @@ async fn apply_stage(stage: &Stage, ctx: &Ctx) -> Result<Action, Error> {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(stage = %format!("{namespace}/{name}"), error = %e, "cannot read the Project");
-            return Ok(Action::requeue(backoff(ctx, &key_of(stage))));
+            return Ok(Requeue::Retry);
         }
     };
     let observed = match ctx
@@ -280,7 +282,7 @@ async fn apply_stage(stage: &Stage, ctx: &Ctx) -> Result<Action, Error> {
                 )
                 .await;
             }
-            return Ok(Action::requeue(backoff(ctx, &key_of(stage))));
+            return Ok(Requeue::Retry);
         }
     };
     let input = StageInput {
@@ -304,17 +306,7 @@ async fn apply_stage(stage: &Stage, ctx: &Ctx) -> Result<Action, Error> {
             publish(ctx, &reference, type_, reason, note).await;
         }
     }
-    Ok(match reconciled.requeue {
-        Requeue::Resync => {
-            ctx.failures
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key_of(stage));
-            Action::requeue(ctx.resync)
-        }
-        Requeue::Retry => Action::requeue(backoff(ctx, &key_of(stage))),
-        Requeue::WaitForChange => Action::await_change(),
-    })
+    Ok(reconciled.requeue)
 }
 
 /// What a person should hear about, from one status to the next.
@@ -392,6 +384,7 @@ async fn project(obj: Arc<DeserializeGuard<Project>>, ctx: &Arc<Ctx>) -> Result<
         Err(invalid) => return invalid_object::<Project>(invalid, &ctx).await,
     };
     let namespace = project.namespace().unwrap_or_default();
+    let key = key_of(project);
     let api: Api<Project> = Api::namespaced(ctx.client.clone(), &namespace);
     finalizer(&api, FINALIZER, Arc::new(project.clone()), |event| async {
         match event {
@@ -412,11 +405,11 @@ async fn project(obj: Arc<DeserializeGuard<Project>>, ctx: &Arc<Ctx>) -> Result<
                         .await;
                     }
                 }
-                Ok(Action::await_change())
+                Ok(schedule(&ctx, &key, Requeue::WaitForChange))
             }
             Finalizer::Cleanup(p) => {
                 cleanup(&ctx, &namespace, Scope::Project(&p.name_any())).await?;
-                Ok(Action::await_change())
+                Ok(schedule(&ctx, &key, Requeue::WaitForChange))
             }
         }
     })
@@ -502,8 +495,9 @@ async fn cleanup(ctx: &Ctx, namespace: &str, scope: Scope<'_>) -> Result<(), Err
 
 /// Containers (and proxy hosts) of this instance whose Stage is gone although its finalizer never
 /// ran (a namespace force-deleted, a finalizer removed by hand, a Stage deleted while no
-/// controller ran and then force-finalized): removed once they have been orphans for two resync
-/// periods and the API server confirms the Stage does not exist. Only namespaces this controller
+/// controller ran and then force-finalized): removed once the Stage has been gone for the orphan
+/// grace ([`orphan_grace`]: one resync period, at least 5 s, as in standalone mode) and the API
+/// server confirms it does not exist. Looks once per resync; only namespaces this controller
 /// watches are judged.
 pub async fn collect_orphans(
     ctx: Arc<Ctx>,
@@ -511,8 +505,8 @@ pub async fn collect_orphans(
     namespace: Option<String>,
     mut quit: tokio::sync::watch::Receiver<bool>,
 ) {
-    let grace = (ctx.resync * 2).max(Duration::from_secs(10));
-    let mut since: HashMap<(String, String), tokio::time::Instant> = HashMap::new();
+    // The same grace and clock as standalone mode's; the drain is cleanup's own (inline).
+    let mut orphans = Orphans::new(orphan_grace(ctx.resync), crate::proxy::ROUTE_DRAIN);
     loop {
         tokio::select! {
             _ = quit.wait_for(|q| *q) => return,
@@ -521,6 +515,19 @@ pub async fn collect_orphans(
         if !super::ingest::listed(&stages) {
             continue;
         }
+        let now = tokio::time::Instant::now();
+        let known: std::collections::BTreeSet<(String, String)> = stages
+            .state()
+            .iter()
+            .map(|s| {
+                let meta = s.meta();
+                (
+                    meta.namespace.clone().unwrap_or_default(),
+                    meta.name.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        orphans.stages(&known, now);
         let instance = ctx.engine.instance.clone();
         let mut suspects: Vec<(String, String)> =
             match ctx.containers.all(&ctx.engine.runtime).await {
@@ -540,12 +547,9 @@ pub async fn collect_orphans(
             namespace.as_ref().is_none_or(|n| n == ns)
                 && stages.get(&ObjectRef::new(name).within(ns)).is_none()
         });
-        since.retain(|k, _| suspects.contains(k));
         for (ns, name) in suspects {
-            let first = *since
-                .entry((ns.clone(), name.clone()))
-                .or_insert_with(tokio::time::Instant::now);
-            if first.elapsed() < grace {
+            let key = (ns.clone(), name.clone());
+            if !orphans.gone(&key, now) {
                 continue;
             }
             let api: Api<DeserializeGuard<Stage>> = Api::namespaced(ctx.client.clone(), &ns);
@@ -555,7 +559,7 @@ pub async fn collect_orphans(
             tracing::info!(stage = %format!("{ns}/{name}"), "removing the containers and proxy host of a Stage that no longer exists");
             match cleanup(&ctx, &ns, Scope::Stage(&name)).await {
                 Ok(()) => {
-                    since.remove(&(ns.clone(), name.clone()));
+                    orphans.forget(&key);
                     ctx.containers.forget(&ns, &name);
                 }
                 Err(e) => {
@@ -727,28 +731,39 @@ async fn publish(
     }
 }
 
-fn key_of(stage: &impl Resource) -> String {
+/// `kind/namespace/name`: a Stage and a Project of the same name keep apart schedules.
+fn key_of<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     format!(
-        "{}/{}",
-        stage.meta().namespace.as_deref().unwrap_or_default(),
-        stage.meta().name.as_deref().unwrap_or_default()
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
     )
 }
 
-/// 1 s, 2 s, 4 s … at most 60 s, per object.
-fn backoff(ctx: &Ctx, key: &str) -> Duration {
+/// The next look at `key` after an outcome, by the engine's backoff policy (the same as
+/// standalone mode's): the resync period when converged, 1 s doubling to 60 s on transient
+/// trouble, only a change when the spec cannot work.
+fn schedule(ctx: &Ctx, key: &str, requeue: Requeue) -> Action {
     let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
-    let n = failures.entry(key.to_string()).or_insert(0);
-    *n = n.saturating_add(1);
-    Duration::from_secs(1u64 << (*n - 1).min(6)).min(Duration::from_secs(60))
+    let backoff = failures.entry(key.to_string()).or_default();
+    let next = backoff.after(requeue, ctx.resync);
+    if backoff.is_idle() {
+        failures.remove(key);
+    }
+    next.map_or_else(Action::await_change, Action::requeue)
 }
 
 /// kube-runtime's error policy: errors are API trouble (a conflict, the server away) or a
 /// cleanup that could not finish (Docker away): retry with backoff.
-pub fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Ctx>) -> Action {
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    error: &Error,
+    ctx: Arc<Ctx>,
+) -> Action {
     let key = key_of(obj.as_ref());
     tracing::warn!(object = %key, category = error.category(), error = %error, "reconcile failed; retrying");
-    Action::requeue(backoff(&ctx, &key))
+    schedule(&ctx, &key, Requeue::Retry)
 }
 
 #[cfg(test)]

@@ -29,8 +29,7 @@ use super::secrets::ClusterSecrets;
 use super::status::{self, KubeSink};
 use crate::api::{Phase, Project, SeenTag, Stage, StageStatus, labels};
 use crate::docker::DockerRuntime;
-use crate::engine::{Reconciler, RuntimeError, StageKey, StatusSink as _};
-use crate::probe::NetProber;
+use crate::engine::{RuntimeError, StageKey, StatusSink as _};
 
 /// Longest wait for any one exchange: a test fails rather than hangs.
 const WAIT: Duration = Duration::from_secs(5);
@@ -271,18 +270,16 @@ async fn ctx(client: Client, docker: &FakeDocker, projects: Vec<Project>) -> Arc
     writer.apply_watcher_event(&watcher::Event::InitDone);
     Arc::new(Ctx {
         client: client.clone(),
-        engine: Arc::new(Reconciler {
+        engine: Arc::new(crate::host::single_host(
             runtime,
-            prober: NetProber::new(),
-            sink: KubeSink::new(client.clone()),
-            secrets: ClusterSecrets {
+            KubeSink::new(client.clone()),
+            ClusterSecrets {
                 store: secrets,
                 namespace: "tiny-forge".into(),
             },
-            proxy: None,
-            host_name: "default".into(),
-            instance: INSTANCE.into(),
-        }),
+            None,
+            INSTANCE,
+        )),
         containers: ContainerCache::new(INSTANCE, Duration::from_secs(5)),
         projects: ProjectView::new(project_store, client.clone()),
         recorder: Recorder::new(

@@ -26,9 +26,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 
 use crate::api::{Project, Stage};
-use crate::docker::DockerRuntime;
-use crate::engine::{Reconciler, Runtime as _};
-use crate::probe::NetProber;
+use crate::host;
 use crate::proxy::npm::{Npm, NpmConfig};
 use crate::webhook::{metrics::Metrics, server};
 use controller::{Ctx, ProjectView};
@@ -109,9 +107,6 @@ pub async fn run(
     );
     tokio::pin!(shutdown);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
 
     opts.auto_create_policy
         .validate()
@@ -123,84 +118,24 @@ pub async fn run(
         &opts.webhook_secret,
     );
     let metrics = Arc::new(Metrics::default());
-    let listener = match &opts.webhook {
-        None => None,
-        Some(config) => {
-            let keeper = tokio::spawn(ingest::keep_url_secret(client.clone(), index.clone()));
-            let recorder = ingest::spawn_recorder(
-                client.clone(),
-                index.clone(),
-                opts.auto_create.then(|| ingest::AutoCreate {
-                    policy: opts.auto_create_policy.clone(),
-                    namespace: opts
-                        .namespace
-                        .clone()
-                        .unwrap_or_else(|| controller_namespace.clone()),
-                }),
-            );
-            let server = server::start(
-                config.clone(),
-                index.clone(),
-                Arc::new(index.secrets.clone()),
-                metrics.clone(),
-                recorder,
-                stopped(stop_rx.clone()),
-            )
-            .await?;
-            tracing::info!(listen = %server.local_addr, secret = %format!("{controller_namespace}/{}", opts.webhook_secret), "webhook listener up");
-            Some((server, keeper))
-        }
-    };
+    let listener = listen(
+        &opts,
+        &client,
+        &index,
+        &controller_namespace,
+        &metrics,
+        stop_rx.clone(),
+    )
+    .await?;
 
     let result = async {
-        let runtime = loop {
-            match DockerRuntime::connect(opts.docker_host.as_deref()).await {
-                Ok(rt) => break rt,
-                Err(e) => tracing::error!(error = %e, "cannot reach Docker; retrying in 5s"),
-            }
-            tokio::select! {
-                _ = &mut shutdown => return Ok(()),
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            }
+        let connected =
+            host::connect_docker(opts.docker_host.as_deref(), shutdown.as_mut(), |_| Ok(()))
+                .await?;
+        let Some(runtime) = connected else {
+            return Ok(());
         };
-        tracing::info!(endpoint = runtime.endpoint(), "connected to Docker");
-        let npm = match opts.npm.clone() {
-            Some(config) => {
-                anyhow::ensure!(
-                    !config.password.is_empty(),
-                    "Nginx Proxy Manager: no password (TINY_FORGE_NPM_PASSWORD, from the chart's npm.credentialsSecret)"
-                );
-                Some(Npm::new(config)?)
-            }
-            None => None,
-        };
-        let ctx = Arc::new(Ctx {
-            client: client.clone(),
-            engine: Arc::new(Reconciler {
-                runtime,
-                prober: NetProber::new(),
-                sink: status::KubeSink::new(client.clone()),
-                secrets: index.secrets.clone(),
-                proxy: npm,
-                host_name: "default".into(),
-                instance: opts.instance.clone(),
-            }),
-            containers: containers::ContainerCache::new(
-                &opts.instance,
-                (opts.resync / 2).clamp(Duration::from_secs(1), Duration::from_secs(10)),
-            ),
-            projects: ProjectView::new(index.projects.clone(), client.clone()),
-            recorder: Recorder::new(
-                client.clone(),
-                Reporter {
-                    controller: "tiny-forge".into(),
-                    instance: Some(opts.identity.clone()),
-                },
-            ),
-            resync: opts.resync,
-            failures: Mutex::default(),
-            metrics: metrics.clone(),
-        });
+        let ctx = context(&opts, &client, &index, runtime, metrics.clone())?;
         if !opts.leader_election {
             metrics.set_leader(true);
             let run = controllers(ctx.clone(), &opts, stop_rx.clone());
@@ -215,7 +150,15 @@ pub async fn run(
             }
             return Ok(());
         }
-        lead(&client, &controller_namespace, &opts, ctx, &mut shutdown, stop_rx.clone()).await
+        lead(
+            &client,
+            &controller_namespace,
+            &opts,
+            ctx,
+            &mut shutdown,
+            stop_rx.clone(),
+        )
+        .await
     }
     .await;
     let _ = stop_tx.send(true);
@@ -224,6 +167,92 @@ pub async fn run(
         keeper.abort();
     }
     result
+}
+
+/// The webhook listener of every replica (when configured) and the task keeping its URL Secret,
+/// until `stop` says true.
+async fn listen(
+    opts: &Options,
+    client: &Client,
+    index: &Arc<ingest::ClusterIndex>,
+    controller_namespace: &str,
+    metrics: &Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Option<(server::Server, tokio::task::JoinHandle<()>)>> {
+    let Some(config) = &opts.webhook else {
+        return Ok(None);
+    };
+    let keeper = tokio::spawn(ingest::keep_url_secret(client.clone(), index.clone()));
+    let recorder = ingest::spawn_recorder(
+        client.clone(),
+        index.clone(),
+        opts.auto_create.then(|| ingest::AutoCreate {
+            policy: opts.auto_create_policy.clone(),
+            namespace: opts
+                .namespace
+                .clone()
+                .unwrap_or_else(|| controller_namespace.to_string()),
+        }),
+    );
+    let server = server::start(
+        config.clone(),
+        index.clone(),
+        Arc::new(index.secrets.clone()),
+        metrics.clone(),
+        recorder,
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    )
+    .await?;
+    tracing::info!(listen = %server.local_addr, secret = %format!("{controller_namespace}/{}", opts.webhook_secret), "webhook listener up");
+    Ok(Some((server, keeper)))
+}
+
+/// What the controllers share: the engine on the connected Docker host, with the status sink,
+/// Secrets and Projects of the cluster.
+fn context(
+    opts: &Options,
+    client: &Client,
+    index: &ingest::ClusterIndex,
+    runtime: crate::docker::DockerRuntime,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<Ctx>> {
+    let npm = match opts.npm.clone() {
+        Some(config) => {
+            anyhow::ensure!(
+                !config.password.is_empty(),
+                "Nginx Proxy Manager: no password (TINY_FORGE_NPM_PASSWORD, from the chart's npm.credentialsSecret)"
+            );
+            Some(Npm::new(config)?)
+        }
+        None => None,
+    };
+    Ok(Arc::new(Ctx {
+        client: client.clone(),
+        engine: Arc::new(host::single_host(
+            runtime,
+            status::KubeSink::new(client.clone()),
+            index.secrets.clone(),
+            npm,
+            &opts.instance,
+        )),
+        containers: containers::ContainerCache::new(
+            &opts.instance,
+            (opts.resync / 2).clamp(Duration::from_secs(1), Duration::from_secs(10)),
+        ),
+        projects: ProjectView::new(index.projects.clone(), client.clone()),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "tiny-forge".into(),
+                instance: Some(opts.identity.clone()),
+            },
+        ),
+        resync: opts.resync,
+        failures: Mutex::default(),
+        metrics,
+    }))
 }
 
 /// Runs the controllers while this replica holds the Lease.
