@@ -145,6 +145,24 @@ fn client_loop(
     })
 }
 
+/// Waits (up to 10 s) until the double has triggered no nginx reload for 0.5 s, then 0.2 s more
+/// for the last reload's workers to take over.
+async fn quiet_reloads(double: &NpmDouble) {
+    let mut last = double.reloads();
+    let mut quiet = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = double.reloads();
+        quiet = if now == last { quiet + 1 } else { 0 };
+        last = now;
+        if quiet >= 5 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return;
+        }
+    }
+    panic!("nginx kept reloading for 10 s");
+}
+
 /// Waits (up to 5 s) until `demo.test` answers `version` through nginx.
 async fn served_by(port: u16, version: &str) {
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -472,7 +490,11 @@ spec: {{projectRef: demo, pinnedTag: \"1.0.0\", domains: [taken.test]}}
     let settled = |what: &'static str, writes: usize| {
         let (stop, double, db) = (Arc::new(AtomicBool::new(false)), &double, &db);
         async move {
-            // NPM answered the last write before nginx reloaded: served again a moment later.
+            // NPM answered the last write before nginx reloaded, and nginx switches workers
+            // asynchronously after each reload (the rejected write's, then the put-back's): a
+            // first 1.1.0 may still come from the workers of before the rejection. Settled =
+            // no reload for 0.5 s, then served by 1.1.0.
+            quiet_reloads(double).await;
             served_by(port, "1.1.0").await;
             let load = client_loop(port, stop.clone());
             tokio::time::sleep(Duration::from_secs(3)).await;
