@@ -134,13 +134,13 @@ pub fn for_image<'p>(projects: &'p [ProjectRef], repository: &str) -> Vec<&'p Pr
 pub fn for_git<'p>(
     projects: &'p [ProjectRef],
     provider: &str,
-    event: &GitEvent,
+    repository: &str,
 ) -> Vec<&'p ProjectRef> {
     projects
         .iter()
         .filter(|p| {
             p.spec.git_source.as_ref().is_some_and(|g| {
-                g.repository.eq_ignore_ascii_case(&event.repository)
+                g.repository.eq_ignore_ascii_case(repository)
                     && (g.provider.is_empty() || g.provider.eq_ignore_ascii_case(provider))
             })
         })
@@ -642,10 +642,10 @@ mod tests {
             },
         }];
         assert_eq!(
-            for_git(&projects, "github", &git("push", None, None)).len(),
+            for_git(&projects, "github", &git("push", None, None).repository).len(),
             1
         );
-        assert!(for_git(&projects, "gitlab", &git("push", None, None)).is_empty());
+        assert!(for_git(&projects, "gitlab", &git("push", None, None).repository).is_empty());
     }
 
     #[test]

@@ -349,7 +349,7 @@ pub fn process<B: Book>(
             }
             let catalog = loaded(book, catalog)?;
             for event in events {
-                let users = ingest::for_git(&catalog.projects, source, event);
+                let users = ingest::for_git(&catalog.projects, source, &event.repository);
                 let mine = allowed(&users, &job.accepted);
                 if mine.is_empty() {
                     reasons.push(format!("no Project has gitSource {}", event.repository));

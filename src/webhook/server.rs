@@ -465,6 +465,18 @@ fn forwarded_node(node: &str) -> Option<IpAddr> {
         .or_else(|| node.parse::<SocketAddr>().ok().map(|s| s.ip()))
 }
 
+/// Adds the Projects of `found` that `to` does not hold yet (by namespace and name).
+fn add_new<'p>(to: &mut Vec<&'p ProjectRef>, found: impl IntoIterator<Item = &'p ProjectRef>) {
+    for p in found {
+        if !to
+            .iter()
+            .any(|x| x.namespace == p.namespace && x.name == p.name)
+        {
+            to.push(p);
+        }
+    }
+}
+
 /// The answer to an unknown route — and, byte for byte, to a wrong URL secret.
 fn not_found() -> warp::reply::Response {
     warp::reply::with_status(warp::reply(), StatusCode::NOT_FOUND).into_response()
@@ -599,9 +611,9 @@ async fn handle(
     });
 
     // Authenticate against the Projects the delivery is about.
-    let candidates: Vec<&ProjectRef> = match &delivery.parsed {
+    let mut candidates: Vec<&ProjectRef> = Vec::new();
+    match &delivery.parsed {
         super::Parsed::Images(images) => {
-            let mut c: Vec<&ProjectRef> = Vec::new();
             for i in images {
                 let users = ingest::for_image(&projects, &i.repository);
                 // An image no Project uses may become one (auto-creation): it must be one the
@@ -617,66 +629,37 @@ async fn handle(
                         ),
                     );
                 }
-                for p in users {
-                    if !c
-                        .iter()
-                        .any(|x| x.namespace == p.namespace && x.name == p.name)
-                    {
-                        c.push(p);
-                    }
-                }
+                add_new(&mut candidates, users);
             }
-            c
         }
         super::Parsed::Git(events) => {
-            let mut c: Vec<&ProjectRef> = Vec::new();
             for e in events {
-                for p in ingest::for_git(&projects, provider.as_str(), e) {
-                    if !c
-                        .iter()
-                        .any(|x| x.namespace == p.namespace && x.name == p.name)
-                    {
-                        c.push(p);
-                    }
-                }
+                add_new(
+                    &mut candidates,
+                    ingest::for_git(&projects, provider.as_str(), &e.repository),
+                );
             }
-            c
         }
         // Asks nothing, but names repositories: their Projects' secrets are checked all the
         // same, so a forger learns nothing and a wrong signature is a 401 everywhere.
         super::Parsed::Ignored(_) | super::Parsed::Ping => {
-            let mut c: Vec<&ProjectRef> = Vec::new();
             for named in &delivery.named {
                 let found = match named {
                     super::Named::Image(repository) => ingest::for_image(&projects, repository),
-                    super::Named::Git(repository) => ingest::for_git(
-                        &projects,
-                        provider.as_str(),
-                        &super::GitEvent {
-                            repository: repository.clone(),
-                            branch: None,
-                            tag: None,
-                            sha: String::new(),
-                            kind: "push",
-                        },
-                    ),
+                    super::Named::Git(repository) => {
+                        ingest::for_git(&projects, provider.as_str(), repository)
+                    }
                 };
-                for p in found {
-                    if p.spec
+                let signed = found.into_iter().filter(|p| {
+                    p.spec
                         .webhook
                         .as_ref()
                         .is_some_and(|w| w.secret_ref.is_some())
-                        && !c
-                            .iter()
-                            .any(|x| x.namespace == p.namespace && x.name == p.name)
-                    {
-                        c.push(p);
-                    }
-                }
+                });
+                add_new(&mut candidates, signed);
             }
-            c
         }
-    };
+    }
     let mut accepted = Vec::new();
     let mut refused_any = false;
     for p in candidates {
