@@ -184,14 +184,14 @@ async fn served_by(port: u16, version: &str) {
     panic!("demo.test never answered {version}; last: {last:.80}");
 }
 
-#[tokio::test]
-async fn rolls_and_rollbacks_behind_nginx_drop_no_request() {
-    let Some(rt) = docker().await else { return };
+/// The NPM double in front of a real nginx, or None (test skipped with a note) when nginx is
+/// missing and the run did not ask for the real-parts tests.
+async fn double_with_nginx() -> Option<NpmDouble> {
     let plane = match NginxPlane::start().await {
         Ok(p) => p,
         Err(e) if std::env::var_os("TINY_FORGE_TEST_DOCKER").is_none() => {
             eprintln!("skipped: {e}");
-            return;
+            return None;
         }
         Err(e) => panic!("nginx is needed for this test: {e}"),
     };
@@ -200,6 +200,15 @@ async fn rolls_and_rollbacks_behind_nginx_drop_no_request() {
         ..Default::default()
     })
     .await;
+    Some(double)
+}
+
+#[tokio::test]
+async fn rolls_and_rollbacks_behind_nginx_drop_no_request() {
+    let Some(rt) = docker().await else { return };
+    let Some(double) = double_with_nginx().await else {
+        return;
+    };
     let port = double.http_port();
     for c in rt.list_managed(&[(labels::INSTANCE, NS)]).await.unwrap() {
         rt.remove(&c.id).await.unwrap();
@@ -607,19 +616,9 @@ spec: {{projectRef: demo, pinnedTag: \"1.0.0\", domains: [taken.test]}}
 async fn a_stage_file_removed_and_restored_within_its_grace_keeps_serving() {
     const NS2: &str = "t-proxy-grace";
     let Some(rt) = docker().await else { return };
-    let plane = match NginxPlane::start().await {
-        Ok(p) => p,
-        Err(e) if std::env::var_os("TINY_FORGE_TEST_DOCKER").is_none() => {
-            eprintln!("skipped: {e}");
-            return;
-        }
-        Err(e) => panic!("nginx is needed for this test: {e}"),
+    let Some(double) = double_with_nginx().await else {
+        return;
     };
-    let double = NpmDouble::start(DoubleOptions {
-        nginx: Some(plane),
-        ..Default::default()
-    })
-    .await;
     let port = double.http_port();
     for c in rt.list_managed(&[(labels::INSTANCE, NS2)]).await.unwrap() {
         rt.remove(&c.id).await.unwrap();
