@@ -195,7 +195,11 @@ pub fn parse_into(file: &Path, text: &str, out: &mut Manifests) {
 /// `pinedTag` would otherwise be dropped silently and the Stage deployed without its pin.
 fn typed<T: DeserializeOwned + CustomResourceExt>(doc: serde_json::Value) -> Result<T, String> {
     let mut unknown = Vec::new();
-    let typed = serde_path_to_error::deserialize(&doc).map_err(|e| {
+    // One pass: serde_path_to_error names the field of a type error, serde_ignored reports the
+    // fields the type dropped.
+    let mut note = |path: serde_ignored::Path<'_>| unknown.push(segments(&path));
+    let ignoring = serde_ignored::Deserializer::new(&doc, &mut note);
+    let typed = serde_path_to_error::deserialize(ignoring).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path == "." {
@@ -204,9 +208,6 @@ fn typed<T: DeserializeOwned + CustomResourceExt>(doc: serde_json::Value) -> Res
             format!("{path}: {inner}")
         }
     })?;
-    // A second, cheap pass over the same tree: serde_ignored reports what the first dropped.
-    let _: T = serde_ignored::deserialize(&doc, |path| unknown.push(segments(&path)))
-        .map_err(|e| e.to_string())?;
     // kube's derived types leave the type fields to the caller, which checked them already.
     unknown.retain(
         |path| !matches!(path.as_slice(), [Segment::Key(k)] if k == "apiVersion" || k == "kind"),
