@@ -463,7 +463,7 @@ async fn docker_unreachable_is_an_error_value_not_a_panic() {
             Ok(_) => panic!("connected to nothing"),
             Err(e) => e,
         };
-    assert_eq!(err.reason(), "DockerUnreachable");
+    assert_eq!(err.reason().as_str(), "DockerUnreachable");
     assert!(
         err.to_string().contains("/nonexistent/docker.sock"),
         "{err}"

@@ -218,7 +218,7 @@ async fn wrong_credentials_2fa_and_outages_are_clear_errors() {
     let npm = adapter(&double, "changeme");
     double.set_down(true);
     match npm.ensure(&r).await {
-        Err(e @ ProxyError::Unreachable(_)) => assert_eq!(e.reason(), "ProxyUnreachable"),
+        Err(e @ ProxyError::Unreachable(_)) => assert_eq!(e.reason().as_str(), "ProxyUnreachable"),
         other => panic!("{other:?}"),
     }
     double.set_down(false);

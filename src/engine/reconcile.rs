@@ -1034,7 +1034,7 @@ fn held_failure<'s>(status: &'s StageStatus, tag: &str, inputs: &str) -> Option<
     };
     // Recorded by versions that rolled back when NPM merely failed to answer (say a 502 while
     // its backend restarted): not a verdict on the tag, so not held — it is tried again.
-    let proxy_away = Reason::ProxySwitchFailed == f.reason.as_str()
+    let proxy_away = Reason::parse(&f.reason) == Some(Reason::ProxySwitchFailed)
         && f.message
             .contains("could not take over the proxy route (the proxy answered: ");
     (f.tag == tag && f.inputs.as_deref() == Some(inputs) && same_digest && !proxy_away).then_some(f)
