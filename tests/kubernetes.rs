@@ -1278,3 +1278,28 @@ async fn a_redelivery_of_a_passed_over_push_never_moves_latest_back() {
     drop((a, b));
     remove_everything(&client, &docker, ns, instance).await;
 }
+
+/// `--public-url` (the chart's `webhook.publicUrl`): the webhook Secret the controller makes
+/// carries it, so the whole URL can be read from the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_secret_carries_the_public_url() {
+    let Some((client, docker, ns, instance)) = scenario("publicurl").await else {
+        return;
+    };
+    let (ns, instance) = (ns.as_str(), instance.as_str());
+    let args = ["--public-url", "https://forge.example.com/"];
+    let controller = Controller::start(ns, instance, &args, None);
+    ready_listener(controller.port).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = secrets.get("tiny-forge-webhook").await.unwrap();
+    let annotations = secret.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("tinyforge.dev/public-url")
+            .map(String::as_str),
+        Some("https://forge.example.com"),
+        "{annotations:?}"
+    );
+    drop(controller);
+    remove_everything(&client, &docker, ns, instance).await;
+}

@@ -34,6 +34,9 @@ use crate::webhook::server::Index;
 const CREATED_FOR: &str = "tinyforge.dev/created-for";
 /// Key of the URL secret inside its Secret.
 pub const URL_SECRET_KEY: &str = "url-secret";
+/// Annotation on the URL secret's Secret: the base URL senders reach the listener at
+/// (`--public-url`), so that the whole webhook URL can be read from the cluster.
+pub const PUBLIC_URL_ANNOTATION: &str = "tinyforge.dev/public-url";
 /// Delivery ids remembered per replica (redeliveries come within hours; a redelivery that
 /// reaches another replica finds its tag already recorded and changes nothing).
 const REMEMBERED: usize = 100_000;
@@ -201,8 +204,9 @@ fn project_ref(p: &DeserializeGuard<Project>) -> Option<ProjectRef> {
 }
 
 /// Makes the URL secret's Secret when it is missing: on first start, and again within seconds
-/// after someone deletes it (that is how the URL is rotated). Runs until the process ends.
-pub async fn keep_url_secret(client: Client, index: Arc<ClusterIndex>) {
+/// after someone deletes it (that is how the URL is rotated), annotated with `public_url` when
+/// given. Runs until the process ends.
+pub async fn keep_url_secret(client: Client, index: Arc<ClusterIndex>, public_url: Option<String>) {
     let api: Api<Secret> = Api::namespaced(client, &index.secrets.namespace);
     loop {
         if listed(&index.secrets.store) && matches!(index.url_secret(), Ok(None)) {
@@ -212,6 +216,9 @@ pub async fn keep_url_secret(client: Client, index: Arc<ClusterIndex>) {
                 crate::api::labels::MANAGED_BY.to_string(),
                 crate::api::labels::MANAGED_BY_VALUE.to_string(),
             )]));
+            secret.metadata.annotations = public_url
+                .as_ref()
+                .map(|u| BTreeMap::from([(PUBLIC_URL_ANNOTATION.to_string(), u.clone())]));
             secret.string_data = Some(BTreeMap::from([(
                 URL_SECRET_KEY.to_string(),
                 uuid::Uuid::new_v4().to_string(),
