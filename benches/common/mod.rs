@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use tiny_forge::adapters::docker::DockerRuntime;
+use tiny_forge::adapters::probe::NetProber;
 use tiny_forge::api::{StageStatus, labels};
-use tiny_forge::docker::DockerRuntime;
 use tiny_forge::engine::spec::EnvValueSource;
 use tiny_forge::engine::{Reconciler, Runtime, Secrets, StageKey, StatusSink};
-use tiny_forge::probe::NetProber;
 
 /// Every bench container carries this label, its value naming the bench (its "suite"), so a
 /// crashed run's leftovers are found and nothing else is touched.
@@ -48,7 +48,7 @@ pub fn engine(runtime: DockerRuntime) -> Engine {
         prober: NetProber::new(),
         sink: NoSink,
         secrets: NoSecrets,
-        proxy: tiny_forge::proxy::NoProxy,
+        proxy: tiny_forge::engine::proxy::NoProxy,
         host_name: "default".into(),
         instance: "bench".into(),
     }

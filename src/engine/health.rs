@@ -1,5 +1,5 @@
 //! The health gate a new container passes before it takes over: probing cadence, start period,
-//! retries and the container's own fate. The probes themselves are an adapter (`crate::probe`).
+//! retries and the container's own fate. The probes themselves are an adapter (`crate::adapters::probe`).
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

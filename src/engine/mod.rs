@@ -6,6 +6,7 @@ pub mod conditions;
 pub mod fake;
 pub mod health;
 pub mod policy;
+pub mod proxy;
 pub mod reasons;
 pub mod reconcile;
 pub mod runtime;

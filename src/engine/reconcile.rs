@@ -18,7 +18,7 @@ use crate::api::{
     DeployRecord, Deployed, FailedDeploy, Outcome, Phase, ProjectSpec, ProxyRoute, ProxySettings,
     SeenTag, StageSpec, StageStatus, Upstream,
 };
-use crate::proxy::{NoProxy, Owner, Proxy, ProxyError, Route};
+use crate::engine::proxy::{NoProxy, Owner, Proxy, ProxyError, Route};
 
 /// Condition type of the proxy route.
 pub const PROXY_READY: &str = "ProxyReady";

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use super::{JSON, image_push, json, media_type};
-use crate::webhook::{Auth, Delivery, Parsed, WebhookError};
+use crate::sources::webhook::{Auth, Delivery, Parsed, WebhookError};
 
 #[derive(Deserialize)]
 struct Push {

@@ -1,7 +1,6 @@
 //! The proxy in front of the containers, as the engine sees it: one route per Stage, owned and
-//! found by a tag, never by guessing. The real implementation is Nginx Proxy Manager (`npm`).
-
-pub mod npm;
+//! found by a tag, never by guessing. The real implementation is Nginx Proxy Manager
+//! (`crate::adapters::npm`).
 
 use crate::engine::reasons::Reason;
 use std::future::Future;

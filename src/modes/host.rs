@@ -6,9 +6,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::docker::DockerRuntime;
+use crate::adapters::docker::DockerRuntime;
+use crate::adapters::probe::NetProber;
 use crate::engine::{Reconciler, Runtime as _, RuntimeError};
-use crate::probe::NetProber;
 
 /// The wait between attempts to reach Docker at start-up.
 pub const RECONNECT: Duration = Duration::from_secs(5);

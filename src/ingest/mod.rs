@@ -2,14 +2,15 @@
 //! Projects, offer the tag to each of their Stages, and record it as `status.latest` where the
 //! Stage's tag policy prefers it. The reconcile loop acts on it; nothing here touches Docker.
 
-use std::path::{Path, PathBuf};
-
-use crate::api::{API_VERSION, ProjectSpec, SeenTag, StageSpec};
+use crate::api::{ProjectSpec, SeenTag, StageSpec};
 use crate::engine::conditions::now;
 use crate::engine::tags::CompiledPolicy;
 use crate::image::{ImageRef, canonical_repository, is_valid_tag};
-use crate::store::{Kind, StoreError, Tx};
-use crate::webhook::{GitEvent, ImagePush};
+
+pub mod events;
+pub mod recorder;
+
+pub use events::{Auth, Delivery, GitEvent, ImagePush, Named, Parsed, Provider};
 
 /// A push as recorded: repository, tag, digest, and who said so.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,43 +83,6 @@ pub struct StageRef {
 pub struct Catalog {
     pub projects: Vec<ProjectRef>,
     pub stages: Vec<StageRef>,
-}
-
-impl Catalog {
-    pub fn load(tx: &Tx<'_>) -> Result<Catalog, StoreError> {
-        let stages = tx
-            .list(Kind::Stage)?
-            .into_iter()
-            .filter_map(|s| {
-                let spec = serde_json::from_value::<StageSpec>(s.spec).ok()?;
-                Some(StageRef {
-                    policy: CompiledPolicy::compile(spec.tag_policy.as_ref()).ok(),
-                    project: spec.project_ref,
-                    namespace: s.namespace,
-                    name: s.name,
-                })
-            })
-            .collect();
-        Ok(Catalog {
-            projects: projects(tx)?,
-            stages,
-        })
-    }
-}
-
-/// The Projects in the store.
-pub fn projects(tx: &Tx<'_>) -> Result<Vec<ProjectRef>, StoreError> {
-    Ok(tx
-        .list(Kind::Project)?
-        .into_iter()
-        .filter_map(|p| {
-            Some(ProjectRef {
-                spec: serde_json::from_value(p.spec).ok()?,
-                namespace: p.namespace,
-                name: p.name,
-            })
-        })
-        .collect())
 }
 
 /// Projects whose image is `repository`.
@@ -215,23 +179,6 @@ pub trait Ledger {
         stage: &str,
         seen: &SeenTag,
     ) -> Result<(), Self::Error>;
-}
-
-impl Ledger for Tx<'_> {
-    type Error = StoreError;
-
-    fn latest(&self, namespace: &str, stage: &str) -> Result<Option<SeenTag>, StoreError> {
-        Tx::latest(self, namespace, stage)
-    }
-
-    fn record_latest(
-        &self,
-        namespace: &str,
-        stage: &str,
-        seen: &SeenTag,
-    ) -> Result<(), StoreError> {
-        Tx::record_latest(self, namespace, stage, seen).map(drop)
-    }
 }
 
 /// Records `push` on every Stage of `projects` (in the same transaction as the caller's other
@@ -418,84 +365,9 @@ pub fn valid_repository(repository: &str) -> Result<(), String> {
         .map_err(|e| crate::engine::spec::describe_errors(&e))
 }
 
-/// Creates a Project with a `dev` Stage (autoDeploy, any tag) for an image nobody uses yet: in
-/// the store, and as a manifest file under `<manifests>/auto-created/` so the directory stays the
-/// truth and the user can edit or delete it. Returns the new Project.
-pub fn auto_create(
-    tx: &Tx<'_>,
-    manifests: &Path,
-    catalog: &mut Catalog,
-    repository: &str,
-) -> Result<ProjectRef, AutoCreateError> {
-    let base = base_name(repository);
-    // Each auto-created Project gets a namespace of its own (named after it), so its `dev`
-    // Stage can never take the place of a Stage someone else wrote.
-    let dir = manifests.join("auto-created");
-    let taken = |n: &str| {
-        catalog.projects.iter().any(|p| p.namespace == n)
-            || catalog.stages.iter().any(|s| s.namespace == n)
-            || dir.join(format!("{n}.yaml")).exists()
-    };
-    let name = free_name(&base, taken);
-    let spec = auto_created_spec(repository);
-    let stage = StageSpec {
-        project_ref: name.clone(),
-        auto_deploy: true,
-        ..Default::default()
-    };
-    let file: PathBuf = dir.join(format!("{name}.yaml"));
-    let yaml = format!(
-        "# Created by tiny-forge for the first push of {repository}: edit or delete freely.\n{}---\n{}",
-        serde_saphyr::to_string(&serde_json::json!({
-            "apiVersion": API_VERSION, "kind": "Project",
-            "metadata": {"name": name, "namespace": name},
-            "spec": spec,
-        }))?,
-        serde_saphyr::to_string(&serde_json::json!({
-            "apiVersion": API_VERSION, "kind": "Stage",
-            "metadata": {"name": "dev", "namespace": name},
-            "spec": stage,
-        }))?,
-    );
-    std::fs::create_dir_all(&dir).map_err(|e| AutoCreateError::Write(file.clone(), e))?;
-    // Whole or not at all: the manifest sync may read the directory at any moment, and a file
-    // it found empty would make it forget the rows written next. A hidden name is not read.
-    let partial = dir.join(format!(".{name}.yaml.partial"));
-    std::fs::write(&partial, yaml)
-        .and_then(|()| std::fs::rename(&partial, &file))
-        .map_err(|e| AutoCreateError::Write(file.clone(), e))?;
-    let source = file.display().to_string();
-    tx.upsert(Kind::Project, &name, &name, &spec, Some(&source))?;
-    tx.upsert(Kind::Stage, &name, "dev", &stage, Some(&source))?;
-    let created = ProjectRef {
-        namespace: name.clone(),
-        name: name.clone(),
-        spec,
-    };
-    catalog.projects.push(created.clone());
-    catalog.stages.push(StageRef {
-        namespace: name.clone(),
-        name: "dev".into(),
-        project: name,
-        policy: CompiledPolicy::compile(None).ok(),
-    });
-    Ok(created)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AutoCreateError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("cannot write {0}: {1}")]
-    Write(PathBuf, std::io::Error),
-    #[error("cannot render the manifest: {0}")]
-    Render(#[from] serde_saphyr::SerializeError),
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StateDb;
 
     #[test]
     fn parse_references() {
@@ -508,77 +380,6 @@ mod tests {
         assert_eq!(p.digest.as_deref(), Some("sha256:abc"));
         assert!(Push::parse("localhost:5000/app", "cli").is_err());
         assert!(Push::parse("app:-bad", "cli").is_err());
-    }
-
-    fn record_for(db: &StateDb, reference: &str) -> Vec<Verdict> {
-        let push = Push::parse(reference, "cli").unwrap();
-        db.batch(|tx| {
-            let c = Catalog::load(tx)?;
-            record(
-                tx,
-                &c.stages,
-                &for_image(&c.projects, &push.repository),
-                &push,
-            )
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn a_push_reaches_only_stages_whose_policy_prefers_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(dir.path()).unwrap();
-        let project = serde_json::json!({"image": "docker.io/library/demo"});
-        db.upsert(Kind::Project, "default", "demo", &project, None)
-            .unwrap();
-        db.upsert(
-            Kind::Project,
-            "default",
-            "other",
-            &serde_json::json!({"image": "other"}),
-            None,
-        )
-        .unwrap();
-        let semver = serde_json::json!({"projectRef": "demo", "tagPolicy": {"semver": ">=1.0.0"}});
-        db.upsert(Kind::Stage, "default", "staging", &semver, None)
-            .unwrap();
-        let exact = serde_json::json!({"projectRef": "demo", "tagPolicy": {"exact": "main"}});
-        db.upsert(Kind::Stage, "default", "dev", &exact, None)
-            .unwrap();
-        let unrelated = serde_json::json!({"projectRef": "other"});
-        db.upsert(Kind::Stage, "default", "x", &unrelated, None)
-            .unwrap();
-
-        let verdicts = record_for(&db, "demo:1.1.0");
-        assert_eq!(verdicts.len(), 2, "{verdicts:?}");
-        let by = |name: &str| verdicts.iter().find(|v| v.stage == name).unwrap().clone();
-        assert_eq!(by("staging").ignored, None);
-        assert!(by("dev").ignored.unwrap().contains("not accepted"));
-        assert_eq!(
-            db.stage_status("default", "staging")
-                .unwrap()
-                .latest
-                .unwrap()
-                .tag,
-            "1.1.0"
-        );
-
-        // An older version does not replace a newer one; a pre-release is not followed.
-        assert!(
-            record_for(&db, "demo:1.0.5")
-                .iter()
-                .all(|v| v.ignored.is_some())
-        );
-        record_for(&db, "demo:1.2.0-broken");
-        assert_eq!(
-            db.stage_status("default", "staging")
-                .unwrap()
-                .latest
-                .unwrap()
-                .tag,
-            "1.1.0"
-        );
-        assert!(record_for(&db, "nothing:1").is_empty());
     }
 
     fn git(kind: &'static str, branch: Option<&str>, tag: Option<&str>) -> GitEvent {
@@ -646,80 +447,5 @@ mod tests {
             1
         );
         assert!(for_git(&projects, "gitlab", &git("push", None, None).repository).is_empty());
-    }
-
-    #[test]
-    fn auto_create_writes_a_manifest_and_the_store_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&dir.path().join("state")).unwrap();
-        let manifests = dir.path().join("m");
-        // A user's own `default/dev` Stage must survive any number of auto-creations.
-        db.upsert(
-            Kind::Stage,
-            "default",
-            "dev",
-            &serde_json::json!({"projectRef": "web"}),
-            None,
-        )
-        .unwrap();
-        let created = db
-            .batch(|tx| {
-                let mut c = Catalog::load(tx)?;
-                let p = auto_create(tx, &manifests, &mut c, "127.0.0.1:5000/Team/My_App").map_err(
-                    |e| match e {
-                        AutoCreateError::Store(s) => s,
-                        other => panic!("{other}"),
-                    },
-                )?;
-                record(
-                    tx,
-                    &c.stages,
-                    &[&p],
-                    &Push::parse("127.0.0.1:5000/Team/My_App:1.0", "registry").unwrap(),
-                )
-                .map(|v| (p, v))
-            })
-            .unwrap();
-        assert_eq!(created.0.name, "my-app");
-        assert_eq!(created.1.len(), 1);
-        assert_eq!(created.1[0].ignored, None);
-        let m = crate::store::load_dir(&manifests).unwrap();
-        assert!(m.errors.is_empty(), "{:?}", m.errors);
-        assert_eq!(
-            m.projects[0].resource.spec.image,
-            "127.0.0.1:5000/Team/My_App"
-        );
-        assert!(m.stages[0].resource.spec.auto_deploy);
-        assert_eq!(
-            m.stages[0].resource.metadata.namespace.as_deref(),
-            Some("my-app")
-        );
-        let users_dev = db.list(Kind::Stage).unwrap();
-        let users_dev = users_dev.iter().find(|s| s.namespace == "default").unwrap();
-        assert_eq!(users_dev.spec["projectRef"], "web", "untouched");
-        assert_eq!(users_dev.generation, 1);
-        // A second unknown image gets its own namespace too.
-        let second = db
-            .batch(|tx| {
-                let mut c = Catalog::load(tx)?;
-                Ok(
-                    auto_create(tx, &manifests, &mut c, "127.0.0.1:5000/team/my-app")
-                        .map_err(|e| e.to_string()),
-                )
-            })
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (second.namespace.as_str(), second.name.as_str()),
-            ("my-app-2", "my-app-2")
-        );
-        assert_eq!(
-            db.stage_status("my-app", "dev")
-                .unwrap()
-                .latest
-                .unwrap()
-                .tag,
-            "1.0"
-        );
     }
 }

@@ -1,21 +1,12 @@
-//! Durable recording of deliveries with group commit: deliveries that arrive together share one
-//! transaction and one sync, and each sender is answered only after that commit. A delivery id
-//! seen before changes nothing (redeliveries, registry retries).
+//! Recording one delivery, whatever keeps the record: claim its id (a delivery id seen before
+//! changes nothing: redeliveries, registry retries), match its images or Git events to Projects,
+//! offer the tags to their Stages. Where it is kept is a [`Book`]: the embedded store's
+//! transaction (`store::ledger`, group commit) or the cluster (`modes::kubernetes::ingest`).
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use tokio::sync::oneshot;
 
-use tokio::sync::{mpsc, oneshot};
+use super::{Catalog, Delivery, Ledger, Parsed, ProjectRef, Provider, Push, Verdict};
 
-use super::{Delivery, Parsed, Provider};
-use crate::api::SeenTag;
-use crate::ingest::{self, AutoCreatePolicy, Catalog, Ledger, ProjectRef, Push, Verdict};
-use crate::store::{StateDb, StoreError, Tx};
-
-/// Deliveries committed together at most.
-const MAX_BATCH: usize = 256;
-/// Delivery ids are kept this long (senders redeliver within hours).
-const DELIVERY_RETENTION_S: i64 = 7 * 24 * 3600;
 /// A delivery without a sender's id (Quay, Docker Hub, Harbor, the generic endpoint without
 /// `Idempotency-Key`) is known by a hash of its body, and only for this long: enough to absorb
 /// a sender's retries of the same request, short enough that the same tag pushed again later
@@ -45,107 +36,8 @@ pub struct Answer {
     pub ignored: Option<String>,
 }
 
-/// Starts the recorder. `auto_create`: the manifest directory where Projects for unknown images
-/// are written, or None to ignore unknown images.
-/// `wake` is told after each commit that recorded something, so the controller acts at once.
-pub fn spawn(
-    db: Arc<StateDb>,
-    auto_create: Option<PathBuf>,
-    wake: mpsc::UnboundedSender<()>,
-) -> mpsc::Sender<Job> {
-    spawn_with(
-        db,
-        auto_create.map(|dir| (dir, AutoCreatePolicy::default())),
-        wake,
-    )
-}
-
-/// [`spawn`], with what may be auto-created (and how many) in that directory.
-pub fn spawn_with(
-    db: Arc<StateDb>,
-    auto_create: Option<(PathBuf, AutoCreatePolicy)>,
-    wake: mpsc::UnboundedSender<()>,
-) -> mpsc::Sender<Job> {
-    let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
-    tokio::spawn(async move {
-        let mut batches = 0u64;
-        while let Some(first) = rx.recv().await {
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_BATCH
-                && let Ok(job) = rx.try_recv()
-            {
-                jobs.push(job);
-            }
-            batches += 1;
-            let prune = batches % 1000 == 1;
-            let db = db.clone();
-            let auto_create = auto_create.clone();
-            // The commit syncs to disk: keep it off the async workers.
-            let done = tokio::task::spawn_blocking(move || {
-                let result = db.batch(|tx| {
-                    if prune {
-                        tx.prune_deliveries(DELIVERY_RETENTION_S)?;
-                    }
-                    // Each delivery in a savepoint of its own: a failing one is answered 503
-                    // (its sender retries), the others still commit.
-                    // Projects and Stages are read once per batch, not once per delivery.
-                    let mut catalog = None;
-                    Ok(jobs
-                        .iter()
-                        .map(|job| {
-                            tx.attempt(|tx| {
-                                let book = StoreBook {
-                                    tx,
-                                    auto_create: auto_create.as_ref(),
-                                };
-                                process(&book, job, &mut catalog)
-                            })
-                        })
-                        .collect::<Vec<Result<Answer, String>>>())
-                });
-                (jobs, result)
-            })
-            .await;
-            let (jobs, result) = match done {
-                Ok(done) => done,
-                Err(e) => {
-                    tracing::error!(error = %e, "recorder task failed");
-                    continue;
-                }
-            };
-            match result {
-                Ok(answers) => {
-                    if answers
-                        .iter()
-                        .flatten()
-                        .any(|a| !a.verdicts.is_empty() || !a.created.is_empty())
-                    {
-                        let _ = wake.send(());
-                    }
-                    for (job, answer) in jobs.into_iter().zip(answers) {
-                        let _ = job.respond.send(answer);
-                    }
-                }
-                Err(e) => {
-                    let message = e.to_string();
-                    for job in jobs {
-                        let _ = job.respond.send(Err(message.clone()));
-                    }
-                }
-            }
-        }
-    });
-    tx
-}
-
-impl From<StoreError> for String {
-    fn from(e: StoreError) -> String {
-        e.to_string()
-    }
-}
-
 /// What recording needs of where it records: the embedded store here, the cluster in Kubernetes
-/// mode (`crate::k8s::ingest`).
+/// mode (`crate::modes::kubernetes::ingest`).
 pub trait Book: Ledger<Error = String> {
     /// Marks a delivery key seen; false when it was seen before — within `window` when one is
     /// given (a body hash: [`RETRY_WINDOW`]), else within the retention of sender ids.
@@ -166,89 +58,6 @@ pub trait Book: Ledger<Error = String> {
         catalog: &mut Catalog,
         repository: &str,
     ) -> Option<Result<ProjectRef, String>>;
-}
-
-/// The embedded store's transaction, and the manifest directory auto-created Projects go to
-/// with what may be created there.
-struct StoreBook<'a, 't> {
-    tx: &'a Tx<'t>,
-    auto_create: Option<&'a (PathBuf, AutoCreatePolicy)>,
-}
-
-impl Ledger for StoreBook<'_, '_> {
-    type Error = String;
-
-    fn latest(&self, namespace: &str, stage: &str) -> Result<Option<SeenTag>, String> {
-        Ok(self.tx.latest(namespace, stage)?)
-    }
-
-    fn record_latest(&self, namespace: &str, stage: &str, seen: &SeenTag) -> Result<(), String> {
-        self.tx
-            .record_latest(namespace, stage, seen)
-            .map(drop)
-            .map_err(Into::into)
-    }
-}
-
-impl Book for StoreBook<'_, '_> {
-    fn claim(
-        &self,
-        key: &str,
-        source: &str,
-        window: Option<std::time::Duration>,
-    ) -> Result<bool, String> {
-        Ok(match window {
-            None => self.tx.claim_delivery(key, source)?,
-            Some(w) => self.tx.claim_retry(
-                key,
-                source,
-                k8s_openapi::jiff::Timestamp::now().as_second(),
-                w.as_secs() as i64,
-            )?,
-        })
-    }
-
-    fn catalog(&self) -> Result<Catalog, String> {
-        Ok(Catalog::load(self.tx)?)
-    }
-
-    fn may_auto_create(&self, repository: &str) -> Result<(), String> {
-        let Some((dir, policy)) = self.auto_create else {
-            return Ok(());
-        };
-        policy.admits(repository)?;
-        // The files are what the user sees and deletes: deleting one frees its place.
-        let made = std::fs::read_dir(dir.join("auto-created"))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter(|e| {
-                        let name = e.file_name();
-                        let name = name.to_string_lossy();
-                        !name.starts_with('.') && name.ends_with(".yaml")
-                    })
-                    .count()
-            })
-            .unwrap_or(0);
-        if made >= policy.max {
-            return Err(format!(
-                "{made} Projects were auto-created already, the limit (--auto-create-max {}); \
-                 edit or delete files under {}, or raise the limit",
-                policy.max,
-                dir.join("auto-created").display()
-            ));
-        }
-        Ok(())
-    }
-
-    fn auto_create(
-        &self,
-        catalog: &mut Catalog,
-        repository: &str,
-    ) -> Option<Result<ProjectRef, String>> {
-        let (dir, _) = self.auto_create?;
-        Some(ingest::auto_create(self.tx, dir, catalog, repository).map_err(|e| e.to_string()))
-    }
 }
 
 /// Records one delivery in `book`: claims its id, matches its images or Git events to Projects,
@@ -293,7 +102,7 @@ pub fn process<B: Book>(
             let catalog = loaded(book, catalog)?;
             for image in fresh {
                 let push = Push::from_image(image, source, job.delivery.delivery_id.as_deref());
-                let users = ingest::for_image(&catalog.projects, &image.repository);
+                let users = super::for_image(&catalog.projects, &image.repository);
                 let anyone = !users.is_empty();
                 let mine: Vec<ProjectRef> = allowed(&users, &job.accepted)
                     .into_iter()
@@ -303,7 +112,7 @@ pub fn process<B: Book>(
                     let mine: Vec<&ProjectRef> = mine.iter().collect();
                     answer
                         .verdicts
-                        .extend(ingest::record(book, &catalog.stages, &mine, &push)?);
+                        .extend(super::record(book, &catalog.stages, &mine, &push)?);
                 } else if anyone {
                     reasons.push(format!(
                         "not authorised for the Projects using {}",
@@ -322,7 +131,7 @@ pub fn process<B: Book>(
                             answer
                                 .created
                                 .push(format!("{}/{}", created.namespace, created.name));
-                            answer.verdicts.extend(ingest::record(
+                            answer.verdicts.extend(super::record(
                                 book,
                                 &catalog.stages,
                                 &[&created],
@@ -349,13 +158,13 @@ pub fn process<B: Book>(
             }
             let catalog = loaded(book, catalog)?;
             for event in events {
-                let users = ingest::for_git(&catalog.projects, source, &event.repository);
+                let users = super::for_git(&catalog.projects, source, &event.repository);
                 let mine = allowed(&users, &job.accepted);
                 if mine.is_empty() {
                     reasons.push(format!("no Project has gitSource {}", event.repository));
                 }
                 for project in mine {
-                    match ingest::git_tag(&project.spec, event) {
+                    match super::git_tag(&project.spec, event) {
                         Ok(tag) => {
                             let push = Push {
                                 repository: project.spec.image.clone(),
@@ -364,7 +173,7 @@ pub fn process<B: Book>(
                                 source: source.to_string(),
                                 delivery_id: job.delivery.delivery_id.clone(),
                             };
-                            answer.verdicts.extend(ingest::record(
+                            answer.verdicts.extend(super::record(
                                 book,
                                 &catalog.stages,
                                 &[project],

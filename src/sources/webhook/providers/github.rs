@@ -8,7 +8,7 @@ use super::{
     media_type, pushed_ref, required_header,
 };
 use crate::image::{ImageRef, is_valid_digest};
-use crate::webhook::{Delivery, GitEvent, Parsed, WebhookError};
+use crate::sources::webhook::{Delivery, GitEvent, Parsed, WebhookError};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
@@ -35,7 +35,7 @@ pub(super) fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<Delivery, 
         other => any_json(body).map(|()| Parsed::Ignored(format!("event {other} is not used")))?,
     };
     let named = if matches!(parsed, Parsed::Ignored(_) | Parsed::Ping) {
-        super::named(crate::webhook::Provider::Github, body)
+        super::named(crate::sources::webhook::Provider::Github, body)
     } else {
         Vec::new()
     };
@@ -249,8 +249,8 @@ fn workflow_run(event: WorkflowRunEvent) -> Parsed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhook::providers::tests::{header_map, read};
-    use crate::webhook::{Auth, ImagePush, verify};
+    use crate::sources::webhook::providers::tests::{header_map, read};
+    use crate::sources::webhook::{Auth, ImagePush, verify};
     use hmac::{KeyInit, Mac};
 
     const SECRET: &[u8] = b"test-secret";

@@ -22,17 +22,17 @@ use kube::{Client, Resource, ResourceExt};
 use super::containers::ContainerCache;
 use super::secrets::ClusterSecrets;
 use super::status::{self, KubeSink};
+use crate::adapters::docker::DockerRuntime;
+use crate::adapters::npm::Npm;
+use crate::adapters::probe::NetProber;
 use crate::api::{Phase, Project, ProjectSpec, Stage, StageStatus, labels};
-use crate::docker::DockerRuntime;
 use crate::engine::Reason;
 use crate::engine::conditions::{self, READY};
 use crate::engine::policy::{Backoff, Orphans, orphan_grace};
+use crate::engine::proxy::{Owner, Proxy};
 use crate::engine::reconcile::report_unreachable;
 use crate::engine::spec::assess_project;
 use crate::engine::{Reconciler, Requeue, Runtime, RuntimeError, StageInput, StageKey};
-use crate::probe::NetProber;
-use crate::proxy::npm::Npm;
-use crate::proxy::{Owner, Proxy};
 
 /// Put on every Stage and Project: their containers and proxy hosts go before they do.
 pub const FINALIZER: &str = "tinyforge.dev/cleanup";
@@ -50,7 +50,7 @@ pub struct Ctx {
     /// The retry schedule of each object in a streak of transient failures, by
     /// `kind/namespace/name`.
     pub failures: Mutex<HashMap<String, Backoff>>,
-    pub metrics: Arc<crate::webhook::metrics::Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Counts a finished reconcile by its outcome (a static label).
@@ -474,7 +474,7 @@ async fn cleanup(ctx: &Ctx, namespace: &str, scope: Scope<'_>) -> Result<(), Err
     }
     if unrouted && !containers.is_empty() {
         // NPM answers before nginx has reloaded; requests in flight finish meanwhile.
-        tokio::time::sleep(crate::proxy::ROUTE_DRAIN).await;
+        tokio::time::sleep(crate::engine::proxy::ROUTE_DRAIN).await;
     }
     for c in &containers {
         tracing::info!(container = %c.name, "removing the container of a deleted resource");
@@ -506,7 +506,7 @@ pub async fn collect_orphans(
     mut quit: tokio::sync::watch::Receiver<bool>,
 ) {
     // The same grace and clock as standalone mode's; the drain is cleanup's own (inline).
-    let mut orphans = Orphans::new(orphan_grace(ctx.resync), crate::proxy::ROUTE_DRAIN);
+    let mut orphans = Orphans::new(orphan_grace(ctx.resync), crate::engine::proxy::ROUTE_DRAIN);
     loop {
         tokio::select! {
             _ = quit.wait_for(|q| *q) => return,

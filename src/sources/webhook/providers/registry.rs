@@ -6,7 +6,7 @@
 use serde::Deserialize;
 
 use super::{JSON, image_push, json, media_type, token};
-use crate::webhook::{Delivery, Parsed, WebhookError};
+use crate::sources::webhook::{Delivery, Parsed, WebhookError};
 
 const EVENTS_V1: &str = "application/vnd.docker.distribution.events.v1+json";
 const EVENTS_V2: &str = "application/vnd.docker.distribution.events.v2+json";
@@ -108,7 +108,7 @@ pub(super) fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<Delivery, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhook::ImagePush;
+    use crate::sources::webhook::ImagePush;
     use http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
 
     const DIGEST: &str = "sha256:e9ece6ea73f27cf42da62ce05c7251ab0d713e4042f231d31265bb550e617e33";

@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::{JSON, bad, first_header, image_push, json, media_type};
 use crate::image::ImageRef;
-use crate::webhook::{Auth, Delivery, Parsed, WebhookError};
+use crate::sources::webhook::{Auth, Delivery, Parsed, WebhookError};
 
 #[derive(Deserialize)]
 struct Body {
@@ -43,7 +43,7 @@ pub(super) fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<Delivery, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhook::ImagePush;
+    use crate::sources::webhook::ImagePush;
 
     const D: &str = "sha256:e9ece6ea73f27cf42da62ce05c7251ab0d713e4042f231d31265bb550e617e33";
 

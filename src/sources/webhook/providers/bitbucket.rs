@@ -6,7 +6,7 @@ use serde::Deserialize;
 use super::{
     JSON, any_json, first_header, hmac_sha256, is_zero_sha, json, media_type, required_header,
 };
-use crate::webhook::{Delivery, GitEvent, Parsed, WebhookError};
+use crate::sources::webhook::{Delivery, GitEvent, Parsed, WebhookError};
 
 pub(super) fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<Delivery, WebhookError> {
     media_type(headers, &[JSON])?;
@@ -20,7 +20,7 @@ pub(super) fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<Delivery, 
         other => any_json(body).map(|()| Parsed::Ignored(format!("event {other} is not used")))?,
     };
     let named = if matches!(parsed, Parsed::Ignored(_) | Parsed::Ping) {
-        super::named(crate::webhook::Provider::Bitbucket, body)
+        super::named(crate::sources::webhook::Provider::Bitbucket, body)
     } else {
         Vec::new()
     };
@@ -177,8 +177,8 @@ fn server_refs_changed(event: ServerRefsChanged) -> Parsed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhook::Auth;
-    use crate::webhook::providers::tests::header_map;
+    use crate::sources::webhook::Auth;
+    use crate::sources::webhook::providers::tests::header_map;
     use http::HeaderMap;
 
     const SERVER: &str = r#"{"repository": {"slug": "app", "project": {"key": "PROJ"}},

@@ -16,10 +16,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use warp::{Buf, Filter, Reply};
 
-use super::metrics::Metrics;
-use super::recorder::{Answer, Job};
 use super::{Auth, Provider, WebhookError, providers, verify};
+use crate::ingest::recorder::{Answer, Job};
 use crate::ingest::{self, ProjectRef};
+use crate::metrics::Metrics;
 use crate::store::StateDb;
 
 /// Settings of the webhook listener.
@@ -155,7 +155,7 @@ impl Index for StoreIndex {
 
     fn projects(&self) -> Result<Vec<ProjectRef>, String> {
         self.reader
-            .read(ingest::projects)
+            .read(crate::store::ledger::projects)
             .map_err(|e| e.to_string())
     }
 
@@ -181,7 +181,7 @@ struct Cache {
 /// What [`SecretLookup::webhook_secret`] answers: no secret configured, the secret, or why not.
 type SecretAnswer = Option<Result<Vec<u8>, String>>;
 
-/// Where the URL secret lives in the store: sealed, see [`crate::webhook::url_secret`].
+/// Where the URL secret lives in the store: sealed, see [`crate::sources::webhook::url_secret`].
 pub type UrlSecretReader = Arc<dyn Fn() -> Result<Option<String>, String> + Send + Sync>;
 
 pub struct Shared {

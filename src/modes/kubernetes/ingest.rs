@@ -26,9 +26,9 @@ use super::secrets::ClusterSecrets;
 use super::status;
 use crate::api::{Project, SeenTag, Stage, StageSpec};
 use crate::engine::tags::CompiledPolicy;
+use crate::ingest::recorder::{self, Answer, Book, Job};
 use crate::ingest::{Catalog, Ledger, ProjectRef, StageRef};
-use crate::webhook::recorder::{self, Answer, Book, Job};
-use crate::webhook::server::Index;
+use crate::sources::webhook::server::Index;
 
 /// Annotation on auto-created Projects and Stages: the image they were made for.
 const CREATED_FOR: &str = "tinyforge.dev/created-for";

@@ -27,8 +27,8 @@ use super::containers::ContainerCache;
 use super::controller::{self, Ctx, Error, FINALIZER, ProjectView};
 use super::secrets::ClusterSecrets;
 use super::status::{self, KubeSink};
+use crate::adapters::docker::DockerRuntime;
 use crate::api::{Phase, Project, SeenTag, Stage, StageStatus, labels};
-use crate::docker::DockerRuntime;
 use crate::engine::{RuntimeError, StageKey, StatusSink as _};
 
 /// Longest wait for any one exchange: a test fails rather than hangs.
@@ -270,7 +270,7 @@ async fn ctx(client: Client, docker: &FakeDocker, projects: Vec<Project>) -> Arc
     writer.apply_watcher_event(&watcher::Event::InitDone);
     Arc::new(Ctx {
         client: client.clone(),
-        engine: Arc::new(crate::host::single_host(
+        engine: Arc::new(crate::modes::host::single_host(
             runtime,
             KubeSink::new(client.clone()),
             ClusterSecrets {

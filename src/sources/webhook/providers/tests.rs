@@ -7,7 +7,7 @@ use std::path::Path;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::parse;
-use crate::webhook::{Auth, GitEvent, ImagePush, Parsed, Provider, WebhookError, verify};
+use crate::sources::webhook::{Auth, GitEvent, ImagePush, Parsed, Provider, WebhookError, verify};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/webhooks");
 

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::{JSON, bad, image_push, json, media_type, token};
 use crate::image::{ImageRef, is_valid_tag};
-use crate::webhook::{Delivery, Parsed, WebhookError};
+use crate::sources::webhook::{Delivery, Parsed, WebhookError};
 
 /// Harbor's CloudEvents formatter sends its structured mode media type.
 const CLOUDEVENTS: &str = "application/cloudevents+json";
@@ -97,7 +97,7 @@ fn pushed(data: Data) -> Result<Parsed, WebhookError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhook::{Auth, ImagePush, verify};
+    use crate::sources::webhook::{Auth, ImagePush, verify};
     use http::{HeaderMap, HeaderValue};
 
     #[test]

@@ -25,10 +25,11 @@ use kube::runtime::{Controller, watcher};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 
+use crate::adapters::npm::{Npm, NpmConfig};
 use crate::api::{Project, Stage};
-use crate::host;
-use crate::proxy::npm::{Npm, NpmConfig};
-use crate::webhook::{metrics::Metrics, server};
+use crate::metrics::Metrics;
+use crate::modes::host;
+use crate::sources::webhook::server;
 use controller::{Ctx, ProjectView};
 
 /// Settings of `tiny-forge run --kubernetes`.
@@ -215,7 +216,7 @@ fn context(
     opts: &Options,
     client: &Client,
     index: &ingest::ClusterIndex,
-    runtime: crate::docker::DockerRuntime,
+    runtime: crate::adapters::docker::DockerRuntime,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Arc<Ctx>> {
     let npm = match opts.npm.clone() {

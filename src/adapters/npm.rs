@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use super::{Ensured, Owner, Proxy, ProxyError, Route};
+use crate::engine::proxy::{Ensured, Owner, Proxy, ProxyError, Route};
 
 /// How to reach NPM.
 #[derive(Clone)]

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::{
     JSON, any_json, first_header, is_zero_sha, json, media_type, pushed_ref, required_header, token,
 };
-use crate::webhook::{Delivery, GitEvent, Parsed, WebhookError};
+use crate::sources::webhook::{Delivery, GitEvent, Parsed, WebhookError};
 
 pub(super) fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<Delivery, WebhookError> {
     media_type(headers, &[JSON])?;
@@ -28,7 +28,7 @@ pub(super) fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<Delivery, 
         other => any_json(body).map(|()| Parsed::Ignored(format!("event {other} is not used")))?,
     };
     let named = if matches!(parsed, Parsed::Ignored(_) | Parsed::Ping) {
-        super::named(crate::webhook::Provider::Gitlab, body)
+        super::named(crate::sources::webhook::Provider::Gitlab, body)
     } else {
         Vec::new()
     };
@@ -116,8 +116,8 @@ fn pipeline(event: Pipeline) -> Parsed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhook::Auth;
-    use crate::webhook::providers::tests::header_map;
+    use crate::sources::webhook::Auth;
+    use crate::sources::webhook::providers::tests::header_map;
     use http::HeaderMap;
 
     const PUSH: &str = r#"{"ref": "refs/heads/main", "before": "1111111111111111111111111111111111111111",

@@ -17,20 +17,22 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until};
 
+use crate::adapters::docker::DockerRuntime;
+use crate::adapters::npm::{Npm, NpmConfig};
+use crate::adapters::probe::NetProber;
 use crate::api::{Project, ProjectSpec, StageSpec, StageStatus, labels};
 use crate::crypto::SecretBox;
-use crate::docker::DockerRuntime;
 use crate::engine::policy::{Backoff, ByStage, Orphans, group_by_stage, orphan_grace};
+use crate::engine::proxy::{Proxy as _, ROUTE_DRAIN};
 use crate::engine::spec::assess_project;
 use crate::engine::{
     Reconciled, Reconciler, Runtime, RuntimeError, StageInput, StageKey, StatusSink,
 };
-use crate::host;
-use crate::probe::NetProber;
-use crate::proxy::npm::{Npm, NpmConfig};
-use crate::proxy::{Proxy as _, ROUTE_DRAIN};
+use crate::metrics::Metrics;
+use crate::modes::host;
+use crate::sources::webhook::{self, server};
+use crate::store::ledger;
 use crate::store::{Kind, Manifests, StateDb, StoreSecrets, Stored, load_dir};
-use crate::webhook::{self, metrics::Metrics, recorder, server};
 
 /// Settings of `tiny-forge run` in standalone mode.
 #[derive(Clone, Debug)]
@@ -47,7 +49,7 @@ pub struct Options {
     /// Ownership label value: containers of other instances on the same host are left alone.
     pub instance: String,
     /// The webhook listener; None: no listener.
-    pub webhook: Option<crate::webhook::server::Config>,
+    pub webhook: Option<crate::sources::webhook::server::Config>,
     /// Base URL senders reach the listener at (a TLS proxy in front, say) [default: the bound
     /// address]; `webhook url` prints it.
     pub public_url: Option<String>,
@@ -162,7 +164,7 @@ pub async fn run(
             opts.auto_create_policy
                 .validate()
                 .map_err(anyhow::Error::msg)?;
-            let recorder = recorder::spawn_with(
+            let recorder = ledger::spawn_with(
                 db.clone(),
                 opts.auto_create
                     .then(|| (opts.manifests.clone(), opts.auto_create_policy.clone())),
