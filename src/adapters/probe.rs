@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::engine::health::Prober;
+use crate::engine::health::{ProbeError, Prober};
 
 /// Probes over the host's network, one shared HTTP client.
 #[derive(Clone)]
@@ -32,7 +32,12 @@ impl Default for NetProber {
 }
 
 impl Prober for NetProber {
-    async fn http(&self, addr: SocketAddr, path: &str, timeout: Duration) -> Result<u16, String> {
+    async fn http(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<u16, ProbeError> {
         let url = format!("http://{addr}{path}");
         self.client
             .get(&url)
@@ -42,20 +47,20 @@ impl Prober for NetProber {
             .map(|r| r.status().as_u16())
             .map_err(|e| {
                 if e.is_timeout() {
-                    format!("no answer within {}s", timeout.as_secs_f32())
+                    ProbeError::Timeout(timeout)
                 } else if e.is_connect() {
-                    "connection refused".to_string()
+                    ProbeError::Refused
                 } else {
-                    e.to_string()
+                    ProbeError::Failed(e.to_string())
                 }
             })
     }
 
-    async fn tcp(&self, addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    async fn tcp(&self, addr: SocketAddr, timeout: Duration) -> Result<(), ProbeError> {
         match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {}s", timeout.as_secs_f32())),
+            Ok(Err(e)) => Err(ProbeError::Failed(e.to_string())),
+            Err(_) => Err(ProbeError::Timeout(timeout)),
         }
     }
 }

@@ -13,8 +13,11 @@ pub mod runtime;
 pub mod spec;
 pub mod tags;
 
+pub use health::{ProbeError, Prober};
 pub use reasons::Reason;
-pub use reconcile::{Reconciled, Reconciler, Requeue, Secrets, StageInput, StatusSink};
+pub use reconcile::{
+    Reconciled, Reconciler, Requeue, SecretError, Secrets, SinkError, StageInput, StatusSink,
+};
 pub use runtime::{
     ContainerInfo, ContainerSpec, ContainerState, ImageInfo, Pull, Runtime, RuntimeError,
 };

@@ -21,7 +21,7 @@ pub struct Job {
     pub delivery_key: String,
     /// Projects (namespace, name) the delivery proved it may speak for.
     pub accepted: Vec<(String, String)>,
-    pub respond: oneshot::Sender<Result<Answer, String>>,
+    pub respond: oneshot::Sender<Result<Answer, BookError>>,
 }
 
 /// What was recorded.
@@ -38,7 +38,15 @@ pub struct Answer {
 
 /// What recording needs of where it records: the embedded store here, the cluster in Kubernetes
 /// mode (`crate::modes::kubernetes::ingest`).
-pub trait Book: Ledger<Error = String> {
+/// The book could not record: the store or the API server failed. The delivery is answered 503
+/// and its sender retries; nothing of it was recorded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BookError {
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+pub trait Book: Ledger<Error = BookError> {
     /// Marks a delivery key seen; false when it was seen before — within `window` when one is
     /// given (a body hash: [`RETRY_WINDOW`]), else within the retention of sender ids.
     fn claim(
@@ -46,18 +54,19 @@ pub trait Book: Ledger<Error = String> {
         key: &str,
         source: &str,
         window: Option<std::time::Duration>,
-    ) -> Result<bool, String>;
-    fn catalog(&self) -> Result<Catalog, String>;
-    /// Whether a Project may be created for `repository` now (allow-list, cap), else why not.
-    fn may_auto_create(&self, _repository: &str) -> Result<(), String> {
-        Ok(())
+    ) -> Result<bool, BookError>;
+    fn catalog(&self) -> Result<Catalog, BookError>;
+    /// Why no Project may be created for `repository` now (allow-list, cap), if it may not:
+    /// answered 2xx with that reason, not an error.
+    fn refuses_auto_create(&self, _repository: &str) -> Option<String> {
+        None
     }
     /// Creates a Project (with a Stage) for an image nobody uses; None when that is off.
     fn auto_create(
         &self,
         catalog: &mut Catalog,
         repository: &str,
-    ) -> Option<Result<ProjectRef, String>>;
+    ) -> Option<Result<ProjectRef, BookError>>;
 }
 
 /// Records one delivery in `book`: claims its id, matches its images or Git events to Projects,
@@ -66,7 +75,7 @@ pub fn process<B: Book>(
     book: &B,
     job: &Job,
     catalog: &mut Option<Catalog>,
-) -> Result<Answer, String> {
+) -> Result<Answer, BookError> {
     let source = job.provider.as_str();
     let mut answer = Answer {
         delivery_key: job.delivery_key.clone(),
@@ -118,7 +127,7 @@ pub fn process<B: Book>(
                         "not authorised for the Projects using {}",
                         image.repository
                     ));
-                } else if let Err(why) = book.may_auto_create(&image.repository) {
+                } else if let Some(why) = book.refuses_auto_create(&image.repository) {
                     tracing::warn!(image = %image.repository, reason = %why, "no Project created for a new image");
                     reasons.push(format!("no Project uses {}: {why}", image.repository));
                 } else if let Some(created) = book.auto_create(catalog, &image.repository) {
@@ -201,7 +210,7 @@ pub fn process<B: Book>(
 fn loaded<'c, B: Book>(
     book: &B,
     catalog: &'c mut Option<Catalog>,
-) -> Result<&'c mut Catalog, String> {
+) -> Result<&'c mut Catalog, BookError> {
     if catalog.is_none() {
         *catalog = Some(book.catalog()?);
     }

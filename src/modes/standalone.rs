@@ -22,6 +22,7 @@ use crate::adapters::npm::{Npm, NpmConfig};
 use crate::adapters::probe::NetProber;
 use crate::api::{Project, ProjectSpec, StageSpec, StageStatus, labels};
 use crate::crypto::SecretBox;
+use crate::engine::SinkError;
 use crate::engine::policy::{Backoff, ByStage, Orphans, group_by_stage, orphan_grace};
 use crate::engine::proxy::{Proxy as _, ROUTE_DRAIN};
 use crate::engine::spec::assess_project;
@@ -98,10 +99,10 @@ type Engine = Reconciler<DockerRuntime, NetProber, DbSink, StoreSecrets, Option<
 pub struct DbSink(Arc<StateDb>);
 
 impl StatusSink for DbSink {
-    async fn save(&self, key: &StageKey, status: &StageStatus) -> Result<(), String> {
+    async fn save(&self, key: &StageKey, status: &StageStatus) -> Result<(), SinkError> {
         self.0
             .save_stage_status(&key.namespace, &key.stage, status)
-            .map_err(|e| e.to_string())
+            .map_err(|e| SinkError::Unavailable(e.to_string()))
     }
 }
 

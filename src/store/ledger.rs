@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::{Kind, StateDb, StoreError, Tx};
 use crate::api::{API_VERSION, SeenTag, StageSpec};
 use crate::engine::tags::CompiledPolicy;
-use crate::ingest::recorder::{Answer, Book, Job, process};
+use crate::ingest::recorder::{Answer, Book, BookError, Job, process};
 use crate::ingest::{
     AutoCreatePolicy, Catalog, Ledger, ProjectRef, StageRef, auto_created_spec, base_name,
     free_name,
@@ -79,7 +79,7 @@ pub fn spawn_with(
                                 process(&book, job, &mut catalog)
                             })
                         })
-                        .collect::<Vec<Result<Answer, String>>>())
+                        .collect::<Vec<Result<Answer, BookError>>>())
                 });
                 (jobs, result)
             })
@@ -105,9 +105,9 @@ pub fn spawn_with(
                     }
                 }
                 Err(e) => {
-                    let message = e.to_string();
+                    let e = BookError::from(e);
                     for job in jobs {
-                        let _ = job.respond.send(Err(message.clone()));
+                        let _ = job.respond.send(Err(e.clone()));
                     }
                 }
             }
@@ -116,9 +116,10 @@ pub fn spawn_with(
     tx
 }
 
-impl From<StoreError> for String {
-    fn from(e: StoreError) -> String {
-        e.to_string()
+/// A store failure fails the delivery (503, retried), never the batch.
+impl From<StoreError> for BookError {
+    fn from(e: StoreError) -> BookError {
+        BookError::Unavailable(e.to_string())
     }
 }
 
@@ -130,13 +131,13 @@ struct StoreBook<'a, 't> {
 }
 
 impl Ledger for StoreBook<'_, '_> {
-    type Error = String;
+    type Error = BookError;
 
-    fn latest(&self, namespace: &str, stage: &str) -> Result<Option<SeenTag>, String> {
+    fn latest(&self, namespace: &str, stage: &str) -> Result<Option<SeenTag>, BookError> {
         Ok(self.tx.latest(namespace, stage)?)
     }
 
-    fn record_latest(&self, namespace: &str, stage: &str, seen: &SeenTag) -> Result<(), String> {
+    fn record_latest(&self, namespace: &str, stage: &str, seen: &SeenTag) -> Result<(), BookError> {
         self.tx
             .record_latest(namespace, stage, seen)
             .map(drop)
@@ -150,7 +151,7 @@ impl Book for StoreBook<'_, '_> {
         key: &str,
         source: &str,
         window: Option<std::time::Duration>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, BookError> {
         Ok(match window {
             None => self.tx.claim_delivery(key, source)?,
             Some(w) => self.tx.claim_retry(
@@ -162,15 +163,15 @@ impl Book for StoreBook<'_, '_> {
         })
     }
 
-    fn catalog(&self) -> Result<Catalog, String> {
+    fn catalog(&self) -> Result<Catalog, BookError> {
         Ok(Catalog::load(self.tx)?)
     }
 
-    fn may_auto_create(&self, repository: &str) -> Result<(), String> {
-        let Some((dir, policy)) = self.auto_create else {
-            return Ok(());
-        };
-        policy.admits(repository)?;
+    fn refuses_auto_create(&self, repository: &str) -> Option<String> {
+        let (dir, policy) = self.auto_create?;
+        if let Err(why) = policy.admits(repository) {
+            return Some(why);
+        }
         // The files are what the user sees and deletes: deleting one frees its place.
         let made = std::fs::read_dir(dir.join("auto-created"))
             .map(|entries| {
@@ -184,24 +185,26 @@ impl Book for StoreBook<'_, '_> {
                     .count()
             })
             .unwrap_or(0);
-        if made >= policy.max {
-            return Err(format!(
+        (made >= policy.max).then(|| {
+            format!(
                 "{made} Projects were auto-created already, the limit (--auto-create-max {}); \
                  edit or delete files under {}, or raise the limit",
                 policy.max,
                 dir.join("auto-created").display()
-            ));
-        }
-        Ok(())
+            )
+        })
     }
 
     fn auto_create(
         &self,
         catalog: &mut Catalog,
         repository: &str,
-    ) -> Option<Result<ProjectRef, String>> {
+    ) -> Option<Result<ProjectRef, BookError>> {
         let (dir, _) = self.auto_create?;
-        Some(auto_create(self.tx, dir, catalog, repository).map_err(|e| e.to_string()))
+        Some(
+            auto_create(self.tx, dir, catalog, repository)
+                .map_err(|e| BookError::Unavailable(e.to_string())),
+        )
     }
 }
 

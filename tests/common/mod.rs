@@ -14,7 +14,7 @@ use tiny_forge::api::{
 use tiny_forge::engine::spec::EnvValueSource;
 use tiny_forge::engine::{
     ContainerInfo, ContainerSpec, ContainerState, ImageInfo, Pull, Reconciled, Reconciler, Runtime,
-    RuntimeError, Secrets, StageInput, StageKey, StatusSink,
+    RuntimeError, SecretError, Secrets, SinkError, StageInput, StageKey, StatusSink,
 };
 
 /// The real engine, or None (test skipped with a note) when the run did not ask for Docker
@@ -101,7 +101,7 @@ pub fn short(id: &str) -> &str {
 pub struct MemSink(pub Mutex<Vec<StageStatus>>);
 
 impl StatusSink for MemSink {
-    async fn save(&self, _key: &StageKey, status: &StageStatus) -> Result<(), String> {
+    async fn save(&self, _key: &StageKey, status: &StageStatus) -> Result<(), SinkError> {
         self.0.lock().unwrap().push(status.clone());
         Ok(())
     }
@@ -110,8 +110,8 @@ impl StatusSink for MemSink {
 pub struct NoSecrets;
 
 impl Secrets for NoSecrets {
-    fn value(&self, _ns: &str, _source: &EnvValueSource<'_>) -> Result<String, String> {
-        Err("no secrets in this test".into())
+    fn value(&self, _ns: &str, _source: &EnvValueSource<'_>) -> Result<String, SecretError> {
+        Err(SecretError::Missing("no secrets in this test".into()))
     }
 }
 

@@ -29,7 +29,7 @@ use crate::api::{Phase, Project, ProjectSpec, Stage, StageStatus, labels};
 use crate::engine::Reason;
 use crate::engine::conditions::{self, READY};
 use crate::engine::policy::{Backoff, Orphans, orphan_grace};
-use crate::engine::proxy::{Owner, Proxy};
+use crate::engine::proxy::{Owner, Proxy, ProxyError};
 use crate::engine::reconcile::report_unreachable;
 use crate::engine::spec::assess_project;
 use crate::engine::{Reconciler, Requeue, Runtime, RuntimeError, StageInput, StageKey};
@@ -76,7 +76,7 @@ pub enum Error {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error("proxy: {0}")]
-    Proxy(String),
+    Proxy(#[from] ProxyError),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
 }
@@ -87,7 +87,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Runtime(e) => e.reason().as_str(),
-            Error::Proxy(_) => "proxy",
+            Error::Proxy(e) => e.reason().as_str(),
             Error::Finalizer(_) => "finalizer",
         }
     }
@@ -466,11 +466,7 @@ async fn cleanup(ctx: &Ctx, namespace: &str, scope: Scope<'_>) -> Result<(), Err
             namespace: namespace.to_string(),
             stage: stage.clone(),
         };
-        unrouted |= engine
-            .proxy
-            .remove(&owner)
-            .await
-            .map_err(|e| Error::Proxy(e.to_string()))?;
+        unrouted |= engine.proxy.remove(&owner).await?;
     }
     if unrouted && !containers.is_empty() {
         // NPM answers before nginx has reloaded; requests in flight finish meanwhile.

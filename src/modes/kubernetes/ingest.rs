@@ -26,9 +26,9 @@ use super::secrets::ClusterSecrets;
 use super::status;
 use crate::api::{Project, SeenTag, Stage, StageSpec};
 use crate::engine::tags::CompiledPolicy;
-use crate::ingest::recorder::{self, Answer, Book, Job};
+use crate::ingest::recorder::{self, Answer, Book, BookError, Job};
 use crate::ingest::{Catalog, Ledger, ProjectRef, StageRef};
-use crate::sources::webhook::server::Index;
+use crate::sources::webhook::server::{Index, IndexError};
 
 /// Annotation on auto-created Projects and Stages: the image they were made for.
 const CREATED_FOR: &str = "tinyforge.dev/created-for";
@@ -50,6 +50,15 @@ pub struct ClusterIndex {
 }
 
 impl ClusterIndex {
+    /// The Projects in the watch cache (a cache read cannot fail).
+    fn cached_projects(&self) -> Vec<ProjectRef> {
+        self.projects
+            .state()
+            .iter()
+            .filter_map(|p| project_ref(p))
+            .collect()
+    }
+
     /// Starts the watches (they retry with backoff, e.g. until the CRDs are installed) and
     /// returns at once; [`Index::ready`] says when they have listed.
     pub fn start(
@@ -140,11 +149,11 @@ where
 }
 
 impl Index for ClusterIndex {
-    fn version(&self) -> Result<i64, String> {
+    fn version(&self) -> Result<i64, IndexError> {
         Ok(self.version.load(Ordering::Relaxed))
     }
 
-    fn url_secret(&self) -> Result<Option<String>, String> {
+    fn url_secret(&self) -> Result<Option<String>, IndexError> {
         let Some(secret) = self
             .secrets
             .store
@@ -160,33 +169,28 @@ impl Index for ClusterIndex {
         Ok(value.filter(|v| !v.is_empty()))
     }
 
-    fn projects(&self) -> Result<Vec<ProjectRef>, String> {
-        Ok(self
-            .projects
-            .state()
-            .iter()
-            .filter_map(|p| project_ref(p))
-            .collect())
+    fn projects(&self) -> Result<Vec<ProjectRef>, IndexError> {
+        Ok(self.cached_projects())
     }
 
-    fn ready(&self) -> Result<(), String> {
+    fn ready(&self) -> Result<(), IndexError> {
         if !listed(&self.projects) || !listed(&self.stages) {
-            return Err(
+            return Err(IndexError::NotReady(
                 "waiting for the Project and Stage watches (are the CRDs installed?)".into(),
-            );
+            ));
         }
         if !listed(&self.secrets.store) {
-            return Err(format!(
+            return Err(IndexError::NotReady(format!(
                 "waiting for the Secrets of {}",
                 self.secrets.namespace
-            ));
+            )));
         }
         match self.url_secret()? {
             Some(_) => Ok(()),
-            None => Err(format!(
+            None => Err(IndexError::NotReady(format!(
                 "waiting for Secret {}/{}",
                 self.secrets.namespace, self.url_secret
-            )),
+            ))),
         }
     }
 }
@@ -281,7 +285,7 @@ pub fn spawn_recorder(
             for (job, (answer, claims, touched)) in jobs.into_iter().zip(planned) {
                 let answer = match touched.iter().find_map(|k| failed.get(k)) {
                     // The sender retries; nothing of it is remembered, so the retry counts.
-                    Some(e) => Err(e.clone()),
+                    Some(e) => Err(BookError::Unavailable(e.clone())),
                     None => {
                         remembered.extend(claims);
                         answer
@@ -303,7 +307,7 @@ type Key = (String, String);
 
 /// One delivery planned: its answer if its writes succeed, the ids it claimed, the Stages it
 /// writes to.
-type Planned = (Result<Answer, String>, Vec<String>, Vec<Key>);
+type Planned = (Result<Answer, BookError>, Vec<String>, Vec<Key>);
 
 /// Delivery keys seen and when, oldest first out.
 #[derive(Default)]
@@ -387,9 +391,9 @@ impl Plan<'_> {
 }
 
 impl Ledger for Plan<'_> {
-    type Error = String;
+    type Error = BookError;
 
-    fn latest(&self, namespace: &str, stage: &str) -> Result<Option<SeenTag>, String> {
+    fn latest(&self, namespace: &str, stage: &str) -> Result<Option<SeenTag>, BookError> {
         let key = (namespace.to_string(), stage.to_string());
         if let Some(seen) = self.latest.borrow().get(&key) {
             return Ok(Some(seen.clone()));
@@ -401,7 +405,7 @@ impl Ledger for Plan<'_> {
         }))
     }
 
-    fn record_latest(&self, namespace: &str, stage: &str, seen: &SeenTag) -> Result<(), String> {
+    fn record_latest(&self, namespace: &str, stage: &str, seen: &SeenTag) -> Result<(), BookError> {
         let key = (namespace.to_string(), stage.to_string());
         self.touched.borrow_mut().push(key.clone());
         self.latest.borrow_mut().insert(key, seen.clone());
@@ -415,7 +419,7 @@ impl Book for Plan<'_> {
         key: &str,
         _source: &str,
         window: Option<std::time::Duration>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, BookError> {
         let mut claims = self.claims.borrow_mut();
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.contains(key, window)
@@ -428,7 +432,7 @@ impl Book for Plan<'_> {
         Ok(true)
     }
 
-    fn catalog(&self) -> Result<Catalog, String> {
+    fn catalog(&self) -> Result<Catalog, BookError> {
         let stages = self
             .index
             .stages
@@ -445,16 +449,16 @@ impl Book for Plan<'_> {
             })
             .collect();
         Ok(Catalog {
-            projects: self.index.projects()?,
+            projects: self.index.cached_projects(),
             stages,
         })
     }
 
-    fn may_auto_create(&self, repository: &str) -> Result<(), String> {
-        let Some(auto) = self.auto_create else {
-            return Ok(());
-        };
-        auto.policy.admits(repository)?;
+    fn refuses_auto_create(&self, repository: &str) -> Option<String> {
+        let auto = self.auto_create?;
+        if let Err(why) = auto.policy.admits(repository) {
+            return Some(why);
+        }
         let made = self
             .index
             .projects
@@ -470,21 +474,20 @@ impl Book for Plan<'_> {
             })
             .count()
             + self.created.borrow().len();
-        if made >= auto.policy.max {
-            return Err(format!(
+        (made >= auto.policy.max).then(|| {
+            format!(
                 "{made} Projects were auto-created already, the limit (--auto-create-max {}); \
                  delete some or raise the limit",
                 auto.policy.max
-            ));
-        }
-        Ok(())
+            )
+        })
     }
 
     fn auto_create(
         &self,
         catalog: &mut Catalog,
         repository: &str,
-    ) -> Option<Result<ProjectRef, String>> {
+    ) -> Option<Result<ProjectRef, BookError>> {
         let namespace = self.auto_create?.namespace.clone();
         let spec = crate::ingest::auto_created_spec(repository);
         let base = crate::ingest::base_name(repository);

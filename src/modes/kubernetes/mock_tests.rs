@@ -416,7 +416,8 @@ async fn kube_sink_saves_to_the_stage_namespace_and_names_the_stage_on_failure()
     assert_eq!(seen.body["status"], json!({"phase": "Deploying"}));
     let err = finish(call).await.expect_err("a 500 fails the save");
     assert!(
-        err.starts_with("cannot write the status of team-a/web:"),
+        err.to_string()
+            .starts_with("cannot write the status of team-a/web:"),
         "{err}"
     );
 }

@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::api::SecretKeyRef;
-use crate::engine::Secrets;
 use crate::engine::spec::EnvValueSource;
+use crate::engine::{SecretError, Secrets};
 
 /// Annotation listing the namespaces a Secret may be used from.
 pub const SHARE_WITH: &str = "tinyforge.dev/share-with";
@@ -25,12 +25,12 @@ pub struct ClusterSecrets {
 
 impl ClusterSecrets {
     /// The value of `r` for a resource in `namespace`.
-    pub fn get(&self, namespace: &str, r: &SecretKeyRef) -> Result<String, String> {
+    pub fn get(&self, namespace: &str, r: &SecretKeyRef) -> Result<String, SecretError> {
         let shown = format!("secret {}/{} (key {:?})", self.namespace, r.name, r.key);
         let secret = self
             .store
             .get(&ObjectRef::new(&r.name).within(&self.namespace))
-            .ok_or_else(|| format!("{shown} not found"))?;
+            .ok_or_else(|| SecretError::Missing(format!("{shown} not found")))?;
         let shared = secret
             .metadata
             .annotations
@@ -42,9 +42,9 @@ impl ClusterSecrets {
                     .any(|n| n == "*" || n == namespace)
             });
         if !shared {
-            return Err(format!(
+            return Err(SecretError::Refused(format!(
                 "{shown} is not shared with namespace {namespace:?} (annotation {SHARE_WITH})"
-            ));
+            )));
         }
         let bytes = secret
             .data
@@ -58,19 +58,20 @@ impl ClusterSecrets {
                     .and_then(|d| d.get(&r.key))
                     .map(|s| s.clone().into_bytes())
             })
-            .ok_or_else(|| format!("{shown} has no such key"))?;
-        String::from_utf8(bytes).map_err(|_| format!("{shown} is not UTF-8"))
+            .ok_or_else(|| SecretError::Missing(format!("{shown} has no such key")))?;
+        String::from_utf8(bytes)
+            .map_err(|_| SecretError::Unreadable(format!("{shown} is not UTF-8")))
     }
 }
 
 impl Secrets for ClusterSecrets {
-    fn value(&self, namespace: &str, source: &EnvValueSource<'_>) -> Result<String, String> {
+    fn value(&self, namespace: &str, source: &EnvValueSource<'_>) -> Result<String, SecretError> {
         match source {
             // A file on the controller's own filesystem (its service account token, say) is not
             // something a Stage author may read.
-            EnvValueSource::File(path) => Err(format!(
+            EnvValueSource::File(path) => Err(SecretError::Refused(format!(
                 "valueFrom.file ({path}) is for standalone mode; in Kubernetes use a shared Secret"
-            )),
+            ))),
             EnvValueSource::Secret(r) => self.get(namespace, r),
         }
     }
@@ -113,13 +114,14 @@ mod tests {
         };
         assert_eq!(s.get("team-b", &r("app")).unwrap(), "s3cret");
         assert_eq!(s.get("anyone", &r("all")).unwrap(), "open");
-        let e = s.get("team-c", &r("app")).unwrap_err();
+        let e = s.get("team-c", &r("app")).unwrap_err().to_string();
         assert!(e.contains("not shared with namespace \"team-c\""), "{e}");
-        let e = s.get("team-a", &r("npm")).unwrap_err();
+        let e = s.get("team-a", &r("npm")).unwrap_err().to_string();
         assert!(!e.contains("hunter2") && e.contains(SHARE_WITH), "{e}");
         assert!(
             s.get("team-a", &r("missing"))
                 .unwrap_err()
+                .to_string()
                 .contains("not found")
         );
         let wrong_key = SecretKeyRef {
@@ -129,11 +131,13 @@ mod tests {
         assert!(
             s.get("team-a", &wrong_key)
                 .unwrap_err()
+                .to_string()
                 .contains("no such key")
         );
         assert!(
             s.value("team-a", &EnvValueSource::File("/var/run/secrets/token"))
                 .unwrap_err()
+                .to_string()
                 .contains("standalone")
         );
     }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::{API_VERSION, SeenTag, StageStatus};
-use crate::engine::{StageKey, StatusSink};
+use crate::engine::{SinkError, StageKey, StatusSink};
 
 /// The controller's field manager: status only, never spec (GitOps tools see no drift).
 pub const FIELD_MANAGER: &str = "tiny-forge";
@@ -169,10 +169,10 @@ impl KubeSink {
 }
 
 impl StatusSink for KubeSink {
-    async fn save(&self, key: &StageKey, status: &StageStatus) -> Result<(), String> {
+    async fn save(&self, key: &StageKey, status: &StageStatus) -> Result<(), SinkError> {
         self.write(&key.namespace, &key.stage, status)
             .await
-            .map_err(|e| format!("cannot write the status of {key}: {e}"))
+            .map_err(|e| SinkError::Unavailable(format!("cannot write the status of {key}: {e}")))
     }
 }
 

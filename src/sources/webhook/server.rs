@@ -79,13 +79,19 @@ impl Default for Config {
 
 /// Resolves the secret a Project names in `webhook.secretRef`.
 pub trait SecretLookup: Send + Sync + 'static {
-    fn webhook_secret(&self, project: &ProjectRef) -> Option<Result<Vec<u8>, String>>;
+    fn webhook_secret(
+        &self,
+        project: &ProjectRef,
+    ) -> Option<Result<Vec<u8>, crate::engine::SecretError>>;
 }
 
 /// Wherever the engine reads its secrets (the sealed store, a Secret of the cluster), the
 /// listener reads the Projects' webhook secrets too, by the same rules.
 impl<S: crate::engine::Secrets + 'static> SecretLookup for S {
-    fn webhook_secret(&self, project: &ProjectRef) -> Option<Result<Vec<u8>, String>> {
+    fn webhook_secret(
+        &self,
+        project: &ProjectRef,
+    ) -> Option<Result<Vec<u8>, crate::engine::SecretError>> {
         let r = project.spec.webhook.as_ref()?.secret_ref.as_ref()?;
         let source = crate::engine::spec::EnvValueSource::Secret(r);
         Some(
@@ -100,11 +106,22 @@ impl<S: crate::engine::Secrets + 'static> SecretLookup for S {
 pub trait Index: Send + Sync + 'static {
     /// Moves whenever the URL secret, a Project or a stored secret may have changed; cheap, as
     /// it is asked on every request.
-    fn version(&self) -> Result<i64, String>;
-    fn url_secret(&self) -> Result<Option<String>, String>;
-    fn projects(&self) -> Result<Vec<ProjectRef>, String>;
+    fn version(&self) -> Result<i64, IndexError>;
+    fn url_secret(&self) -> Result<Option<String>, IndexError>;
+    fn projects(&self) -> Result<Vec<ProjectRef>, IndexError>;
     /// Whether deliveries can be recorded now (`/readyz`).
-    fn ready(&self) -> Result<(), String>;
+    fn ready(&self) -> Result<(), IndexError>;
+}
+
+/// Why the index cannot answer: deliveries get 503 (senders retry) and `/readyz` says why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IndexError {
+    /// Still starting: the watch caches have not listed everything yet.
+    #[error("{0}")]
+    NotReady(String),
+    /// The store failed, or what it holds cannot be read.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The embedded store as the listener's index. Most commits only record deliveries: the catalog
@@ -136,34 +153,35 @@ impl StoreIndex {
 }
 
 impl Index for StoreIndex {
-    fn version(&self) -> Result<i64, String> {
-        let data = self.reader.data_version().map_err(|e| e.to_string())?;
+    fn version(&self) -> Result<i64, IndexError> {
+        let unavailable = |e: crate::store::StoreError| IndexError::Unavailable(e.to_string());
+        let data = self.reader.data_version().map_err(unavailable)?;
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.0 != data {
             seen.1 = self
                 .reader
                 .read(|tx| tx.catalog_version())
-                .map_err(|e| e.to_string())?;
+                .map_err(unavailable)?;
             seen.0 = data;
         }
         Ok(seen.1)
     }
 
-    fn url_secret(&self) -> Result<Option<String>, String> {
-        (self.url_secret)()
+    fn url_secret(&self) -> Result<Option<String>, IndexError> {
+        (self.url_secret)().map_err(IndexError::Unavailable)
     }
 
-    fn projects(&self) -> Result<Vec<ProjectRef>, String> {
+    fn projects(&self) -> Result<Vec<ProjectRef>, IndexError> {
         self.reader
             .read(crate::store::ledger::projects)
-            .map_err(|e| e.to_string())
+            .map_err(|e| IndexError::Unavailable(e.to_string()))
     }
 
-    fn ready(&self) -> Result<(), String> {
+    fn ready(&self) -> Result<(), IndexError> {
         self.reader
             .data_version()
             .map(drop)
-            .map_err(|e| format!("the state store does not answer: {e}"))
+            .map_err(|e| IndexError::Unavailable(format!("the state store does not answer: {e}")))
     }
 }
 
@@ -179,7 +197,7 @@ struct Cache {
 }
 
 /// What [`SecretLookup::webhook_secret`] answers: no secret configured, the secret, or why not.
-type SecretAnswer = Option<Result<Vec<u8>, String>>;
+type SecretAnswer = Option<Result<Vec<u8>, crate::engine::SecretError>>;
 
 /// Where the URL secret lives in the store: sealed, see [`crate::sources::webhook::url_secret`].
 pub type UrlSecretReader = Arc<dyn Fn() -> Result<Option<String>, String> + Send + Sync>;
@@ -816,7 +834,7 @@ async fn read_body(
 }
 
 impl Shared {
-    fn snapshot(&self) -> Result<(Option<String>, Arc<Vec<ProjectRef>>), String> {
+    fn snapshot(&self) -> Result<(Option<String>, Arc<Vec<ProjectRef>>), IndexError> {
         let version = self.index.version()?;
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.catalog != version {
@@ -829,7 +847,7 @@ impl Shared {
     }
 
     /// A Project's webhook secret, resolved (and decrypted) once per catalog change.
-    fn project_secret(&self, p: &ProjectRef) -> Option<Result<Vec<u8>, String>> {
+    fn project_secret(&self, p: &ProjectRef) -> SecretAnswer {
         let key = (p.namespace.clone(), p.name.clone());
         if let Some(hit) = self
             .cache
