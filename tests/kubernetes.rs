@@ -1248,9 +1248,14 @@ async fn a_redelivery_of_a_passed_over_push_never_moves_latest_back() {
         .unwrap()
         .metadata
         .resource_version;
-    tiny_forge::k8s::status::apply_latest(&stages, "follow", &version.unwrap(), &seen_2)
-        .await
-        .unwrap();
+    tiny_forge::modes::kubernetes::status::apply_latest(
+        &stages,
+        "follow",
+        &version.unwrap(),
+        &seen_2,
+    )
+    .await
+    .unwrap();
 
     // The first push comes late (a sender's retry): acknowledged, passed over (the answer may
     // still say recorded when A's watch cache has not seen build-2 yet; the write compares

@@ -446,7 +446,7 @@ impl Ledger for Plan<'_> {
         Ok(())
     }
 
-    fn passed_over(&self, namespace: &str, stage: &str, seen: &SeenTag) -> Result<(), String> {
+    fn passed_over(&self, namespace: &str, stage: &str, seen: &SeenTag) -> Result<(), BookError> {
         let Some(id) = &seen.delivery_id else {
             return Ok(());
         };
