@@ -15,10 +15,10 @@ INSTANCE ?= demo
 # Exports DOCKER_HOST from docker-up.sh into the current recipe line (fails if docker-up fails).
 WITH_DOCKER_HOST = host=$$(scripts/docker-up.sh); export "$$host"
 
-.PHONY: help build docker-up docker-down demo-images run test test-deps lint bench crds clean-demo kube-up kube-down
+.PHONY: help build docker-up docker-down demo-images run test test-deps lint bench bench-peers bench-scale crds clean-demo kube-up kube-down
 
 help:
-	@echo "make build | run | test | lint | bench | crds | demo-images | docker-up | docker-down | clean-demo"
+	@echo "make build | run | test | lint | bench | bench-peers | bench-scale | crds | demo-images | docker-up | docker-down | clean-demo"
 	@echo "     chart-crds | manifests | chart-check | image | kube-up | kube-down"
 
 build:
@@ -71,6 +71,14 @@ lint:
 bench:
 	scripts/with-docker.sh bash -c 'scripts/demo-images.sh && $(CARGO) bench --bench deploy && $(CARGO) bench --bench handover'
 	$(CARGO) bench --bench webhook
+
+# The webhook path beside nginx and adnanh/webhook (wrk), and standalone at 5,000 Projects with
+# push → reconcile start: release binary, real Docker; each writes its table to docs/BENCHMARKS.md.
+bench-peers:
+	scripts/with-docker.sh scripts/bench-peers.sh
+
+bench-scale:
+	scripts/with-docker.sh scripts/bench-scale.sh
 
 crds:
 	@mkdir -p crds
