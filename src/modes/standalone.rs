@@ -337,7 +337,14 @@ impl Controller {
                         last_catalog = self.catalog_version();
                     }
                 }
-                Some(done) = self.tasks.join_next_with_id() => self.finish(done),
+                Some(done) = self.tasks.join_next_with_id() => {
+                    self.finish(done);
+                    // Those finished meanwhile too: one pass for all of them, not one each (a
+                    // pass lists and fingerprints every Stage).
+                    while let Some(done) = self.tasks.try_join_next_with_id() {
+                        self.finish(done);
+                    }
+                }
                 _ = sleep_until(next) => {
                     // The watcher may miss events (network filesystems): re-read at each resync.
                     let version = self.db.data_version().unwrap_or_default();
