@@ -190,7 +190,8 @@ struct RunArgs {
     /// address, loopback for 0.0.0.0].
     #[arg(long, env = "TINY_FORGE_PUBLIC_URL")]
     public_url: Option<String>,
-    /// Run no webhook listener.
+    /// Accept no webhooks: the listener (--listen) then answers only /healthz, /readyz and
+    /// /metrics.
     #[arg(long)]
     no_webhooks: bool,
     /// Largest webhook body accepted, in bytes (413 above).
@@ -381,8 +382,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    let webhook = (!args.no_webhooks).then(|| tiny_forge::sources::webhook::server::Config {
+    // Without webhooks the listener still serves /healthz, /readyz and /metrics.
+    let webhook = Some(tiny_forge::sources::webhook::server::Config {
         listen: args.listen,
+        webhooks: !args.no_webhooks,
         body_limit: args.webhook_body_limit,
         rate: std::num::NonZeroU32::new(args.webhook_rate).map(|r| {
             (

@@ -1,5 +1,6 @@
 //! Prometheus metrics served on `/metrics`: webhook requests by provider and outcome, their
-//! latency, and (Kubernetes mode) reconciles by kind and outcome, their duration, leadership.
+//! latency, reconciles by kind and outcome (`Requeue::outcome`, the same labels in both modes)
+//! and their duration, and (Kubernetes mode) leadership.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -66,7 +67,7 @@ impl Default for Metrics {
         let reconciles = Family::<ReconcileLabels, Counter>::default();
         registry.register(
             "reconciles",
-            "Reconciles (Kubernetes mode) by kind and outcome: converged, retry, waiting (for a spec change), error",
+            "Reconciles by kind and outcome: converged, retry, waiting (for a spec change), error",
             reconciles.clone(),
         );
         let reconcile_duration = Family::<KindLabel, Histogram>::new_with_constructor(|| {

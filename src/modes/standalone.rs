@@ -157,17 +157,21 @@ pub async fn run(
     tokio::pin!(shutdown);
     // One shutdown signal for the controller and the listener.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Deliveries (the listener) and reconciles (the controller) on one `/metrics`.
+    let metrics = Arc::new(Metrics::default());
 
     let listener = match &opts.webhook {
         None => None,
         Some(config) => {
-            webhook::ensure_url_secret(&db, &sealer).map_err(anyhow::Error::msg)?;
-            opts.auto_create_policy
-                .validate()
-                .map_err(anyhow::Error::msg)?;
+            if config.webhooks {
+                webhook::ensure_url_secret(&db, &sealer).map_err(anyhow::Error::msg)?;
+                opts.auto_create_policy
+                    .validate()
+                    .map_err(anyhow::Error::msg)?;
+            }
             let recorder = ledger::spawn_with(
                 db.clone(),
-                opts.auto_create
+                (config.webhooks && opts.auto_create)
                     .then(|| (opts.manifests.clone(), opts.auto_create_policy.clone())),
                 pushed_tx,
             );
@@ -176,20 +180,24 @@ pub async fn run(
                 config.clone(),
                 server::StoreIndex::sealed(reader.clone(), sealer.clone()),
                 Arc::new(secrets.clone()),
-                Arc::new(Metrics::default()),
+                metrics.clone(),
                 recorder,
                 async move {
                     let _ = stop.wait_for(|s| *s).await;
                 },
             )
             .await?;
-            let base = webhook::public_base(opts.public_url.as_deref(), server.local_addr);
-            webhook::record_public_base(&db, &base).map_err(anyhow::Error::msg)?;
-            tracing::info!(
-                listen = %server.local_addr,
-                public = %base,
-                "webhook listener up (`tiny-forge webhook url` prints the URL to give senders)"
-            );
+            if config.webhooks {
+                let base = webhook::public_base(opts.public_url.as_deref(), server.local_addr);
+                webhook::record_public_base(&db, &base).map_err(anyhow::Error::msg)?;
+                tracing::info!(
+                    listen = %server.local_addr,
+                    public = %base,
+                    "webhook listener up (`tiny-forge webhook url` prints the URL to give senders)"
+                );
+            } else {
+                tracing::info!(listen = %server.local_addr, "listener up: /healthz, /readyz and /metrics only (--no-webhooks)");
+            }
             Some(server)
         }
     };
@@ -211,7 +219,7 @@ pub async fn run(
         }
         None => None,
     };
-    let result = control(opts, db, secrets, npm, &mut wakes, shutdown).await;
+    let result = control(opts, db, secrets, npm, metrics, &mut wakes, shutdown).await;
     let _ = stop_tx.send(true);
     if let Some(server) = listener {
         server.join().await;
@@ -227,6 +235,7 @@ async fn control(
     db: Arc<StateDb>,
     secrets: StoreSecrets,
     proxy: Option<Npm>,
+    metrics: Arc<Metrics>,
     wake_rx: &mut Wakes,
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> anyhow::Result<()> {
@@ -252,6 +261,7 @@ async fn control(
         opts,
         db,
         engine,
+        metrics,
         slots: HashMap::new(),
         tasks: JoinSet::new(),
         task_keys: HashMap::new(),
@@ -263,12 +273,14 @@ async fn control(
 }
 
 /// A finished reconcile: the Stage (namespace, name) and its outcome.
-type Done = ((String, String), Reconciled);
+/// A finished reconcile: its Stage, its outcome and how long it took.
+type Done = ((String, String), Reconciled, Duration);
 
 struct Controller {
     opts: Options,
     db: Arc<StateDb>,
     engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
     slots: HashMap<(String, String), Slot>,
     tasks: JoinSet<Done>,
     task_keys: HashMap<tokio::task::Id, (String, String)>,
@@ -372,7 +384,7 @@ impl Controller {
     }
 
     fn finish(&mut self, done: Result<(tokio::task::Id, Done), tokio::task::JoinError>) {
-        let ((ns, name), reconciled) = match done {
+        let ((ns, name), reconciled, took) = match done {
             Ok((id, done)) => {
                 self.task_keys.remove(&id);
                 done
@@ -381,6 +393,7 @@ impl Controller {
                 // A panic in a reconcile must not disable its Stage: free the slot, back off.
                 let key = self.task_keys.remove(&e.id());
                 tracing::error!(error = %e, stage = ?key, "reconcile task failed");
+                self.metrics.reconciled("Stage", "error", Duration::ZERO);
                 if let Some(slot) = key.and_then(|k| self.slots.get_mut(&k)) {
                     slot.running = false;
                     slot.next_due = Some(Instant::now() + slot.backoff.panicked());
@@ -388,6 +401,8 @@ impl Controller {
                 return;
             }
         };
+        self.metrics
+            .reconciled("Stage", reconciled.requeue.outcome(), took);
         if let Err(e) = self.db.save_stage_status(&ns, &name, &reconciled.status) {
             tracing::error!(stage = %format!("{ns}/{name}"), error = %e, "cannot save status");
         }
@@ -527,8 +542,9 @@ impl Controller {
                     stage: &spec,
                     project: project.as_ref(),
                 };
+                let started = Instant::now();
                 let reconciled = engine.reconcile(&input, &observed, status).await;
-                (key, reconciled)
+                (key, reconciled, started.elapsed())
             });
             self.task_keys.insert(handle.id(), task_key);
         }

@@ -282,7 +282,7 @@ async fn ctx(client: Client, docker: &FakeDocker, projects: Vec<Project>) -> Arc
         )),
         containers: ContainerCache::new(INSTANCE, Duration::from_secs(5)),
         projects: ProjectView::new(project_store, client.clone()),
-        recorder: Recorder::new(
+        events: Recorder::new(
             client,
             Reporter {
                 controller: "tiny-forge".into(),
