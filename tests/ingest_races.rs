@@ -223,7 +223,12 @@ async fn a_flood_while_manifests_change_loses_no_acknowledged_push() {
                 } else {
                     let _ = std::fs::remove_file(&extra);
                 }
-                sync_manifests(&manifests, &db, &mut errors).unwrap();
+                // A store busy past its timeout (the flood's syncs on a loaded disk) is what the
+                // controller meets too: it keeps the last manifests and reads again later.
+                if let Err(e) = sync_manifests(&manifests, &db, &mut errors) {
+                    let e = format!("{e:#}");
+                    assert!(e.contains("database is locked"), "{e}");
+                }
             }
             n
         })
