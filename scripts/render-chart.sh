@@ -139,6 +139,7 @@ run_tests() {
         --set "ingress.enabled=true,ingress.className=nginx,ingress.hosts[0]=forge.example.com" \
         --set "ingress.tls[0].secretName=forge-tls,ingress.tls[0].hosts[0]=forge.example.com" \
         --set "metrics.serviceMonitor.enabled=true,webhook.autoCreate=true,replicaCount=1,crds.install=false" \
+        --set "webhook.publicUrl=https://forge.example.com/hooks" \
         >"$tmp/all.yaml"
     inv=$(inventory <"$tmp/all.yaml")
     expect all "$inv" "Ingress ops/forge-tiny-forge" "ServiceMonitor ops/forge-tiny-forge" \
@@ -149,6 +150,10 @@ run_tests() {
         'verbs: \["get", "list", "watch", "patch", "create"\]' 'path: /api/webhook'; do
         grep -q -- "$want" "$tmp/all.yaml" || { log "FAIL [all]: missing $want"; exit 1; }
     done
+    grep -A1 'name: TINY_FORGE_PUBLIC_URL' "$tmp/all.yaml" | grep -q 'value: "https://forge.example.com/hooks"' ||
+        { log "FAIL [all]: webhook.publicUrl not passed as TINY_FORGE_PUBLIC_URL (--public-url)"; exit 1; }
+    ! grep -q 'TINY_FORGE_PUBLIC_URL' "$tmp/default.yaml" ||
+        { log "FAIL [default]: TINY_FORGE_PUBLIC_URL set without webhook.publicUrl"; exit 1; }
 
     log "failures: no docker.host; bad instance; 2 replicas without leader election"
     local args

@@ -186,8 +186,9 @@ struct RunArgs {
     #[arg(long, default_value = "0.0.0.0:8080", env = "TINY_FORGE_LISTEN")]
     listen: std::net::SocketAddr,
     /// Base URL senders reach the listener at, when something stands in front of it (a TLS
-    /// proxy: https://forge.example.com); `webhook url` prints it [default: the --listen
-    /// address, loopback for 0.0.0.0].
+    /// proxy: https://forge.example.com); `webhook url` prints it; with --kubernetes it is
+    /// written on the webhook Secret the controller makes (annotation
+    /// `tinyforge.dev/public-url`) [default: the --listen address, loopback for 0.0.0.0].
     #[arg(long, env = "TINY_FORGE_PUBLIC_URL")]
     public_url: Option<String>,
     /// Accept no webhooks: the listener (--listen) then answers only /healthz, /readyz and
@@ -428,6 +429,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             concurrency: usize::from(args.concurrency),
             webhook,
             webhook_secret: args.webhook_secret,
+            public_url: args.public_url.clone(),
             auto_create,
             auto_create_policy: tiny_forge::ingest::AutoCreatePolicy {
                 max: args.auto_create_max,

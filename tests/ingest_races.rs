@@ -214,7 +214,7 @@ async fn a_flood_while_manifests_change_loses_no_acknowledged_push() {
         std::thread::spawn(move || {
             let db = StateDb::open(&state).unwrap();
             let mut errors = None;
-            let mut n = 0u32;
+            let (mut n, mut synced) = (0u32, 0u32);
             while running.load(Ordering::Relaxed) {
                 n += 1;
                 let extra = manifests.join("extra.yaml");
@@ -223,14 +223,17 @@ async fn a_flood_while_manifests_change_loses_no_acknowledged_push() {
                 } else {
                     let _ = std::fs::remove_file(&extra);
                 }
-                // A store busy past its timeout (the flood's syncs on a loaded disk) is what the
-                // controller meets too: it keeps the last manifests and reads again later.
-                if let Err(e) = sync_manifests(&manifests, &db, &mut errors) {
-                    let e = format!("{e:#}");
-                    assert!(e.contains("database is locked"), "{e}");
+                // On a connection of its own the sync can wait out its busy timeout while the
+                // recorder commits batch after batch (under load, also before the recorder's
+                // statements were cached): the controller keeps its last manifests then and
+                // syncs again at its next wake-up, and so does this loop. Nothing else may fail.
+                match sync_manifests(&manifests, &db, &mut errors) {
+                    Ok(_) => synced += 1,
+                    Err(e) if format!("{e:#}").contains("database is locked") => {}
+                    Err(e) => panic!("{e:#}"),
                 }
             }
-            n
+            synced
         })
     };
 

@@ -1170,3 +1170,136 @@ async fn a_redelivery_never_moves_latest_back_in_any_replica() {
     drop((a, b));
     remove_everything(&client, &docker, ns, instance).await;
 }
+
+/// A delivery the Stage's policy passed over when it came (another replica had recorded a tag it
+/// prefers, here one whose clock runs ahead) is remembered on the Stage too: its redelivery, to
+/// the other replica and later than that tag's `seenAt`, must not move `status.latest` back to
+/// the older push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_of_a_passed_over_push_never_moves_latest_back() {
+    let Some((client, docker, ns, instance)) = scenario("passover").await else {
+        return;
+    };
+    let (ns, instance) = (ns.as_str(), instance.as_str());
+    kubectl_apply(&project_yaml(ns), None).unwrap();
+    // Any tag, the latest seen wins; no autoDeploy: nothing is deployed.
+    kubectl_apply(&stage_yaml(ns, "follow", "{projectRef: demo}"), None).unwrap();
+    let args = [
+        "--leader-election",
+        "true",
+        "--lease-name",
+        "tf-passover-test",
+    ];
+    let a = Controller::start(ns, instance, &args, None);
+    let b = Controller::start(ns, instance, &args, None);
+    ready_listener(a.port).await;
+    ready_listener(b.port).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = secrets.get("tiny-forge-webhook").await.unwrap();
+    let url_secret = String::from_utf8(secret.data.unwrap()["url-secret"].0.clone()).unwrap();
+    let http = reqwest::Client::new();
+    let push = |port: u16, tag: &str, id: &str| {
+        let (http, url_secret) = (http.clone(), url_secret.clone());
+        let body = format!(r#"{{"image":"tiny-forge-demo:{tag}"}}"#);
+        let id = id.to_string();
+        async move {
+            let r = http
+                .post(format!("http://127.0.0.1:{port}/api/webhook/{url_secret}"))
+                .header("content-type", "application/json")
+                .header("idempotency-key", id)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let code = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            assert!((200..300).contains(&code), "{code} {text}");
+            text
+        }
+    };
+    let stages: Api<Stage> = Api::namespaced(client.clone(), ns);
+    let latest = || async {
+        stages
+            .get("follow")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.latest)
+    };
+    // Another replica, its clock 3 s ahead, recorded build-2 (the sender's second push), the
+    // way replicas write it: conditional on the version it compared against.
+    let ahead = std::time::SystemTime::now() + Duration::from_secs(3);
+    let seen_2 = tiny_forge::api::SeenTag {
+        tag: "build-2".into(),
+        digest: None,
+        source: "generic".into(),
+        delivery_id: Some("delivery-2".into()),
+        seen_at: humantime::format_rfc3339_seconds(ahead).to_string(),
+        recent_deliveries: Vec::new(),
+    };
+    let version = stages
+        .get("follow")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    tiny_forge::modes::kubernetes::status::apply_latest(
+        &stages,
+        "follow",
+        &version.unwrap(),
+        &seen_2,
+    )
+    .await
+    .unwrap();
+
+    // The first push comes late (a sender's retry): acknowledged, passed over (the answer may
+    // still say recorded when A's watch cache has not seen build-2 yet; the write compares
+    // against the API server's Stage).
+    push(a.port, "build-1", "delivery-1").await;
+    let now = latest().await.unwrap();
+    assert_eq!(now.tag, "build-2");
+    assert!(
+        now.recent_deliveries.iter().any(|id| id == "delivery-1"),
+        "the passed-over delivery is not remembered on the Stage: {:?}",
+        now.recent_deliveries
+    );
+
+    // Redelivered once build-2's seenAt is past, to the replica that never saw it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let answer = push(b.port, "build-1", "delivery-1").await;
+    assert_eq!(
+        latest().await.map(|l| l.tag).as_deref(),
+        Some("build-2"),
+        "a redelivery of a passed-over push moved latest back: {answer}"
+    );
+    // A new push still counts.
+    push(b.port, "build-3", "delivery-3").await;
+    assert_eq!(latest().await.map(|l| l.tag).as_deref(), Some("build-3"));
+    drop((a, b));
+    remove_everything(&client, &docker, ns, instance).await;
+}
+
+/// `--public-url` (the chart's `webhook.publicUrl`): the webhook Secret the controller makes
+/// carries it, so the whole URL can be read from the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_secret_carries_the_public_url() {
+    let Some((client, docker, ns, instance)) = scenario("publicurl").await else {
+        return;
+    };
+    let (ns, instance) = (ns.as_str(), instance.as_str());
+    let args = ["--public-url", "https://forge.example.com/"];
+    let controller = Controller::start(ns, instance, &args, None);
+    ready_listener(controller.port).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = secrets.get("tiny-forge-webhook").await.unwrap();
+    let annotations = secret.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("tinyforge.dev/public-url")
+            .map(String::as_str),
+        Some("https://forge.example.com"),
+        "{annotations:?}"
+    );
+    drop(controller);
+    remove_everything(&client, &docker, ns, instance).await;
+}

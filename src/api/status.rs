@@ -72,8 +72,9 @@ pub struct SeenTag {
     pub delivery_id: Option<String>,
     /// When it was seen (RFC 3339).
     pub seen_at: String,
-    /// Delivery ids recorded on this Stage lately (Kubernetes mode, newest last, at most 32):
-    /// a redelivery that reaches another replica, or comes after a restart, changes nothing.
+    /// Delivery ids that reached this Stage lately (Kubernetes mode, newest last, at most 32),
+    /// recorded or passed over for a preferred tag: a redelivery that reaches another replica,
+    /// or comes after a restart, changes nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_deliveries: Vec<String>,
 }

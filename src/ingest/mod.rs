@@ -179,6 +179,17 @@ pub trait Ledger {
         stage: &str,
         seen: &SeenTag,
     ) -> Result<(), Self::Error>;
+    /// `seen` was accepted by the Stage's policy but another tag is preferred: nothing to record,
+    /// except where deliveries are remembered on the Stage itself (Kubernetes mode), so that a
+    /// redelivery of it cannot win later with a fresher `seenAt`.
+    fn passed_over(
+        &self,
+        _namespace: &str,
+        _stage: &str,
+        _seen: &SeenTag,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
 }
 
 /// Records `push` on every Stage of `projects` (in the same transaction as the caller's other
@@ -217,6 +228,7 @@ pub fn record<L: Ledger + ?Sized>(
                     tx.record_latest(&stage.namespace, &stage.name, &seen)?;
                     None
                 } else {
+                    tx.passed_over(&stage.namespace, &stage.name, &seen)?;
                     Some(format!(
                         "{} is already the preferred tag ({})",
                         current.map(|c| c.tag).unwrap_or_default(),

@@ -309,8 +309,13 @@ impl Controller {
         let mut manifests = self.reload()?;
         let mut last_reload = Instant::now();
         let mut last_version = self.db.data_version().unwrap_or_default();
+        let mut last_catalog = self.catalog_version();
+        // Whether anything a pass reads may have changed since the last one.
+        let mut look = true;
         loop {
-            self.pass(&manifests).await;
+            if look {
+                self.pass(&manifests).await;
+            }
             let next = self
                 .slots
                 .values()
@@ -320,6 +325,7 @@ impl Controller {
                 .unwrap_or_else(|| Instant::now() + self.opts.resync)
                 // Other processes (webhooks, the CLI) write the store: look at least every second.
                 .min(Instant::now() + Duration::from_secs(1));
+            look = true;
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(_) = wake.files.recv() => {
@@ -328,13 +334,20 @@ impl Controller {
                     while wake.files.try_recv().is_ok() {}
                     manifests = self.reload_or_keep(manifests);
                     last_reload = Instant::now();
+                    last_catalog = self.catalog_version();
                 }
                 Some(_) = wake.pushed.recv() => {
-                    // A push was committed: act at once. The reload picks up a Project created
-                    // for a new image (its file is written whole before its rows commit).
+                    // A push was committed: act at once. The directory is read again only when
+                    // the push created a Project for a new image (its file is written whole
+                    // before its rows commit, which moves the catalog version), not for every
+                    // push: with thousands of Projects a reload is what a push would wait for.
                     while wake.pushed.try_recv().is_ok() {}
-                    manifests = self.reload_or_keep(manifests);
-                    last_reload = Instant::now();
+                    let catalog = self.catalog_version();
+                    if catalog != last_catalog {
+                        manifests = self.reload_or_keep(manifests);
+                        last_reload = Instant::now();
+                        last_catalog = self.catalog_version();
+                    }
                 }
                 Some(done) = self.tasks.join_next_with_id() => self.finish(done),
                 _ = sleep_until(next) => {
@@ -344,6 +357,18 @@ impl Controller {
                         manifests = self.reload_or_keep(manifests);
                         last_reload = Instant::now();
                         last_version = version;
+                        last_catalog = self.catalog_version();
+                    } else {
+                        // Nothing read again: a pass only when a Stage's next look or the
+                        // garbage collection is due (an idle controller of thousands of Stages
+                        // would otherwise list and fingerprint them all every second).
+                        let now = Instant::now();
+                        look = self
+                            .slots
+                            .values()
+                            .any(|s| !s.running && s.next_due.is_some_and(|d| d <= now))
+                            || self.last_gc.is_none_or(|t| t.elapsed() >= self.opts.resync)
+                            || self.missing.drained(now);
                     }
                 }
             }
@@ -365,6 +390,11 @@ impl Controller {
             tracing::warn!("deploys still in flight after 30s; they resume on the next start");
         }
         Ok(())
+    }
+
+    /// The store's catalog version (moves when a spec or secret changes); 0 when unreadable.
+    fn catalog_version(&self) -> i64 {
+        self.db.read(|tx| tx.catalog_version()).unwrap_or_default()
     }
 
     fn reload(&mut self) -> anyhow::Result<Manifests> {
@@ -529,6 +559,7 @@ impl Controller {
             let engine = self.engine.clone();
             let db = self.db.clone();
             let task_key = key.clone();
+            tracing::debug!(stage = %format!("{}/{}", key.0, key.1), "reconcile started");
             let handle = self.tasks.spawn(async move {
                 let (ns, name) = &key;
                 let status = db.stage_status(ns, name).unwrap_or_default();
@@ -645,6 +676,7 @@ pub fn sync_manifests(
     db: &StateDb,
     last_errors: &mut Option<Vec<String>>,
 ) -> anyhow::Result<Manifests> {
+    let started = Instant::now();
     // What the store held before the directory was read: only those rows can have been seen
     // removed. A row written meanwhile (the webhook listener creating a Project for a new image
     // writes its file, then its rows) is not this sync's to judge; the next sync reads its file.
@@ -724,6 +756,12 @@ pub fn sync_manifests(
         db.set_manifest_errors(&errors)?;
         *last_errors = Some(errors);
     }
+    tracing::debug!(
+        projects = manifests.projects.len(),
+        stages = manifests.stages.len(),
+        took_ms = started.elapsed().as_secs_f64() * 1e3,
+        "manifests synced"
+    );
     Ok(manifests)
 }
 

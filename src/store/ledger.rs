@@ -47,6 +47,10 @@ pub fn spawn_with(
     let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
     tokio::spawn(async move {
         let mut batches = 0u64;
+        // The catalog (Projects, Stages, their compiled tag policies) as of a catalog version:
+        // kept from batch to batch until a spec or secret changes, instead of being read and
+        // compiled again for every batch.
+        let mut kept: Option<(i64, Catalog)> = None;
         while let Some(first) = rx.recv().await {
             let mut jobs = vec![first];
             while jobs.len() < MAX_BATCH
@@ -58,17 +62,21 @@ pub fn spawn_with(
             let prune = batches % 1000 == 1;
             let db = db.clone();
             let auto_create = auto_create.clone();
+            let cached = kept.take();
             // The commit syncs to disk: keep it off the async workers.
             let done = tokio::task::spawn_blocking(move || {
+                let mut keep = None;
                 let result = db.batch(|tx| {
                     if prune {
                         tx.prune_deliveries(DELIVERY_RETENTION_S)?;
                     }
+                    // Projects and Stages are read at most once per batch, and not at all while
+                    // the catalog version stays what the kept catalog was read at.
+                    let version = tx.catalog_version()?;
+                    let mut catalog = cached.filter(|(v, _)| *v == version).map(|(_, c)| c);
                     // Each delivery in a savepoint of its own: a failing one is answered 503
                     // (its sender retries), the others still commit.
-                    // Projects and Stages are read once per batch, not once per delivery.
-                    let mut catalog = None;
-                    Ok(jobs
+                    let answers = jobs
                         .iter()
                         .map(|job| {
                             tx.attempt(|tx| {
@@ -79,13 +87,28 @@ pub fn spawn_with(
                                 process(&book, job, &mut catalog)
                             })
                         })
-                        .collect::<Vec<Result<Answer, BookError>>>())
+                        .collect::<Vec<Result<Answer, BookError>>>();
+                    // A batch that created a Project changed its catalog (and a failed delivery
+                    // may have left part of that in it): read afresh next time.
+                    if answers
+                        .iter()
+                        .all(|a| a.as_ref().is_ok_and(|a| a.created.is_empty()))
+                    {
+                        keep = catalog.map(|c| (version, c));
+                    }
+                    Ok(answers)
                 });
-                (jobs, result)
+                if result.is_err() {
+                    keep = None;
+                }
+                (jobs, result, keep)
             })
             .await;
             let (jobs, result) = match done {
-                Ok(done) => done,
+                Ok((jobs, result, keep)) => {
+                    kept = keep;
+                    (jobs, result)
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "recorder task failed");
                     continue;

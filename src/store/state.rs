@@ -127,6 +127,9 @@ impl StateDb {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        // Statements are prepared once per connection and kept (`prepare_cached`): a delivery
+        // runs the same five, and parsing them again cost more than running them.
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(StateDb {
             conn: Mutex::new(conn),
             path,
@@ -328,7 +331,8 @@ impl StateDb {
     /// SQLite's change counter as seen by this connection: moves when another process commits.
     pub fn data_version(&self) -> Result<i64, StoreError> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+        conn.prepare_cached("PRAGMA data_version")
+            .and_then(|mut q| q.query_row([], |r| r.get(0)))
             .map_err(|source| StoreError::Sqlite {
                 path: self.path.clone(),
                 source,
@@ -351,9 +355,27 @@ impl Tx<'_> {
     }
 
     fn exec(&self, sql: &str, params: impl rusqlite::Params) -> Result<(), StoreError> {
+        self.run(sql, params).map(drop)
+    }
+
+    /// Runs a statement prepared once per connection; the number of rows it changed.
+    fn run(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize, StoreError> {
         self.tx
-            .execute(sql, params)
-            .map(|_| ())
+            .prepare_cached(sql)
+            .and_then(|mut q| q.execute(params))
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// [`rusqlite::Connection::query_row`] with a statement prepared once per connection.
+    fn row<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        self.tx
+            .prepare_cached(sql)
+            .and_then(|mut q| q.query_row(params, f).optional())
             .map_err(|e| self.sqlite(e))
     }
 
@@ -370,14 +392,10 @@ impl Tx<'_> {
         &self,
         f: impl FnOnce(&Self) -> Result<T, E>,
     ) -> Result<T, E> {
-        self.tx
-            .execute_batch("SAVEPOINT attempt")
-            .map_err(|e| self.sqlite(e))?;
+        self.exec("SAVEPOINT attempt", [])?;
         match f(self) {
             Ok(v) => {
-                self.tx
-                    .execute_batch("RELEASE attempt")
-                    .map_err(|e| self.sqlite(e))?;
+                self.exec("RELEASE attempt", [])?;
                 Ok(v)
             }
             Err(e) => {
@@ -495,15 +513,12 @@ impl Tx<'_> {
 
     /// See [`Tx::bump_catalog`].
     pub fn catalog_version(&self) -> Result<i64, StoreError> {
-        self.tx
-            .query_row(
-                "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'catalog'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map(Option::unwrap_or_default)
-            .map_err(|e| self.sqlite(e))
+        self.row(
+            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'catalog'",
+            [],
+            |r| r.get(0),
+        )
+        .map(Option::unwrap_or_default)
     }
 
     pub fn list(&self, kind: Kind) -> Result<Vec<Stored>, StoreError> {
@@ -612,17 +627,13 @@ impl Tx<'_> {
         name: &str,
         column: &'static str,
     ) -> Result<Option<T>, StoreError> {
+        let sql = match column {
+            "latest" => "SELECT latest FROM resources WHERE kind=?1 AND namespace=?2 AND name=?3",
+            "status" => "SELECT status FROM resources WHERE kind=?1 AND namespace=?2 AND name=?3",
+            other => unreachable!("no JSON column {other}"),
+        };
         let text: Option<String> = self
-            .tx
-            .query_row(
-                &format!(
-                    "SELECT {column} FROM resources WHERE kind=?1 AND namespace=?2 AND name=?3"
-                ),
-                params![kind.as_str(), namespace, name],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.sqlite(e))?
+            .row(sql, params![kind.as_str(), namespace, name], |r| r.get(0))?
             .flatten();
         text.map(|t| self.parse(&t)).transpose()
     }
@@ -635,25 +646,21 @@ impl Tx<'_> {
         seen: &SeenTag,
     ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(seen).unwrap_or_default();
-        self.tx
-            .execute(
-                "UPDATE resources SET latest=?3 WHERE kind='Stage' AND namespace=?1 AND name=?2",
-                params![namespace, name, json],
-            )
-            .map(|n| n > 0)
-            .map_err(|e| self.sqlite(e))
+        self.run(
+            "UPDATE resources SET latest=?3 WHERE kind='Stage' AND namespace=?1 AND name=?2",
+            params![namespace, name, json],
+        )
+        .map(|n| n > 0)
     }
 
     /// Marks a delivery id as seen. False when it was seen before (a redelivery).
     pub fn claim_delivery(&self, id: &str, provider: &str) -> Result<bool, StoreError> {
         let now = k8s_openapi::jiff::Timestamp::now().as_second();
-        self.tx
-            .execute(
-                "INSERT OR IGNORE INTO deliveries (id, provider, received) VALUES (?1, ?2, ?3)",
-                params![id, provider, now],
-            )
-            .map(|n| n == 1)
-            .map_err(|e| self.sqlite(e))
+        self.run(
+            "INSERT OR IGNORE INTO deliveries (id, provider, received) VALUES (?1, ?2, ?3)",
+            params![id, provider, now],
+        )
+        .map(|n| n == 1)
     }
 
     /// Marks a delivery that carries no id of its sender, by a hash of its body, as seen at
@@ -667,15 +674,13 @@ impl Tx<'_> {
         now: i64,
         window: i64,
     ) -> Result<bool, StoreError> {
-        self.tx
-            .execute(
-                "INSERT INTO deliveries (id, provider, received) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT(id) DO UPDATE SET received = excluded.received \
-                 WHERE deliveries.received <= excluded.received - ?4",
-                params![key, provider, now, window],
-            )
-            .map(|n| n == 1)
-            .map_err(|e| self.sqlite(e))
+        self.run(
+            "INSERT INTO deliveries (id, provider, received) VALUES (?1, ?2, ?3) \
+             ON CONFLICT(id) DO UPDATE SET received = excluded.received \
+             WHERE deliveries.received <= excluded.received - ?4",
+            params![key, provider, now, window],
+        )
+        .map(|n| n == 1)
     }
 
     /// Forgets delivery ids older than `max_age_s` (senders redeliver within hours, not weeks).

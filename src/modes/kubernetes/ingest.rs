@@ -34,6 +34,9 @@ use crate::sources::webhook::server::{Index, IndexError};
 const CREATED_FOR: &str = "tinyforge.dev/created-for";
 /// Key of the URL secret inside its Secret.
 pub const URL_SECRET_KEY: &str = "url-secret";
+/// Annotation on the URL secret's Secret: the base URL senders reach the listener at
+/// (`--public-url`), so that the whole webhook URL can be read from the cluster.
+pub const PUBLIC_URL_ANNOTATION: &str = "tinyforge.dev/public-url";
 /// Delivery ids remembered per replica (redeliveries come within hours; a redelivery that
 /// reaches another replica finds its tag already recorded and changes nothing).
 const REMEMBERED: usize = 100_000;
@@ -210,8 +213,9 @@ fn project_ref(p: &DeserializeGuard<Project>) -> Option<ProjectRef> {
 }
 
 /// Makes the URL secret's Secret when it is missing: on first start, and again within seconds
-/// after someone deletes it (that is how the URL is rotated). Runs until the process ends.
-pub async fn keep_url_secret(client: Client, index: Arc<ClusterIndex>) {
+/// after someone deletes it (that is how the URL is rotated), annotated with `public_url` when
+/// given. Runs until the process ends.
+pub async fn keep_url_secret(client: Client, index: Arc<ClusterIndex>, public_url: Option<String>) {
     let Some(name) = index.url_secret.clone() else {
         return;
     };
@@ -224,6 +228,9 @@ pub async fn keep_url_secret(client: Client, index: Arc<ClusterIndex>) {
                 crate::api::labels::MANAGED_BY.to_string(),
                 crate::api::labels::MANAGED_BY_VALUE.to_string(),
             )]));
+            secret.metadata.annotations = public_url
+                .as_ref()
+                .map(|u| BTreeMap::from([(PUBLIC_URL_ANNOTATION.to_string(), u.clone())]));
             secret.string_data = Some(BTreeMap::from([(
                 URL_SECRET_KEY.to_string(),
                 uuid::Uuid::new_v4().to_string(),
@@ -273,6 +280,7 @@ pub fn spawn_recorder(
                 claims: RefCell::default(),
                 claimed: RefCell::default(),
                 latest: RefCell::default(),
+                pending: RefCell::default(),
                 created: RefCell::default(),
                 touched: RefCell::default(),
             };
@@ -357,23 +365,35 @@ struct Plan<'a> {
     claims: RefCell<Vec<String>>,
     /// Claimed by the deliveries planned before it in this batch.
     claimed: RefCell<Vec<String>>,
+    /// The preferred tag of each Stage so far, the batch's own included.
     latest: RefCell<HashMap<Key, SeenTag>>,
+    /// What the batch has for each Stage it touches.
+    pending: RefCell<HashMap<Key, Pending>>,
     created: RefCell<Vec<(Project, Stage)>>,
     /// Stages the delivery being planned records on (or creates).
     touched: RefCell<Vec<Key>>,
 }
 
+/// What a batch has for one Stage: every tag recorded on it, in order (the write compares them
+/// again against the Stage as the API server has it, so a redelivery the cache did not know
+/// about yet cannot hide a new push of the same batch), and the delivery ids it passed over.
+#[derive(Default)]
+struct Pending {
+    candidates: Vec<SeenTag>,
+    passed_over: Vec<String>,
+}
+
 /// What a batch wants written.
 struct Writes {
-    latest: HashMap<(String, String), SeenTag>,
+    pending: HashMap<Key, Pending>,
     created: Vec<(Project, Stage)>,
-    policies: HashMap<(String, String), Option<CompiledPolicy>>,
+    policies: HashMap<Key, Option<CompiledPolicy>>,
 }
 
 impl Plan<'_> {
     fn into_writes(self) -> Writes {
-        let latest = self.latest.into_inner();
-        let policies = latest
+        let pending = self.pending.into_inner();
+        let policies = pending
             .keys()
             .map(|(ns, name)| {
                 let policy = self
@@ -391,7 +411,7 @@ impl Plan<'_> {
             })
             .collect();
         Writes {
-            latest,
+            pending,
             created: self.created.into_inner(),
             policies,
         }
@@ -415,8 +435,36 @@ impl Ledger for Plan<'_> {
 
     fn record_latest(&self, namespace: &str, stage: &str, seen: &SeenTag) -> Result<(), BookError> {
         let key = (namespace.to_string(), stage.to_string());
+        // A redelivery of what the Stage already records (the cache knows it): nothing new.
+        let current = self.latest(namespace, stage)?;
+        if seen
+            .delivery_id
+            .as_ref()
+            .is_some_and(|id| knows(current.as_ref(), id))
+        {
+            return Ok(());
+        }
         self.touched.borrow_mut().push(key.clone());
-        self.latest.borrow_mut().insert(key, seen.clone());
+        let mut pending = self.pending.borrow_mut();
+        let pending = pending.entry(key.clone()).or_default();
+        pending.candidates.push(seen.clone());
+        self.latest
+            .borrow_mut()
+            .insert(key, remembering(current.as_ref(), seen, &[]));
+        Ok(())
+    }
+
+    fn passed_over(&self, namespace: &str, stage: &str, seen: &SeenTag) -> Result<(), BookError> {
+        let Some(id) = &seen.delivery_id else {
+            return Ok(());
+        };
+        if knows(self.latest(namespace, stage)?.as_ref(), id) {
+            return Ok(());
+        }
+        let key = (namespace.to_string(), stage.to_string());
+        self.touched.borrow_mut().push(key.clone());
+        let mut pending = self.pending.borrow_mut();
+        pending.entry(key).or_default().passed_over.push(id.clone());
         Ok(())
     }
 }
@@ -552,16 +600,22 @@ impl Book for Plan<'_> {
 /// a Stage sees a few pushes a day.
 const RECENT_DELIVERIES: usize = 32;
 
+/// Whether `id` is a delivery the Stage's `latest` records or remembers.
+fn knows(latest: Option<&SeenTag>, id: &str) -> bool {
+    latest.is_some_and(|l| {
+        l.delivery_id.as_deref() == Some(id) || l.recent_deliveries.iter().any(|r| r == id)
+    })
+}
+
 /// `seen` as written: with the delivery ids recorded on the Stage so far (the one it replaces
-/// included), its own last, the oldest dropped.
-fn remembering(existing: Option<&SeenTag>, seen: &SeenTag) -> SeenTag {
-    let mut ids: Vec<String> = existing
-        .map(|e| {
-            let mut ids = e.recent_deliveries.clone();
-            ids.extend(e.delivery_id.clone());
-            ids
-        })
-        .unwrap_or_default();
+/// included), then `more` (ids of the same batch), its own last, the oldest dropped.
+fn remembering(existing: Option<&SeenTag>, seen: &SeenTag, more: &[String]) -> SeenTag {
+    let mut ids: Vec<String> = Vec::new();
+    for tag in existing.into_iter().chain([seen]) {
+        ids.extend(tag.recent_deliveries.iter().cloned());
+        ids.extend(tag.delivery_id.clone());
+    }
+    ids.extend(more.iter().cloned());
     ids.extend(seen.delivery_id.clone());
     let mut unique: Vec<String> = Vec::new();
     for id in ids.into_iter().rev() {
@@ -604,7 +658,7 @@ async fn commit(client: &Client, index: &ClusterIndex, writes: &Writes) -> HashM
         }
     }
     let mut pending = Vec::new();
-    for ((ns, name), seen) in &writes.latest {
+    for ((ns, name), batch) in &writes.pending {
         if failed.contains_key(&(ns.clone(), name.clone())) {
             continue;
         }
@@ -614,7 +668,7 @@ async fn commit(client: &Client, index: &ClusterIndex, writes: &Writes) -> HashM
             .cloned()
             .flatten();
         pending.push(async move {
-            let result = write_latest(client, index, ns, name, seen, policy).await;
+            let result = write_latest(client, index, ns, name, batch, policy).await;
             ((ns.clone(), name.clone()), result)
         });
     }
@@ -680,12 +734,16 @@ async fn create(client: &Client, project: &Project, stage: &Stage) -> Result<(),
     }
 }
 
+/// Writes a batch's tags for one Stage: the preferred of them when the policy prefers it to the
+/// Stage's `latest` as the API server has it, and every delivery id of the batch into
+/// `recentDeliveries` — also those no tag was recorded for (passed over, or lost to another
+/// replica's write), so that no redelivery of them can win later with a fresher `seenAt`.
 async fn write_latest(
     client: &Client,
     index: &ClusterIndex,
     namespace: &str,
     name: &str,
-    seen: &SeenTag,
+    batch: &Pending,
     policy: Option<CompiledPolicy>,
 ) -> Result<(), String> {
     let api: Api<Stage> = Api::namespaced(client.clone(), namespace);
@@ -694,6 +752,12 @@ async fn write_latest(
     let mut current: Option<Stage> = index
         .stage(namespace, name)
         .and_then(|s| s.0.as_ref().ok().cloned());
+    let ids: Vec<String> = batch
+        .candidates
+        .iter()
+        .filter_map(|c| c.delivery_id.clone())
+        .chain(batch.passed_over.iter().cloned())
+        .collect();
     for _ in 0..5 {
         let stage = match current.take() {
             Some(s) => s,
@@ -705,27 +769,36 @@ async fn write_latest(
             },
         };
         let existing = stage.status.as_ref().and_then(|s| s.latest.as_ref());
-        // The same delivery again (a redelivery that reached another replica, or came after a
-        // restart): already recorded — as the latest, or before it (its fresh `seenAt` must not
-        // put an older push back in front of a newer one).
-        if existing.is_some_and(|e| {
-            e == seen
-                || seen.delivery_id.as_ref().is_some_and(|id| {
-                    (e.delivery_id.as_ref() == Some(id) && e.tag == seen.tag)
-                        || e.recent_deliveries.contains(id)
-                })
-        }) {
-            return Ok(());
+        // The preferred of the batch's tags, compared with what the Stage records now. A
+        // delivery the Stage already records or remembers is a redelivery (that reached another
+        // replica, or came after a restart): its fresh `seenAt` must not put an older push back
+        // in front of a newer one.
+        let mut preferred = existing;
+        let mut changed = false;
+        for seen in &batch.candidates {
+            if seen
+                .delivery_id
+                .as_ref()
+                .is_some_and(|id| knows(existing, id))
+                || existing == Some(seen)
+            {
+                continue;
+            }
+            let better = match &policy {
+                Some(policy) => preferred.is_none() || policy.is_better(seen, preferred),
+                None => true,
+            };
+            if better {
+                preferred = Some(seen);
+                changed = true;
+            }
         }
-        if let Some(policy) = &policy
-            && existing.is_some()
-            && !policy.is_better(seen, existing)
-        {
-            // Another writer recorded a tag the policy prefers meanwhile.
+        let new_ids = ids.iter().any(|id| !knows(existing, id));
+        let Some(preferred) = preferred.filter(|_| changed || new_ids) else {
             return Ok(());
-        }
+        };
         let version = stage.metadata.resource_version.clone().unwrap_or_default();
-        let seen = remembering(existing, seen);
+        let seen = remembering(existing, preferred, &ids);
         match status::apply_latest(&api, name, &version, &seen).await {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(e)) if e.code == 409 => continue,

@@ -46,6 +46,9 @@ pub struct Options {
     pub webhook: Option<server::Config>,
     /// Name of the Secret holding the webhook URL secret (made when missing).
     pub webhook_secret: String,
+    /// Base URL senders reach the listener at (`--public-url`): logged at start and written on
+    /// the webhook Secret the controller makes (annotation `tinyforge.dev/public-url`).
+    pub public_url: Option<String>,
     /// Create a Project and a `<name>-dev` Stage for pushed images nobody uses.
     pub auto_create: bool,
     /// Which images may be auto-created, and how many.
@@ -68,6 +71,7 @@ impl Options {
             concurrency: 4,
             webhook: None,
             webhook_secret: "tiny-forge-webhook".into(),
+            public_url: None,
             auto_create: false,
             auto_create_policy: Default::default(),
             npm: None,
@@ -186,7 +190,15 @@ async fn listen(
     let Some(config) = &opts.webhook else {
         return Ok(None);
     };
-    let keeper = tokio::spawn(ingest::keep_url_secret(client.clone(), index.clone()));
+    let public_url = opts
+        .public_url
+        .as_deref()
+        .map(|u| u.trim_end_matches('/').to_string());
+    let keeper = tokio::spawn(ingest::keep_url_secret(
+        client.clone(),
+        index.clone(),
+        public_url.clone(),
+    ));
     let recorder = ingest::spawn_recorder(
         client.clone(),
         index.clone(),
@@ -210,7 +222,7 @@ async fn listen(
     )
     .await?;
     if config.webhooks {
-        tracing::info!(listen = %server.local_addr, secret = %format!("{controller_namespace}/{}", opts.webhook_secret), "webhook listener up");
+        tracing::info!(listen = %server.local_addr, public_url = public_url.as_deref().unwrap_or("-"), secret = %format!("{controller_namespace}/{}", opts.webhook_secret), "webhook listener up");
     } else {
         tracing::info!(listen = %server.local_addr, "listener up: /healthz, /readyz and /metrics only (--no-webhooks)");
     }
