@@ -58,6 +58,46 @@ pub struct ProjectSpec {
     /// Git repository the images are built from: its webhook events count for this Project.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_source: Option<GitSource>,
+    /// Build the image from Git: a push to a followed branch (a Git webhook event from
+    /// `gitSource.repository`, or `tiny-forge build`) is fetched at that commit, built on the
+    /// Stage's Docker engine and recorded as `status.latest` (source `build`), then deployed like
+    /// any pushed tag. Builds run in standalone mode only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildSettings>,
+}
+
+/// How a Project's image is built from its Git repository.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildSettings {
+    /// Where the code is fetched from: `https://`, `git://` or `file://` URL. No credentials in
+    /// the URL: use `credentialsRef`.
+    #[schemars(regex(pattern = r"^(https|git|file)://[^@/\s]*(/\S*)?$"))]
+    pub repository: String,
+    /// Branches whose pushes are built (exact names); empty: the repository's default branch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub branches: Vec<String>,
+    /// Directory of the build context inside the repository (default: its root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// Dockerfile path relative to the context (default `Dockerfile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    /// Build stage to stop at (`docker build --target`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Build arguments (`ARG`). Their values end up in the image's history: never put secrets
+    /// here.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub args: std::collections::BTreeMap<String, String>,
+    /// A build (fetch included) taking longer is stopped and reported `TimedOut` (default 900).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: Option<u32>,
+    /// HTTPS token for fetching a private repository (sent as the password, user
+    /// `x-access-token`). Never logged or written to status, the image or its labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_ref: Option<SecretKeyRef>,
 }
 
 /// Webhook settings of a Project.

@@ -423,6 +423,7 @@ async fn project<R: Runtime>(
                 let generation = p.metadata.generation.unwrap_or(1);
                 let mut status = p.status.clone().unwrap_or_default();
                 let problem = assess_project(&p.name_any(), &p.spec, generation, &mut status);
+                unsupported_build(&p.spec, generation, &mut status);
                 if p.status.as_ref() != Some(&status) {
                     status::apply(&api, "Project", &p.name_any(), &status).await?;
                     if let Some(message) = problem {
@@ -446,6 +447,25 @@ async fn project<R: Runtime>(
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Builds run in standalone mode only: a Project asking for them says so, rather than the
+/// field being ignored without a word.
+fn unsupported_build(
+    spec: &crate::api::ProjectSpec,
+    generation: i64,
+    status: &mut crate::api::ProjectStatus,
+) {
+    if spec.build.is_some() {
+        conditions::set(
+            &mut status.conditions,
+            crate::engine::build::BUILD_READY,
+            false,
+            crate::engine::Reason::BuildUnsupported.as_str(),
+            "builds from Git run in standalone mode only; push images built elsewhere",
+            Some(generation),
+        );
+    }
 }
 
 /// What a cleanup removes: one Stage's containers and proxy host, or those of every Stage of a
