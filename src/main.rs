@@ -61,6 +61,9 @@ struct BuildArgs {
     sha: Option<String>,
     #[arg(short, long, default_value = "default")]
     namespace: String,
+    /// Where `run --secrets-dir` reads secrets (for `build.credentialsRef`, to resolve the ref).
+    #[arg(long, env = "TINY_FORGE_SECRETS_DIR")]
+    secrets_dir: Option<PathBuf>,
     #[command(flatten)]
     keys: KeyArgs,
 }
@@ -423,7 +426,7 @@ fn build(args: &BuildArgs) -> anyhow::Result<()> {
     let secrets = tiny_forge::store::StoreSecrets {
         db: Some(db.clone()),
         sealer: Some(sealer),
-        dir: None,
+        dir: args.secrets_dir.clone(),
     };
     let id = cli::request_build(
         &db,

@@ -467,44 +467,128 @@ async fn a_signed_github_push_is_built_and_deployed_and_failures_leave_what_serv
     drop(daemon);
 }
 
+/// The controller as a process of its own, its log in a file, stopped by its pid.
+struct Controller {
+    child: Child,
+}
+
+impl Controller {
+    fn start(
+        m: &Path,
+        state: &Path,
+        secrets: &Path,
+        ns: &str,
+        port: u16,
+        log: &Path,
+    ) -> Controller {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tiny-forge"))
+            .args(["run", "--resync", "1s", "--instance", ns, "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--manifests")
+            .arg(m)
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--secrets-dir")
+            .arg(secrets)
+            .env("RUST_LOG", "debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Controller { child }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test]
-async fn a_build_past_its_timeout_is_stopped_and_reported_timed_out() {
+async fn a_build_past_its_timeout_is_timed_out_and_one_killed_mid_build_runs_once_more() {
     let Some(rt) = docker().await else { return };
     let ns = "t-build-timeout";
     let dir = tempfile::tempdir().unwrap();
     let repo = Repo::new(dir.path().join("repo"));
-    let hangs = repo.commit(&[("Dockerfile", Some(HANGS))], "hangs");
+    std::fs::create_dir_all(repo.dir.join("app")).unwrap();
+    let hangs = repo.commit(&[("app/Dockerfile", Some(HANGS))], "hangs");
     let image = format!("tf-build/{ns}");
     let m = manifests(
         dir.path(),
         ns,
         &image,
         &format!(
-            "{{repository: 'file://{}', branches: [main], timeoutSeconds: 3}}",
+            "{{repository: 'file://{}', branches: [main], context: app, timeoutSeconds: 5, \
+             credentialsRef: {{name: git, key: token}}}}",
             repo.dir.display()
         ),
     );
     let state = dir.path().join("state");
+    let secrets = secrets_dir(dir.path());
+    let log = dir.path().join("controller.log");
     let port = free_port();
-    let mut opts = options_with_webhooks(m, state.clone(), ns, port);
-    opts.secrets_dir = Some(secrets_dir(dir.path()));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(standalone::run(opts, async {
-        let _ = stopped.await;
-    }));
+    let first = Controller::start(&m, &state, &secrets, ns, port, &log);
     url_when_up(&state, port).await;
     wait_stage(&state, ns, |s| s.phase == Some(Phase::Pending)).await;
 
-    // By hand, at the branch head.
+    // By hand, at the branch head; SIGKILL the controller while it builds.
     let out = Command::new(env!("CARGO_BIN_EXE_tiny-forge"))
         .args(["build", "web", "-n", ns, "--state-dir"])
         .arg(&state)
+        .arg("--secrets-dir")
+        .arg(&secrets)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let timed_out = build_ends(&state, ns, "web", &hangs).await;
-    assert_eq!(timed_out.state, BuildState::TimedOut, "{timed_out:?}");
-    assert_eq!(timed_out.trigger, "cli");
+    eventually("the build is running", PATIENCE, || {
+        let all = builds(&state, ns, "web");
+        async move {
+            if all.iter().any(|b| b.state == BuildState::Building) {
+                Ok(())
+            } else {
+                Err(all)
+            }
+        }
+    })
+    .await;
+    drop(first);
+
+    // After a restart: reported interrupted, run once more, stopped at its timeout.
+    let port = free_port();
+    let _second = Controller::start(&m, &state, &secrets, ns, port, &log);
+    let again = eventually("the retried build ended", PATIENCE, || {
+        let all = builds(&state, ns, "web");
+        async move {
+            match all
+                .iter()
+                .find(|b| b.trigger == "restart" && b.state.is_terminal())
+            {
+                Some(b) => Ok(b.clone()),
+                None => Err(all),
+            }
+        }
+    })
+    .await;
+    assert_eq!(again.state, BuildState::TimedOut, "{again:?}");
+    assert_eq!(again.sha, hangs);
+    let all = builds(&state, ns, "web");
+    assert_eq!(all.len(), 2, "{all:?}");
+    let killed = &all[1];
+    assert_eq!(
+        (killed.trigger.as_str(), killed.state),
+        ("cli", BuildState::Cancelled)
+    );
+    assert!(
+        killed.error.as_deref().unwrap().contains("interrupted"),
+        "{killed:?}"
+    );
     assert_eq!(build_ready(&state, ns, "web").unwrap().1, "BuildTimedOut");
     let status = StateDb::open(&state)
         .unwrap()
@@ -518,7 +602,16 @@ async fn a_build_past_its_timeout_is_stopped_and_reported_timed_out() {
             .is_empty()
     );
 
-    stop.send(()).unwrap();
-    controller.await.unwrap().unwrap();
+    // The token went to git, and nowhere a person or a log collector reads.
+    let mut everything = std::fs::read_to_string(&log).unwrap();
+    assert!(everything.contains("build finished"), "{everything}");
+    for b in &all {
+        everything.push_str(
+            &std::fs::read_to_string(state.join(format!("builds/{ns}/web/logs/{}.log", b.id)))
+                .unwrap_or_default(),
+        );
+    }
+    everything.push_str(&serde_json::to_string(&project_status(&state, ns, "web")).unwrap());
+    assert!(!everything.contains(TOKEN));
     cleanup(&rt, ns).await;
 }

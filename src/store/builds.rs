@@ -116,6 +116,13 @@ pub fn ask(
     let Some(build) = &project.spec.build else {
         return Ok(BuildAsk::Ignored("the Project has no build".into()));
     };
+    let wrong = crate::engine::build::validate(build);
+    if !wrong.is_empty() {
+        return Ok(BuildAsk::Ignored(format!(
+            "spec.build is invalid: {}",
+            wrong.join("; ")
+        )));
+    }
     let default = tx.default_branch(&build.repository)?;
     let branch = match crate::engine::build::requested_branch(
         build,
