@@ -229,6 +229,7 @@ fn secrets_dir(dir: &Path) -> PathBuf {
 
 const V1: &str = "FROM tiny-forge-demo:1.0.0\nENV DEMO_VERSION=built-one\n";
 const V2: &str = "FROM tiny-forge-demo:1.0.0\nENV DEMO_VERSION=built-two\n";
+const V3: &str = "FROM tiny-forge-demo:1.0.0\nENV DEMO_VERSION=built-three\n";
 /// Exits 1: nothing listens on port 9.
 const FAILS: &str =
     "FROM tiny-forge-demo:1.0.0\nRUN [\"/tiny-forge-demo\", \"check\", \"http://127.0.0.1:9/\"]\n";
@@ -407,6 +408,43 @@ async fn a_signed_github_push_is_built_and_deployed_and_failures_leave_what_serv
     );
     assert_eq!(serving(&rt, ns).await, "tiny-forge-demo built-two\n");
 
+    // Two pushes in quick succession: the running build is stopped, only the second deploys.
+    let slow = repo.commit(&[("Dockerfile", Some(HANGS))], "slow");
+    let (code, _) = deliver(&url, "d-5", &push_payload("octo/web", "main", &slow)).await;
+    assert_eq!(code, 202);
+    eventually("the slow build runs", PATIENCE, || {
+        let all = builds(&state, ns, "web");
+        let running = all
+            .iter()
+            .any(|b| b.sha == slow && b.state == BuildState::Building);
+        async move { if running { Ok(()) } else { Err(all) } }
+    })
+    .await;
+    let three = repo.commit(&[("Dockerfile", Some(V3))], "three");
+    let (code, _) = deliver(&url, "d-6", &push_payload("octo/web", "main", &three)).await;
+    assert_eq!(code, 202);
+    let tag3 = format!("sha-{}", &three[..7]);
+    wait_stage(&state, ns, |s| {
+        s.phase == Some(Phase::Healthy) && s.current.as_ref().is_some_and(|c| c.tag == tag3)
+    })
+    .await;
+    assert_eq!(serving(&rt, ns).await, "tiny-forge-demo built-three\n");
+    let stopped = build_ends(&state, ns, "web", &slow).await;
+    assert_eq!(stopped.state, BuildState::Cancelled);
+    assert!(
+        stopped.error.as_deref().unwrap().contains("superseded"),
+        "{stopped:?}"
+    );
+    let history = StateDb::open(&state)
+        .unwrap()
+        .stage_status(ns, "dev")
+        .unwrap()
+        .history;
+    assert!(
+        !history.iter().any(|h| h.tag.contains(&slow[..7])),
+        "the stopped build was never deployed: {history:?}"
+    );
+
     // What people look at: `builds`, `logs build`, the metrics; the token is nowhere.
     let bin = env!("CARGO_BIN_EXE_tiny-forge");
     let table = Command::new(bin)
@@ -415,7 +453,7 @@ async fn a_signed_github_push_is_built_and_deployed_and_failures_leave_what_serv
         .output()
         .unwrap();
     let table = String::from_utf8(table.stdout).unwrap();
-    assert_eq!(table.lines().count(), 5, "{table}");
+    assert_eq!(table.lines().count(), 7, "{table}");
     assert!(
         table.contains("Succeeded") && table.contains("Failed"),
         "{table}"
@@ -435,7 +473,8 @@ async fn a_signed_github_push_is_built_and_deployed_and_failures_leave_what_serv
         .await
         .unwrap();
     assert!(
-        metrics.contains(r#"tiny_forge_builds_total{outcome="Succeeded"} 2"#),
+        metrics.contains(r#"tiny_forge_builds_total{outcome="Succeeded"} 3"#)
+            && metrics.contains(r#"tiny_forge_builds_total{outcome="Cancelled"} 1"#),
         "{metrics}"
     );
     assert!(

@@ -54,7 +54,8 @@ fn state_str<S: serde::Serializer>(s: &BuildState, ser: S) -> Result<S::Ok, S::E
 /// What became of a build request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Requested {
-    /// Queued as build `id`; `superseded`: queued builds of the same ref it replaces.
+    /// Queued as build `id`; `superseded`: builds of the same ref it replaces, queued or running
+    /// (the build loop stops a running one it finds cancelled).
     Queued { id: i64, superseded: Vec<i64> },
     /// That commit, with these settings, was built (or is queued or building) already.
     Known { id: i64, state: BuildState },
@@ -176,7 +177,8 @@ impl Tx<'_> {
 
     /// Queues a build unless that commit was built with these settings already (whatever the
     /// outcome: a commit that failed is not retried until the spec or the commit changes). A
-    /// newer request for the same ref cancels the queued ones it supersedes.
+    /// newer request for the same ref cancels the builds of it queued or running: only the
+    /// newest commit of a branch is worth building.
     pub fn request_build(&self, req: &Request<'_>) -> Result<Requested, StoreError> {
         let tx = self.raw();
         if !req.force {
@@ -201,7 +203,7 @@ impl Tx<'_> {
             let mut q = tx
                 .prepare(
                     "SELECT id FROM builds WHERE namespace = ?1 AND project = ?2 AND git_ref = ?3 \
-                     AND state = 'Queued'",
+                     AND state IN ('Queued', 'Fetching', 'Building')",
                 )
                 .map_err(|e| self.error(e))?;
             q.query_map(params![req.namespace, req.project, req.git_ref], |r| {
@@ -530,6 +532,47 @@ mod tests {
             db.request_build(&forced).unwrap(),
             Requested::Queued { .. }
         ));
+    }
+
+    #[test]
+    fn a_newer_push_cancels_a_running_build_whose_end_then_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        let Requested::Queued { id: a, .. } = db.request_build(&req("aaa", "main")).unwrap() else {
+            panic!("queued")
+        };
+        db.advance_build(
+            a,
+            BuildState::Queued,
+            BuildState::Building,
+            &Default::default(),
+        )
+        .unwrap();
+        let Requested::Queued { id: b, superseded } =
+            db.request_build(&req("bbb", "main")).unwrap()
+        else {
+            panic!("queued")
+        };
+        assert_eq!(superseded, vec![a]);
+        assert!(
+            !db.advance_build(
+                a,
+                BuildState::Building,
+                BuildState::Succeeded,
+                &Default::default()
+            )
+            .unwrap(),
+            "a cancelled build cannot succeed afterwards"
+        );
+        assert_eq!(db.build(a).unwrap().unwrap().state, BuildState::Cancelled);
+        assert_eq!(
+            db.startable_builds(1)
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>(),
+            vec![b]
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! survives restarts, and `tiny-forge build` (another process) adds to it. This loop looks at
 //! it twice a second: builds take seconds to minutes, a look is one indexed query.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,7 +76,25 @@ impl Builder {
         }
         let this = Arc::new(self);
         let mut running: JoinSet<()> = JoinSet::new();
+        // Running builds by id: one cancelled in the store (a newer push to its branch) is
+        // stopped here; dropping it kills git and closes the engine's build.
+        let mut handles: HashMap<i64, (tokio::task::AbortHandle, Instant, PathBuf)> =
+            HashMap::new();
         loop {
+            handles.retain(|_, (h, _, _)| !h.is_finished());
+            let ids: Vec<i64> = handles.keys().copied().collect();
+            for id in ids {
+                if let Ok(Some(b)) = this.db.build(id)
+                    && b.state == BuildState::Cancelled
+                    && let Some((handle, started, log)) = handles.remove(&id)
+                {
+                    handle.abort();
+                    let why = b.error.unwrap_or_default();
+                    Log::append(&log).line(&format!("build #{id}: Cancelled ({why})"));
+                    tracing::info!(build = id, reason = %why, "running build stopped");
+                    this.metrics.built("Cancelled", started.elapsed());
+                }
+            }
             let free = this.opts.concurrency.max(1).saturating_sub(running.len());
             if free > 0 {
                 match this.db.startable_builds(free) {
@@ -90,8 +109,19 @@ impl Builder {
                                 &BuildUpdate::default(),
                             ) {
                                 Ok(true) => {
+                                    let (id, log) = (
+                                        record.id,
+                                        log_path(
+                                            &this.opts.root,
+                                            &record.namespace,
+                                            &record.project,
+                                            record.id,
+                                        ),
+                                    );
                                     let this = this.clone();
-                                    running.spawn(async move { this.build(record).await });
+                                    let handle =
+                                        running.spawn(async move { this.build(record).await });
+                                    handles.insert(id, (handle, Instant::now(), log));
                                 }
                                 Ok(false) => {}
                                 Err(e) => tracing::error!(error = %e, "cannot start a build"),
@@ -206,10 +236,12 @@ impl Builder {
             })
             .is_some();
         if !moved {
-            tracing::warn!(
+            // Cancelled meanwhile (superseded by a newer push): what it built stays unrecorded.
+            tracing::info!(
                 build = record.id,
-                "build record not updated (cancelled meanwhile?)"
+                "build cancelled while it ran; nothing recorded"
             );
+            return;
         }
         self.metrics.built(state.as_str(), started.elapsed());
         tracing::info!(project = %format!("{ns}/{name}"), build = record.id, commit = %sha7, outcome = state.as_str(), error = update.error.as_deref().unwrap_or(""), "build finished");
@@ -465,6 +497,18 @@ impl Log {
         };
         Log {
             file: std::sync::Mutex::new(file),
+        }
+    }
+
+    /// Appends to an existing log (a note after its build was stopped).
+    fn append(path: &Path) -> Log {
+        let file = std::fs::OpenOptions::new().append(true).open(path).ok();
+        let written = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
+        Log {
+            file: std::sync::Mutex::new(file.map(|f| (f, written))),
         }
     }
 
