@@ -351,6 +351,24 @@ async fn a_signed_github_push_is_built_and_deployed_and_failures_leave_what_serv
     .await;
     assert_eq!(serving(&rt, ns).await, "tiny-forge-demo built-two\n");
 
+    // While builds fail below, a client keeps asking the serving container: no request fails.
+    let containers = rt.list_managed(&[(labels::INSTANCE, ns)]).await.unwrap();
+    let target = format!("http://{}:8080/", ip_of(&rt, &containers[0].id).await);
+    let (quit, mut quitting) = tokio::sync::oneshot::channel::<()>();
+    let client = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        loop {
+            match get(&target).await {
+                Ok(body) if body == "tiny-forge-demo built-two\n" => ok += 1,
+                other => failed.push(other),
+            }
+            if quitting.try_recv().is_ok() {
+                return (ok, failed);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+
     // A failing step: nothing that serves changes, the Project says why, no retry.
     let broken = repo.commit(&[("Dockerfile", Some(FAILS))], "broken");
     let before = StateDb::open(&state)
@@ -408,6 +426,24 @@ async fn a_signed_github_push_is_built_and_deployed_and_failures_leave_what_serv
     );
     assert_eq!(serving(&rt, ns).await, "tiny-forge-demo built-two\n");
 
+    // A commit the repository does not have: the fetch fails, with its own reason.
+    let unknown = "0123456789abcdef0123456789abcdef01234567";
+    deliver(
+        &url,
+        "d-unknown",
+        &push_payload("octo/web", "main", unknown),
+    )
+    .await;
+    let lost = build_ends(&state, ns, "web", unknown).await;
+    assert_eq!(lost.state, BuildState::Failed);
+    assert_eq!(build_ready(&state, ns, "web").unwrap().1, "FetchFailed");
+    quit.send(()).unwrap();
+    let (ok, failed) = client.await.unwrap();
+    assert!(
+        ok > 0 && failed.is_empty(),
+        "{ok} answered, failed: {failed:?}"
+    );
+
     // Two pushes in quick succession: the running build is stopped, only the second deploys.
     let slow = repo.commit(&[("Dockerfile", Some(HANGS))], "slow");
     let (code, _) = deliver(&url, "d-5", &push_payload("octo/web", "main", &slow)).await;
@@ -453,7 +489,7 @@ async fn a_signed_github_push_is_built_and_deployed_and_failures_leave_what_serv
         .output()
         .unwrap();
     let table = String::from_utf8(table.stdout).unwrap();
-    assert_eq!(table.lines().count(), 7, "{table}");
+    assert_eq!(table.lines().count(), 8, "{table}");
     assert!(
         table.contains("Succeeded") && table.contains("Failed"),
         "{table}"
@@ -478,7 +514,7 @@ async fn a_signed_github_push_is_built_and_deployed_and_failures_leave_what_serv
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"tiny_forge_builds_total{outcome="Failed"} 2"#),
+        metrics.contains(r#"tiny_forge_builds_total{outcome="Failed"} 3"#),
         "{metrics}"
     );
     let mut everything = table;

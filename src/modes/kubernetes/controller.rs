@@ -822,6 +822,35 @@ mod tests {
     use super::*;
     use crate::api::Deployed;
 
+    #[test]
+    fn a_project_asking_for_builds_is_told_they_run_in_standalone_mode_only() {
+        let mut spec = ProjectSpec {
+            image: "app".into(),
+            build: Some(crate::api::BuildSettings {
+                repository: "https://example.com/o/app.git".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut status = crate::api::ProjectStatus::default();
+        assert!(assess_project("app", &spec, 1, &mut status).is_none());
+        unsupported_build(&spec, 1, &mut status);
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == crate::engine::build::BUILD_READY)
+            .expect("BuildReady");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "BuildUnsupported")
+        );
+        // Dropping spec.build drops the condition.
+        spec.build = None;
+        assess_project("app", &spec, 2, &mut status);
+        unsupported_build(&spec, 2, &mut status);
+        assert_eq!(status.conditions.len(), 1, "{:?}", status.conditions);
+    }
+
     fn status(phase: Phase, tag: &str, ready: (bool, &str)) -> StageStatus {
         let mut s = StageStatus {
             phase: Some(phase),
