@@ -356,13 +356,16 @@ pub fn builds(
     Ok(())
 }
 
-/// `tiny-forge logs build`: the log of build `id` (default: the newest) of a Project.
+/// `tiny-forge logs build`: the log of build `id` (default: the newest) of a Project; with
+/// `follow`, what the build still writes, until it ends.
 pub fn build_log(
     state_dir: &Path,
     namespace: &str,
     project: &str,
     id: Option<i64>,
+    follow: bool,
 ) -> anyhow::Result<()> {
+    use std::io::{Read as _, Seek as _, Write as _};
     let db = open(state_dir)?;
     let record = match id {
         Some(id) => db
@@ -373,21 +376,36 @@ pub fn build_log(
     .ok_or_else(|| anyhow::anyhow!("no such build of {namespace}/{project}"))?;
     let path =
         crate::sources::build::log_path(&state_dir.join("builds"), namespace, project, record.id);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            use std::io::Write as _;
-            std::io::stdout().write_all(&bytes)?;
-            Ok(())
+    let mut offset = 0u64;
+    let mut out = std::io::stdout();
+    loop {
+        // Read the state before the file: a build that ended has written its last line.
+        let ended = db.build(record.id)?.is_none_or(|b| b.state.is_terminal());
+        match std::fs::File::open(&path) {
+            Ok(mut f) => {
+                f.seek(std::io::SeekFrom::Start(offset))?;
+                let mut bytes = Vec::new();
+                f.read_to_end(&mut bytes)?;
+                offset += bytes.len() as u64;
+                out.write_all(&bytes)?;
+                out.flush()?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !follow || ended {
+                    eprintln!(
+                        "build #{} ({}) has no log",
+                        record.id,
+                        record.state.as_str()
+                    );
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!(
-                "build #{} ({}) has no log yet",
-                record.id,
-                record.state.as_str()
-            );
-            Ok(())
+        if !follow || ended {
+            return Ok(());
         }
-        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 

@@ -89,6 +89,9 @@ enum LogsCommand {
         id: Option<i64>,
         #[arg(short, long, default_value = "default")]
         namespace: String,
+        /// Keep printing what the build writes until it ends.
+        #[arg(short, long)]
+        follow: bool,
         #[command(flatten)]
         state: StateArgs,
     },
@@ -368,8 +371,9 @@ fn main() -> ExitCode {
             project,
             id,
             namespace,
+            follow,
             state,
-        }) => cli::build_log(&state.dir(), &namespace, &project, id),
+        }) => cli::build_log(&state.dir(), &namespace, &project, id, follow),
         Command::Secret(SecretCommand::Set {
             name,
             key,

@@ -495,7 +495,7 @@ async fn a_signed_github_push_is_built_and_deployed_and_failures_leave_what_serv
         "{table}"
     );
     let log = Command::new(bin)
-        .args(["logs", "build", "web", "-n", ns, "--state-dir"])
+        .args(["logs", "build", "web", "-f", "-n", ns, "--state-dir"])
         .arg(&state)
         .arg(first.id.to_string())
         .output()
@@ -638,6 +638,27 @@ async fn a_build_past_its_timeout_is_timed_out_and_one_killed_mid_build_runs_onc
     // After a restart: reported interrupted, run once more, stopped at its timeout.
     let port = free_port();
     let _second = Controller::start(&m, &state, &secrets, ns, port, &log);
+    let retry = eventually("the build runs again", PATIENCE, || {
+        let all = builds(&state, ns, "web");
+        let running = all
+            .iter()
+            .find(|b| b.trigger == "restart" && b.state == BuildState::Building)
+            .cloned();
+        async move { running.ok_or(all) }
+    })
+    .await;
+    // Followed while it runs: the command ends with the build.
+    let followed = Command::new(env!("CARGO_BIN_EXE_tiny-forge"))
+        .args(["logs", "build", "web", "-f", "-n", ns, "--state-dir"])
+        .arg(&state)
+        .arg(retry.id.to_string())
+        .output()
+        .unwrap();
+    let followed = String::from_utf8(followed.stdout).unwrap();
+    assert!(
+        followed.contains("longer than 5s") && followed.contains("TimedOut"),
+        "{followed}"
+    );
     let again = eventually("the retried build ended", PATIENCE, || {
         let all = builds(&state, ns, "web");
         async move {
