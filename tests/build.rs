@@ -307,6 +307,17 @@ async fn a_signed_github_push_is_built_and_deployed_and_failures_leave_what_serv
         build_ready(&state, ns, "web").map(|c| (c.0, c.1)),
         Some(("True".into(), "Built".into()))
     );
+    let shown = project_status(&state, ns, "web").builds;
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert_eq!(
+        (
+            shown[0].id,
+            shown[0].state.as_str(),
+            shown[0].commit.as_str()
+        ),
+        (first.id, "Succeeded", one.as_str())
+    );
+    assert_eq!(shown[0].trigger, "github");
 
     // The redelivery, the same commit under a new delivery id, and a push to another branch
     // build nothing.
@@ -471,6 +482,10 @@ async fn a_signed_github_push_is_built_and_deployed_and_failures_leave_what_serv
         stopped.error.as_deref().unwrap().contains("superseded"),
         "{stopped:?}"
     );
+    let shown = project_status(&state, ns, "web").builds;
+    assert_eq!(shown.len(), 5, "at most 5 in status: {shown:?}");
+    assert_eq!(shown[0].state, "Succeeded", "{shown:?}");
+    assert_eq!(shown[1].state, "Cancelled", "{shown:?}");
     let history = StateDb::open(&state)
         .unwrap()
         .stage_status(ns, "dev")

@@ -167,7 +167,48 @@ pub struct ProjectStatus {
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready` says whether the spec is valid and usable by its Stages.
+    /// `Ready` says whether the spec is valid and usable by its Stages; `BuildReady` (with
+    /// `spec.build`) how the last build went.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The latest builds from Git, newest first (at most 5; `tiny-forge builds` lists more).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub builds: Vec<BuildSummary>,
+}
+
+/// One build from Git, as the Project's status shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildSummary {
+    /// Build number (`tiny-forge logs build PROJECT ID`).
+    pub id: i64,
+    /// Commit built.
+    pub commit: String,
+    /// Branch (or the ref `tiny-forge build --ref` named).
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// Who asked: the webhook provider (`github`, …), `cli` or `restart`.
+    pub trigger: String,
+    /// `Queued`, `Fetching`, `Building`, `Succeeded`, `Failed`, `Cancelled` or `TimedOut`.
+    pub state: String,
+    /// When it was queued (RFC 3339).
+    pub queued_at: String,
+    /// When it ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Milliseconds spent fetching the commit and preparing the context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_ms: Option<i64>,
+    /// Milliseconds the Docker build took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_ms: Option<i64>,
+    /// `repository:tag` built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Image id built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// First error line of a build that did not succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

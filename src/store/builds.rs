@@ -47,6 +47,28 @@ pub struct BuildRecord {
     pub error: Option<String>,
 }
 
+/// Builds shown in the Project's status.
+pub const IN_STATUS: usize = 5;
+
+impl BuildRecord {
+    pub fn summary(&self) -> crate::api::BuildSummary {
+        crate::api::BuildSummary {
+            id: self.id,
+            commit: self.sha.clone(),
+            git_ref: self.git_ref.clone(),
+            trigger: self.trigger.clone(),
+            state: self.state.as_str().to_string(),
+            queued_at: self.queued_at.clone(),
+            finished_at: self.finished_at.clone(),
+            fetch_ms: self.fetch_ms,
+            build_ms: self.build_ms,
+            image: self.image.clone(),
+            image_id: self.image_id.clone(),
+            error: self.error.clone(),
+        }
+    }
+}
+
 fn state_str<S: serde::Serializer>(s: &BuildState, ser: S) -> Result<S::Ok, S::Error> {
     ser.serialize_str(s.as_str())
 }

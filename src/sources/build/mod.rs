@@ -25,7 +25,7 @@ use crate::engine::build::{BUILD_READY, BuildPlan, BuildState, public_url};
 use crate::engine::conditions;
 use crate::ingest::{Catalog, GitEvent, Push};
 use crate::metrics::Metrics;
-use crate::store::builds::{BuildRecord, BuildUpdate};
+use crate::store::builds::{BuildRecord, BuildUpdate, IN_STATUS};
 use crate::store::{Kind, StateDb, StoreSecrets};
 
 /// How often the queue is looked at.
@@ -93,6 +93,7 @@ impl Builder {
                     Log::append(&log).line(&format!("build #{id}: Cancelled ({why})"));
                     tracing::info!(build = id, reason = %why, "running build stopped");
                     this.metrics.built("Cancelled", started.elapsed());
+                    this.publish(&b.namespace, &b.project, None);
                 }
             }
             let free = this.opts.concurrency.max(1).saturating_sub(running.len());
@@ -118,6 +119,7 @@ impl Builder {
                                             record.id,
                                         ),
                                     );
+                                    this.publish(&record.namespace, &record.project, None);
                                     let this = this.clone();
                                     let handle =
                                         running.spawn(async move { this.build(record).await });
@@ -236,6 +238,7 @@ impl Builder {
             })
             .is_some();
         if !moved {
+            self.publish(&ns, &name, None);
             // Cancelled meanwhile (superseded by a newer push): what it built stays unrecorded.
             tracing::info!(
                 build = record.id,
@@ -245,9 +248,11 @@ impl Builder {
         }
         self.metrics.built(state.as_str(), started.elapsed());
         tracing::info!(project = %format!("{ns}/{name}"), build = record.id, commit = %sha7, outcome = state.as_str(), error = update.error.as_deref().unwrap_or(""), "build finished");
-        if let Some((ok, reason, message)) = condition {
-            self.condition(&ns, &name, ok, reason, &message);
-        }
+        self.publish(
+            &ns,
+            &name,
+            condition.as_ref().map(|(ok, r, m)| (*ok, *r, m.as_str())),
+        );
         if let Outcome::Built { image, .. } = &outcome {
             self.record(&record, image);
         }
@@ -349,6 +354,7 @@ impl Builder {
         ) {
             return Outcome::Cancelled("cancelled while fetching".into());
         }
+        self.publish(&record.namespace, &record.project, None);
         let event = GitEvent {
             repository: String::new(),
             branch: Some(record.git_ref.clone()),
@@ -438,18 +444,34 @@ impl Builder {
         }
     }
 
-    fn condition(&self, ns: &str, name: &str, ok: bool, reason: Reason, message: &str) {
+    /// Writes the Project's latest builds into its status, with the `BuildReady` condition
+    /// when a build ended.
+    fn publish(&self, ns: &str, name: &str, condition: Option<(bool, Reason, &str)>) {
+        let recent: Vec<crate::api::BuildSummary> = match self.db.builds(Some((ns, name))) {
+            Ok(all) => all
+                .iter()
+                .take(IN_STATUS)
+                .map(BuildRecord::summary)
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the build history");
+                return;
+            }
+        };
         let result = self.db.batch(|tx| {
             let mut status = tx.project_status(ns, name)?;
             let generation = status.observed_generation;
-            conditions::set(
-                &mut status.conditions,
-                BUILD_READY,
-                ok,
-                reason.as_str(),
-                message,
-                generation,
-            );
+            if let Some((ok, reason, message)) = condition {
+                conditions::set(
+                    &mut status.conditions,
+                    BUILD_READY,
+                    ok,
+                    reason.as_str(),
+                    message,
+                    generation,
+                );
+            }
+            status.builds = recent;
             tx.save_project_status(ns, name, &status)
         });
         if let Err(e) = result {
