@@ -299,8 +299,9 @@ impl Builder {
             record.trigger
         ));
         // Pushes to other branches are turned away by the recorder once the default branch is
-        // known; until then (the first build) the check is here.
-        if settings.branches.is_empty() && record.trigger != "cli" {
+        // known; until then (the first build) the check is here. A build asked for by hand, or
+        // run again after a stop, was checked (or chosen) before.
+        if settings.branches.is_empty() && !matches!(record.trigger.as_str(), "cli" | "restart") {
             match git::default_branch(url, &creds).await {
                 Ok(default) => {
                     if let Err(e) = self.db.set_default_branch(url, &default) {
