@@ -52,9 +52,24 @@ pub fn assess_project(
         project_ref: name.to_string(),
         ..Default::default()
     };
-    let problem = Effective::new(spec, &probe)
+    let mut problem = Effective::new(spec, &probe)
         .err()
         .map(|e| describe_errors(&e));
+    if spec.build.is_none() {
+        status
+            .conditions
+            .retain(|c| c.type_ != super::build::BUILD_READY);
+    }
+    if let Some(build) = &spec.build {
+        let wrong = super::build::validate(build);
+        if !wrong.is_empty() {
+            let wrong = wrong.join("; ");
+            problem = Some(match problem {
+                Some(p) => format!("{p}; {wrong}"),
+                None => wrong,
+            });
+        }
+    }
     let (ok, reason) = match problem {
         None => (true, "Valid"),
         Some(_) => (false, "InvalidSpec"),

@@ -63,6 +63,8 @@ pub struct Options {
     /// Nginx Proxy Manager, when Stages' domains are to be routed. An empty password is read
     /// from the store: the sealed secret `tiny-forge/npm/password`.
     pub npm: Option<NpmConfig>,
+    /// Builds from Git running at once, all Projects together.
+    pub build_concurrency: usize,
 }
 
 impl Options {
@@ -82,6 +84,7 @@ impl Options {
             auto_create_policy: Default::default(),
             secret_key_file: None,
             npm: None,
+            build_concurrency: 1,
         }
     }
 
@@ -150,6 +153,8 @@ pub async fn run(
     let _watcher = watch(&opts.manifests, wake_tx)?;
     // Recorded pushes wake the controller on a channel of their own: no wait for an editor.
     let (pushed_tx, pushed_rx) = mpsc::unbounded_channel::<()>();
+    // A recorded build wakes the controller like a recorded push.
+    let built_tx = pushed_tx.clone();
     let mut wakes = Wakes {
         files: wake_rx,
         pushed: pushed_rx,
@@ -219,12 +224,25 @@ pub async fn run(
         }
         None => None,
     };
-    let result = control(opts, db, secrets, npm, metrics, &mut wakes, shutdown).await;
+    let alongside = Alongside {
+        metrics,
+        built: built_tx,
+        stop: stop_rx.clone(),
+    };
+    let result = control(opts, db, secrets, npm, alongside, &mut wakes, shutdown).await;
     let _ = stop_tx.send(true);
     if let Some(server) = listener {
         server.join().await;
     }
     result
+}
+
+/// What runs beside the controller and what it shares with it: the metrics, and for the build
+/// loop the controller's wake-up and the shutdown signal.
+struct Alongside {
+    metrics: Arc<Metrics>,
+    built: mpsc::UnboundedSender<()>,
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Where `tiny-forge secret set npm password -n tiny-forge` puts the NPM password.
@@ -235,7 +253,11 @@ async fn control(
     db: Arc<StateDb>,
     secrets: StoreSecrets,
     proxy: Option<Npm>,
-    metrics: Arc<Metrics>,
+    Alongside {
+        metrics,
+        built,
+        stop,
+    }: Alongside,
     wake_rx: &mut Wakes,
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> anyhow::Result<()> {
@@ -249,6 +271,19 @@ async fn control(
     let Some(runtime) = connected else {
         return Ok(());
     };
+    // Builds use the engine the Stages run on: what they build is there to be deployed.
+    let builder = crate::sources::build::Builder {
+        opts: crate::sources::build::Options {
+            root: opts.state_dir.join("builds"),
+            concurrency: opts.build_concurrency,
+        },
+        db: db.clone(),
+        docker: runtime.clone(),
+        secrets: secrets.clone(),
+        metrics: metrics.clone(),
+        recorded: built,
+    };
+    let builds = tokio::spawn(builder.run(stop));
     let engine = Arc::new(host::single_host(
         runtime,
         DbSink(db.clone()),
@@ -256,7 +291,7 @@ async fn control(
         proxy,
         &opts.instance,
     ));
-    Controller {
+    let result = Controller {
         missing: Orphans::new(orphan_grace(opts.resync), ROUTE_DRAIN),
         opts,
         db,
@@ -269,7 +304,9 @@ async fn control(
         last_gc: None,
     }
     .run(wake_rx, shutdown)
-    .await
+    .await;
+    builds.abort();
+    result
 }
 
 /// A finished reconcile: the Stage (namespace, name) and its outcome.

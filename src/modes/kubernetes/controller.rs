@@ -423,6 +423,7 @@ async fn project<R: Runtime>(
                 let generation = p.metadata.generation.unwrap_or(1);
                 let mut status = p.status.clone().unwrap_or_default();
                 let problem = assess_project(&p.name_any(), &p.spec, generation, &mut status);
+                unsupported_build(&p.spec, generation, &mut status);
                 if p.status.as_ref() != Some(&status) {
                     status::apply(&api, "Project", &p.name_any(), &status).await?;
                     if let Some(message) = problem {
@@ -446,6 +447,25 @@ async fn project<R: Runtime>(
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Builds run in standalone mode only: a Project asking for them says so, rather than the
+/// field being ignored without a word.
+fn unsupported_build(
+    spec: &crate::api::ProjectSpec,
+    generation: i64,
+    status: &mut crate::api::ProjectStatus,
+) {
+    if spec.build.is_some() {
+        conditions::set(
+            &mut status.conditions,
+            crate::engine::build::BUILD_READY,
+            false,
+            crate::engine::Reason::BuildUnsupported.as_str(),
+            "builds from Git run in standalone mode only; push images built elsewhere",
+            Some(generation),
+        );
+    }
 }
 
 /// What a cleanup removes: one Stage's containers and proxy host, or those of every Stage of a
@@ -801,6 +821,35 @@ pub fn error_policy<K: Resource<DynamicType = ()>, R: Runtime>(
 mod tests {
     use super::*;
     use crate::api::Deployed;
+
+    #[test]
+    fn a_project_asking_for_builds_is_told_they_run_in_standalone_mode_only() {
+        let mut spec = ProjectSpec {
+            image: "app".into(),
+            build: Some(crate::api::BuildSettings {
+                repository: "https://example.com/o/app.git".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut status = crate::api::ProjectStatus::default();
+        assert!(assess_project("app", &spec, 1, &mut status).is_none());
+        unsupported_build(&spec, 1, &mut status);
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == crate::engine::build::BUILD_READY)
+            .expect("BuildReady");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "BuildUnsupported")
+        );
+        // Dropping spec.build drops the condition.
+        spec.build = None;
+        assess_project("app", &spec, 2, &mut status);
+        unsupported_build(&spec, 2, &mut status);
+        assert_eq!(status.conditions.len(), 1, "{:?}", status.conditions);
+    }
 
     fn status(phase: Phase, tag: &str, ready: (bool, &str)) -> StageStatus {
         let mut s = StageStatus {

@@ -759,7 +759,7 @@ fn answered(provider: Provider, answer: Answer) -> Response {
             serde_json::json!({"duplicate": true}),
         );
     }
-    let recorded = answer.verdicts.iter().any(|v| v.ignored.is_none());
+    let recorded = answer.verdicts.iter().any(|v| v.ignored.is_none()) || !answer.builds.is_empty();
     tracing::info!(
         provider = provider.as_str(),
         delivery = %answer.delivery_key,
@@ -771,6 +771,7 @@ fn answered(provider: Provider, answer: Answer) -> Response {
         "recorded": recorded,
         "stages": answer.verdicts,
         "created": answer.created,
+        "builds": answer.builds,
         "ignored": answer.ignored,
     });
     if recorded {
