@@ -13,9 +13,10 @@ set -euo pipefail
 # to push into it (tests/registry_e2e.rs). nginx: the data plane behind the NPM test double.
 # etcd-server, golang-go, dpkg-dev, openssl: the real kube-apiserver, built from Debian's source
 # package (scripts/kube-build.sh). python3-venv: Helm's engine for the chart checks
-# (scripts/render-chart.sh). curl, iproute2 (ss): the scripts' own probes.
+# (scripts/render-chart.sh). curl, iproute2 (ss): the scripts' own probes. git: builds fetch
+# with it, and tests/build.rs serves its repositories with `git daemon`.
 TEST=(docker.io docker-registry skopeo nginx etcd-server golang-go dpkg-dev openssl python3-venv
-    ca-certificates curl iproute2)
+    ca-certificates curl iproute2 git)
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 

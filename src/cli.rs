@@ -242,6 +242,173 @@ fn age(created: &str) -> String {
     }
 }
 
+/// `tiny-forge build`: queues a build of Project `namespace/name` at `sha`, else at the head of
+/// `git_ref` (default: the first of `build.branches`, else the repository's default branch).
+/// Built even if that commit was built before: a person asked.
+pub fn request_build(
+    db: &StateDb,
+    secrets: &crate::store::StoreSecrets,
+    namespace: &str,
+    name: &str,
+    git_ref: Option<&str>,
+    sha: Option<&str>,
+) -> anyhow::Result<i64> {
+    use crate::adapters::git::{self, Credentials};
+    let row = db
+        .list(Kind::Project)?
+        .into_iter()
+        .find(|r| r.namespace == namespace && r.name == name)
+        .ok_or_else(|| anyhow::anyhow!("Project {namespace}/{name} not found"))?;
+    let spec: crate::api::ProjectSpec = serde_json::from_value(row.spec)?;
+    let build = spec
+        .build
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("Project {namespace}/{name} has no spec.build"))?;
+    if let Some(sha) = sha {
+        anyhow::ensure!(
+            crate::engine::build::is_full_sha(sha),
+            "--sha {sha:?}: give the full 40-digit commit id"
+        );
+    }
+    let creds = Credentials {
+        token: match &build.credentials_ref {
+            Some(r) => Some(secrets.get(namespace, r)?),
+            None => None,
+        },
+    };
+    let url = build.repository.as_str();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (git_ref, sha) = rt.block_on(async {
+        let git_ref = match (git_ref, build.branches.first()) {
+            (Some(r), _) => r.to_string(),
+            (None, Some(b)) => b.clone(),
+            (None, None) => git::default_branch(url, &creds).await?,
+        };
+        let sha = match sha {
+            Some(s) => s.to_ascii_lowercase(),
+            None => git::resolve(url, &git_ref, &creds).await?,
+        };
+        Ok::<_, anyhow::Error>((git_ref, sha))
+    })?;
+    let requested = db.request_build(&crate::store::builds::Request {
+        namespace,
+        project: name,
+        sha: &sha,
+        git_ref: &git_ref,
+        trigger: "cli",
+        settings_hash: &crate::engine::build::settings_hash(&spec),
+        force: true,
+    })?;
+    match requested {
+        crate::store::builds::Requested::Queued { id, .. } => {
+            eprintln!(
+                "queued build #{id} of {namespace}/{name} at {} ({git_ref}); a running controller \
+                 picks it up (tiny-forge builds {name})",
+                &sha[..7.min(sha.len())]
+            );
+            Ok(id)
+        }
+        crate::store::builds::Requested::Known { id, .. } => Ok(id),
+    }
+}
+
+/// `tiny-forge builds`: the build history, newest first.
+pub fn builds(
+    state_dir: &Path,
+    project: Option<&str>,
+    namespace: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let db = open(state_dir)?;
+    let records = db.builds(project.map(|p| (namespace, p)))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(());
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<6} {:<24} {:<8} {:<16} {:<10} {:<10} {:>8} {:>8}  IMAGE / ERROR",
+        "ID", "PROJECT", "COMMIT", "REF", "TRIGGER", "STATE", "FETCH", "BUILD"
+    );
+    let ms = |v: Option<i64>| {
+        v.map(|v| format!("{:.1}s", v as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    for b in &records {
+        let _ = writeln!(
+            out,
+            "{:<6} {:<24} {:<8} {:<16} {:<10} {:<10} {:>8} {:>8}  {}",
+            b.id,
+            format!("{}/{}", b.namespace, b.project),
+            b.sha.get(..7).unwrap_or(&b.sha),
+            b.git_ref,
+            b.trigger,
+            b.state.as_str(),
+            ms(b.fetch_ms),
+            ms(b.build_ms),
+            b.error.as_deref().or(b.image.as_deref()).unwrap_or("")
+        );
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// `tiny-forge logs build`: the log of build `id` (default: the newest) of a Project; with
+/// `follow`, what the build still writes, until it ends.
+pub fn build_log(
+    state_dir: &Path,
+    namespace: &str,
+    project: &str,
+    id: Option<i64>,
+    follow: bool,
+) -> anyhow::Result<()> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let db = open(state_dir)?;
+    let record = match id {
+        Some(id) => db
+            .build(id)?
+            .filter(|b| b.namespace == namespace && b.project == project),
+        None => db.builds(Some((namespace, project)))?.into_iter().next(),
+    }
+    .ok_or_else(|| anyhow::anyhow!("no such build of {namespace}/{project}"))?;
+    let path =
+        crate::sources::build::log_path(&state_dir.join("builds"), namespace, project, record.id);
+    let mut offset = 0u64;
+    let mut out = std::io::stdout();
+    loop {
+        // Read the state before the file: a build that ended has written its last line.
+        let ended = db.build(record.id)?.is_none_or(|b| b.state.is_terminal());
+        match std::fs::File::open(&path) {
+            Ok(mut f) => {
+                f.seek(std::io::SeekFrom::Start(offset))?;
+                let mut bytes = Vec::new();
+                f.read_to_end(&mut bytes)?;
+                offset += bytes.len() as u64;
+                out.write_all(&bytes)?;
+                out.flush()?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !follow || ended {
+                    eprintln!(
+                        "build #{} ({}) has no log",
+                        record.id,
+                        record.state.as_str()
+                    );
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
+        }
+        if !follow || ended {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

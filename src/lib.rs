@@ -17,6 +17,8 @@ pub mod sources;
 pub mod modes;
 
 pub mod cli;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use kube::CustomResourceExt;
 

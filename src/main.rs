@@ -36,8 +36,65 @@ enum Command {
     /// Secrets sealed in the embedded store (standalone mode).
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Build a Project (with `spec.build`) from Git now: the running controller fetches the
+    /// commit, builds it and records the tag like a push.
+    Build(BuildArgs),
+    /// Builds from Git, newest first.
+    Builds(BuildsArgs),
+    /// Print logs: `logs build PROJECT [ID]` prints a build's log.
+    #[command(subcommand)]
+    Logs(LogsCommand),
     /// Print the version.
     Version,
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// The Project.
+    project: String,
+    /// Branch or tag whose head is built [default: the first of build.branches, else the
+    /// repository's default branch].
+    #[arg(long = "ref", conflicts_with = "sha")]
+    git_ref: Option<String>,
+    /// This commit (full id).
+    #[arg(long)]
+    sha: Option<String>,
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// Where `run --secrets-dir` reads secrets (for `build.credentialsRef`, to resolve the ref).
+    #[arg(long, env = "TINY_FORGE_SECRETS_DIR")]
+    secrets_dir: Option<PathBuf>,
+    #[command(flatten)]
+    keys: KeyArgs,
+}
+
+#[derive(clap::Args)]
+struct BuildsArgs {
+    /// Only this Project's builds.
+    project: Option<String>,
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+#[derive(Subcommand)]
+enum LogsCommand {
+    /// The log of a build (default: the Project's newest).
+    Build {
+        project: String,
+        id: Option<i64>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Keep printing what the build writes until it ends.
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        state: StateArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -191,7 +248,8 @@ struct RunArgs {
     /// `tinyforge.dev/public-url`) [default: the --listen address, loopback for 0.0.0.0].
     #[arg(long, env = "TINY_FORGE_PUBLIC_URL")]
     public_url: Option<String>,
-    /// Run no webhook listener.
+    /// Accept no webhooks: the listener (--listen) then answers only /healthz, /readyz and
+    /// /metrics.
     #[arg(long)]
     no_webhooks: bool,
     /// Largest webhook body accepted, in bytes (413 above).
@@ -235,6 +293,9 @@ struct RunArgs {
     /// secret set with `tiny-forge secret set npm password -n tiny-forge`].
     #[arg(long, requires = "npm_url")]
     npm_password_file: Option<PathBuf>,
+    /// Builds from Git (Projects with spec.build) running at once, all Projects together.
+    #[arg(long, default_value_t = 1, env = "TINY_FORGE_BUILD_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..))]
+    build_concurrency: u16,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TINY_FORGE_LOG_FORMAT")]
     log_format: LogFormat,
@@ -300,6 +361,20 @@ fn main() -> ExitCode {
         Command::Run(args) => run(*args),
         Command::Push(args) => cli::push(&args.state.dir(), &args.image, args.digest),
         Command::Webhook(cmd) => webhook(cmd),
+        Command::Build(args) => build(&args),
+        Command::Builds(args) => cli::builds(
+            &args.state.dir(),
+            args.project.as_deref(),
+            &args.namespace,
+            args.json,
+        ),
+        Command::Logs(LogsCommand::Build {
+            project,
+            id,
+            namespace,
+            follow,
+            state,
+        }) => cli::build_log(&state.dir(), &namespace, &project, id, follow),
         Command::Secret(SecretCommand::Set {
             name,
             key,
@@ -350,6 +425,26 @@ fn webhook(cmd: WebhookCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn build(args: &BuildArgs) -> anyhow::Result<()> {
+    let (db, sealer) = args.keys.open()?;
+    let db = std::sync::Arc::new(db);
+    let secrets = tiny_forge::store::StoreSecrets {
+        db: Some(db.clone()),
+        sealer: Some(sealer),
+        dir: args.secrets_dir.clone(),
+    };
+    let id = cli::request_build(
+        &db,
+        &secrets,
+        &args.namespace,
+        &args.project,
+        args.git_ref.as_deref(),
+        args.sha.as_deref(),
+    )?;
+    println!("{id}");
+    Ok(())
+}
+
 fn set_secret(keys: &KeyArgs, namespace: &str, name: &str, key: &str) -> anyhow::Result<()> {
     use std::io::Read as _;
     let mut value = String::new();
@@ -382,8 +477,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    let webhook = (!args.no_webhooks).then(|| tiny_forge::sources::webhook::server::Config {
+    // Without webhooks the listener still serves /healthz, /readyz and /metrics.
+    let webhook = Some(tiny_forge::sources::webhook::server::Config {
         listen: args.listen,
+        webhooks: !args.no_webhooks,
         body_limit: args.webhook_body_limit,
         rate: std::num::NonZeroU32::new(args.webhook_rate).map(|r| {
             (
@@ -461,6 +558,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         secret_key_file: args.secret_key_file,
         npm,
+        build_concurrency: usize::from(args.build_concurrency),
     };
     tokio::runtime::Runtime::new()?.block_on(async {
         let shutdown = shutdown_signal()?;

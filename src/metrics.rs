@@ -1,5 +1,6 @@
 //! Prometheus metrics served on `/metrics`: webhook requests by provider and outcome, their
-//! latency, and (Kubernetes mode) reconciles by kind and outcome, their duration, leadership.
+//! latency, reconciles by kind and outcome (`Requeue::outcome`, the same labels in both modes)
+//! and their duration, and (Kubernetes mode) leadership.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -41,6 +42,14 @@ pub struct Metrics {
     reconciles: Family<ReconcileLabels, Counter>,
     reconcile_duration: Family<KindLabel, Histogram>,
     leader: Gauge,
+    builds: Family<OutcomeLabel, Counter>,
+    build_duration: Histogram,
+    build_queue: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 impl Default for Metrics {
@@ -66,7 +75,7 @@ impl Default for Metrics {
         let reconciles = Family::<ReconcileLabels, Counter>::default();
         registry.register(
             "reconciles",
-            "Reconciles (Kubernetes mode) by kind and outcome: converged, retry, waiting (for a spec change), error",
+            "Reconciles by kind and outcome: converged, retry, waiting (for a spec change), error",
             reconciles.clone(),
         );
         let reconcile_duration = Family::<KindLabel, Histogram>::new_with_constructor(|| {
@@ -86,8 +95,32 @@ impl Default for Metrics {
             "1 while this replica holds the Lease and runs the controllers",
             leader.clone(),
         );
+        let builds = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "builds",
+            "Builds from Git by outcome: Succeeded, Failed, TimedOut, Cancelled",
+            builds.clone(),
+        );
+        // 0.5 s … ~68 min: a cached build takes a second, a cold one minutes.
+        let build_duration = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.5, 2.0, 14),
+        );
+        registry.register(
+            "build_duration_seconds",
+            "Time one build took, fetch included",
+            build_duration.clone(),
+        );
+        let build_queue = Gauge::default();
+        registry.register(
+            "build_queue",
+            "Builds queued and not started",
+            build_queue.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            builds,
+            build_duration,
+            build_queue,
             requests,
             latency,
             reconciles,
@@ -114,6 +147,16 @@ impl Metrics {
         self.reconcile_duration
             .get_or_create(&KindLabel { kind })
             .observe(took.as_secs_f64());
+    }
+
+    /// A build ended: `outcome` is its terminal state.
+    pub fn built(&self, outcome: &'static str, took: Duration) {
+        self.builds.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.build_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn set_build_queue(&self, queued: usize) {
+        self.build_queue.set(queued as i64);
     }
 
     pub fn set_leader(&self, leading: bool) {

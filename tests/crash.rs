@@ -63,20 +63,7 @@ fn start(manifests: &Path, state: &Path) -> Child {
 }
 
 async fn wait_for(state: &Path, done: impl Fn(&StageStatus) -> bool) -> StageStatus {
-    let mut last = StageStatus::default();
-    for _ in 0..300 {
-        if state.join("state.db").exists() {
-            last = StateDb::open(state)
-                .unwrap()
-                .stage_status(NS, "web")
-                .unwrap();
-            if done(&last) {
-                return last;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never reached the expected state; last status: {last:#?}");
+    tiny_forge::testing::stage_reaches(state, NS, "web", done).await
 }
 
 fn healthy_on(tag: &'static str) -> impl Fn(&StageStatus) -> bool {

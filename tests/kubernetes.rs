@@ -232,16 +232,11 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {secs}s waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    tiny_forge::testing::eventually(what, Duration::from_secs(secs), || {
+        let probe = probe();
+        async move { probe.await.ok_or("not yet") }
+    })
+    .await
 }
 
 /// Waits until the listener says it is ready (its watches listed, its URL secret made).

@@ -81,15 +81,16 @@ async fn wait_in(
     what: &str,
     done: impl Fn(&StageStatus) -> bool,
 ) -> StageStatus {
-    let mut last = StageStatus::default();
-    for _ in 0..300 {
-        last = db.stage_status(ns, stage).unwrap();
-        if done(&last) {
-            return last;
+    let what = format!("{ns}/{stage}: {what}");
+    tiny_forge::testing::eventually(&what, tiny_forge::testing::PATIENCE, || async {
+        let status = db.stage_status(ns, stage).unwrap();
+        if done(&status) {
+            Ok(status)
+        } else {
+            Err(status)
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{stage}: never {what}; last status: {last:#?}");
+    })
+    .await
 }
 
 fn proxy_ready(s: &StageStatus) -> Option<(String, String)> {

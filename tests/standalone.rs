@@ -42,28 +42,19 @@ async fn wait_for(
     name: &str,
     done: impl Fn(&StageStatus) -> bool,
 ) -> StageStatus {
-    let mut last = StageStatus::default();
-    for _ in 0..150 {
-        last = db.stage_status(ns, name).unwrap();
-        if done(&last) {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("{ns}/{name} never reached the expected state; last status: {last:#?}");
+    tiny_forge::testing::stage_reaches_in(db, ns, name, done).await
 }
 
 async fn wait_until<F: std::future::Future<Output = bool>>(
     what: &str,
     mut check: impl FnMut() -> F,
 ) {
-    for _ in 0..150 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("timed out waiting for: {what}");
+    let patience = tiny_forge::testing::PATIENCE;
+    tiny_forge::testing::eventually(what, patience, || {
+        let check = check();
+        async move { if check.await { Ok(()) } else { Err(()) } }
+    })
+    .await
 }
 
 #[tokio::test]

@@ -37,20 +37,7 @@ async fn wait_for(
     stage: &str,
     done: impl Fn(&StageStatus) -> bool,
 ) -> StageStatus {
-    let mut last = StageStatus::default();
-    for _ in 0..200 {
-        if state.join("state.db").exists() {
-            last = StateDb::open(state)
-                .unwrap()
-                .stage_status(ns, stage)
-                .unwrap();
-            if done(&last) {
-                return last;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{ns}/{stage} never reached the expected state; last status: {last:#?}");
+    tiny_forge::testing::stage_reaches(state, ns, stage, done).await
 }
 
 #[tokio::test]
@@ -144,6 +131,22 @@ spec: {{projectRef: hello, autoDeploy: true, tagPolicy: {{semver: '>=1.0.0'}}}}
         after.history.len(),
         deployed.history.len(),
         "no second deploy"
+    );
+    // The controller's reconciles are on the listener's /metrics, by their decided outcome.
+    let metrics = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"tiny_forge_reconciles_total{kind="Stage",outcome="converged"}"#),
+        "{metrics}"
     );
     assert_eq!(
         rt.list_managed(&[(labels::INSTANCE, ns)]).await.unwrap(),

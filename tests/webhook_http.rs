@@ -466,6 +466,32 @@ async fn an_image_the_controller_would_reject_is_refused_before_anything_is_crea
 }
 
 #[tokio::test]
+async fn without_webhooks_only_probes_and_metrics_answer() {
+    let l = listener(|c| c.webhooks = false).await;
+    let get = |p: &str| {
+        let url = format!("{}{p}", l.base);
+        async move { client().get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get("/healthz").await, 200);
+    assert_eq!(get("/readyz").await, 200);
+    assert_eq!(get("/metrics").await, 200);
+    let (status, _, _) = post(
+        &l.url,
+        "application/json",
+        &[],
+        r#"{"image":"registry.example/team/open:1.0.0"}"#,
+    )
+    .await;
+    assert_eq!(status, 404, "the webhook route is not served");
+    assert!(
+        l.db.stage_status("default", "open-dev")
+            .unwrap()
+            .latest
+            .is_none()
+    );
+}
+
+#[tokio::test]
 async fn health_readiness_and_metrics() {
     let l = listener(|_| {}).await;
     let get = |p: &str| {

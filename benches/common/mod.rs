@@ -10,37 +10,15 @@ use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
 use tiny_forge::adapters::docker::DockerRuntime;
 use tiny_forge::adapters::probe::NetProber;
-use tiny_forge::api::{StageStatus, labels};
-use tiny_forge::engine::spec::EnvValueSource;
-use tiny_forge::engine::{
-    Reconciler, Runtime, SecretError, Secrets, SinkError, StageKey, StatusSink,
-};
+use tiny_forge::api::labels;
+use tiny_forge::engine::{Reconciler, Runtime};
+pub use tiny_forge::testing::{NoSecrets, NoSink};
 
 /// Every bench container carries this label, its value naming the bench (its "suite"), so a
 /// crashed run's leftovers are found and nothing else is touched.
 pub const BENCH_LABEL: &str = "bench.tiny-forge/suite";
 /// Where the benches write their results, relative to the crate root.
 pub const DOC: &str = "docs/BENCHMARKS.md";
-
-/// Intermediate status goes nowhere.
-pub struct NoSink;
-
-impl StatusSink for NoSink {
-    async fn save(&self, _key: &StageKey, _status: &StageStatus) -> Result<(), SinkError> {
-        Ok(())
-    }
-}
-
-/// The bench Stages reference no secret.
-pub struct NoSecrets;
-
-impl Secrets for NoSecrets {
-    fn value(&self, _namespace: &str, _source: &EnvValueSource<'_>) -> Result<String, SecretError> {
-        Err(SecretError::Missing(
-            "the bench Stages have no secrets".into(),
-        ))
-    }
-}
 
 pub type Engine = Reconciler<DockerRuntime, NetProber, NoSink, NoSecrets>;
 

@@ -411,3 +411,115 @@ impl DockerRuntime {
         }
     }
 }
+
+/// What to build: a context (a tar), the Dockerfile in it, and how to name the result.
+#[derive(Clone, Debug)]
+pub struct ImageBuild {
+    /// `repository:tag` the image gets.
+    pub tag: String,
+    /// Path of the Dockerfile inside the context.
+    pub dockerfile: String,
+    pub target: Option<String>,
+    pub args: std::collections::BTreeMap<String, String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// A built image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuiltImage {
+    pub id: String,
+}
+
+/// Why a build produced no image.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The Dockerfile or a step in it failed: the first error line the builder gave.
+    #[error("{0}")]
+    Failed(String),
+    /// The engine could not be reached or refused the request.
+    #[error("{0}")]
+    Engine(RuntimeError),
+}
+
+/// A whole build may stream for this long; the caller's `timeoutSeconds` usually stops it first.
+const BUILD_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
+impl DockerRuntime {
+    /// Builds `context` (a tar) on this engine (the classic builder: it needs no BuildKit
+    /// session and every engine has it), handing each line of the builder's output to `log`.
+    /// Dropping the future closes the connection, which makes the engine stop the build.
+    pub async fn build_image(
+        &self,
+        context: Vec<u8>,
+        build: &ImageBuild,
+        mut log: impl FnMut(&str),
+    ) -> Result<BuiltImage, BuildError> {
+        self.count(&self.calls.write);
+        let options = bollard::query_parameters::BuildImageOptions {
+            dockerfile: build.dockerfile.clone(),
+            t: Some(build.tag.clone()),
+            target: build.target.clone().unwrap_or_default(),
+            buildargs: (!build.args.is_empty()).then(|| build.args.clone().into_iter().collect()),
+            labels: Some(build.labels.clone().into_iter().collect()),
+            rm: true,
+            forcerm: true,
+            ..Default::default()
+        };
+        // The client's request timeout is for short calls; a build streams for minutes.
+        let docker = self.docker.clone().with_timeout(BUILD_DEADLINE);
+        let mut stream = docker.build_image(
+            options,
+            None,
+            Some(bollard::body_full(hyper::body::Bytes::from(context))),
+        );
+        let mut id = None;
+        while let Some(item) = stream.try_next().await.transpose() {
+            let info = match item {
+                Ok(info) => info,
+                Err(BollardError::DockerStreamError { error }) => {
+                    log(&error);
+                    return Err(BuildError::Failed(first_line(&error)));
+                }
+                Err(e) => {
+                    return Err(match self.classify(e) {
+                        RuntimeError::Other(m) => BuildError::Failed(first_line(&m)),
+                        e => BuildError::Engine(e),
+                    });
+                }
+            };
+            if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
+                for line in text.lines() {
+                    log(line);
+                }
+            }
+            if let Some(detail) = info.error_detail {
+                let message = detail.message.unwrap_or_default();
+                log(&message);
+                return Err(BuildError::Failed(first_line(&message)));
+            }
+            if let Some(i) = info.aux.and_then(|aux| aux.id) {
+                id = Some(i);
+            }
+        }
+        // Older engines report the id only in "Successfully built": ask for the tag instead.
+        match id {
+            Some(id) => Ok(BuiltImage { id }),
+            None => match self.inspect_image(&build.tag).await {
+                Ok(Some(image)) => Ok(BuiltImage { id: image.id }),
+                Ok(None) => Err(BuildError::Failed(format!(
+                    "the build ended without an image {}",
+                    build.tag
+                ))),
+                Err(e) => Err(BuildError::Engine(e)),
+            },
+        }
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("the build failed")
+        .to_string()
+}

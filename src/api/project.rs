@@ -58,6 +58,46 @@ pub struct ProjectSpec {
     /// Git repository the images are built from: its webhook events count for this Project.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_source: Option<GitSource>,
+    /// Build the image from Git: a push to a followed branch (a Git webhook event from
+    /// `gitSource.repository`, or `tiny-forge build`) is fetched at that commit, built on the
+    /// Stage's Docker engine and recorded as `status.latest` (source `build`), then deployed like
+    /// any pushed tag. Builds run in standalone mode only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildSettings>,
+}
+
+/// How a Project's image is built from its Git repository.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildSettings {
+    /// Where the code is fetched from: `https://`, `git://` or `file://` URL. No credentials in
+    /// the URL: use `credentialsRef`.
+    #[schemars(regex(pattern = r"^(https|git|file)://[^@/\s]*(/\S*)?$"))]
+    pub repository: String,
+    /// Branches whose pushes are built (exact names); empty: the repository's default branch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub branches: Vec<String>,
+    /// Directory of the build context inside the repository (default: its root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// Dockerfile path relative to the context (default `Dockerfile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    /// Build stage to stop at (`docker build --target`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Build arguments (`ARG`). Their values end up in the image's history: never put secrets
+    /// here.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub args: std::collections::BTreeMap<String, String>,
+    /// A build (fetch included) taking longer is stopped and reported `TimedOut` (default 900).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: Option<u32>,
+    /// HTTPS token for fetching a private repository (sent as the password, user
+    /// `x-access-token`). Never logged or written to status, the image or its labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_ref: Option<SecretKeyRef>,
 }
 
 /// Webhook settings of a Project.
@@ -127,7 +167,48 @@ pub struct ProjectStatus {
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready` says whether the spec is valid and usable by its Stages.
+    /// `Ready` says whether the spec is valid and usable by its Stages; `BuildReady` (with
+    /// `spec.build`) how the last build went.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The latest builds from Git, newest first (at most 5; `tiny-forge builds` lists more).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub builds: Vec<BuildSummary>,
+}
+
+/// One build from Git, as the Project's status shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildSummary {
+    /// Build number (`tiny-forge logs build PROJECT ID`).
+    pub id: i64,
+    /// Commit built.
+    pub commit: String,
+    /// Branch (or the ref `tiny-forge build --ref` named).
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// Who asked: the webhook provider (`github`, …), `cli` or `restart`.
+    pub trigger: String,
+    /// `Queued`, `Fetching`, `Building`, `Succeeded`, `Failed`, `Cancelled` or `TimedOut`.
+    pub state: String,
+    /// When it was queued (RFC 3339).
+    pub queued_at: String,
+    /// When it ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Milliseconds spent fetching the commit and preparing the context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_ms: Option<i64>,
+    /// Milliseconds the Docker build took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_ms: Option<i64>,
+    /// `repository:tag` built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Image id built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// First error line of a build that did not succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

@@ -102,8 +102,8 @@ impl FakeDocker {
         info
     }
 
-    /// The verbs called since the last call (`create NAME`, `start ID`, `stop ID`,
-    /// `remove ID`).
+    /// The verbs called since the last call (`list LABEL=VALUE,…` with the filter sorted,
+    /// `create NAME`, `start ID`, `stop ID`, `remove ID`).
     pub fn steps(&self) -> Vec<String> {
         std::mem::take(&mut self.world().steps)
     }
@@ -111,6 +111,30 @@ impl FakeDocker {
     /// Every container, as `list_managed` would list it.
     pub fn containers(&self) -> Vec<ContainerInfo> {
         self.world().containers.iter().map(info).collect()
+    }
+
+    /// A running container made by someone else (an earlier controller, a test's set-up) with
+    /// these labels; returns its id.
+    pub fn add_container(&self, name: &str, labels: &[(&str, &str)]) -> String {
+        let mut world = self.world();
+        world.made += 1;
+        let n = world.made;
+        let id = format!("c{n:02}");
+        world.containers.push(Container {
+            id: id.clone(),
+            name: name.to_string(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            image: String::new(),
+            host_port: None,
+            ip: IpAddr::V4(Ipv4Addr::new(10, 0, 1, n)),
+            running: true,
+            exit_code: None,
+            created: i64::from(n),
+        });
+        id
     }
 
     /// Docker away (every verb fails with `Unreachable`) or back.
@@ -161,7 +185,10 @@ impl Runtime for FakeDocker {
         &self,
         filter: &[(&str, &str)],
     ) -> Result<Vec<ContainerInfo>, RuntimeError> {
-        let world = self.up()?;
+        let mut world = self.up()?;
+        let mut asked: Vec<String> = filter.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        asked.sort();
+        world.steps.push(format!("list {}", asked.join(",")));
         Ok(world
             .containers
             .iter()

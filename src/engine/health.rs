@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep};
 
-use super::runtime::Runtime;
+use super::runtime::{ContainerState, Runtime};
 use super::spec::HealthSettings;
 use crate::api::HealthCheckType;
 
@@ -121,8 +121,6 @@ pub async fn wait_healthy<R: Runtime, P: Prober>(
 ) -> Result<Duration, String> {
     let started = Instant::now();
     let grace_until = started + settings.start_period;
-    // Docker runs its own HEALTHCHECK on its own cadence (30 s by default), so give it room.
-    let docker_deadline = started + settings.start_period.max(Duration::from_secs(300));
     let mut failures = 0u32;
     loop {
         let state = runtime
@@ -130,84 +128,118 @@ pub async fn wait_healthy<R: Runtime, P: Prober>(
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| "the container disappeared".to_string())?;
-        if !state.running {
-            return Err(match state.exit_code {
-                Some(code) => format!("the container exited with code {code}"),
-                None => "the container is not running".into(),
-            } + &state.error.map(|e| format!(": {e}")).unwrap_or_default());
-        }
-        let probe = match check {
-            Check::Running => {
-                if started.elapsed() >= settings.interval.min(settings.start_period) {
-                    return Ok(started.elapsed());
-                }
-                Err("still starting".to_string())
-            }
-            Check::Docker => match state.health.as_deref() {
-                Some("healthy") => Ok(()),
-                Some("unhealthy") => {
-                    return Err("Docker's HEALTHCHECK reports unhealthy".into());
-                }
-                other => {
-                    if Instant::now() > docker_deadline {
-                        return Err(format!(
-                            "Docker's HEALTHCHECK still says {} after {:?}",
-                            other.unwrap_or("nothing"),
-                            started.elapsed()
-                        ));
-                    }
-                    Err("starting".into())
-                }
-            },
-            Check::Http {
-                port,
-                path,
-                expected,
-            } => match target(state.ip, *port, reach) {
-                None => Err("no address to probe".into()),
-                Some(addr) => match prober.http(addr, path, settings.timeout).await {
-                    Ok(status)
-                        if expected.map_or((200..300).contains(&status), |e| e == status) =>
-                    {
-                        Ok(())
-                    }
-                    Ok(status) => Err(format!("GET {path} answered {status}")),
-                    Err(e) => Err(format!("GET {path}: {e}")),
-                },
-            },
-            Check::Tcp { port } => match target(state.ip, *port, reach) {
-                None => Err("no address to probe".into()),
-                Some(addr) => prober
-                    .tcp(addr, settings.timeout)
-                    .await
-                    .map_err(|e| format!("TCP connect to port {port}: {e}")),
-            },
-        };
-        match probe {
-            Ok(()) => return Ok(started.elapsed()),
-            Err(last_error) => {
-                // Failures inside the start period do not count, like Docker's own semantics.
-                if Instant::now() >= grace_until && *check != Check::Docker {
-                    failures += 1;
-                    if failures >= settings.retries {
-                        return Err(format!(
-                            "{} failed {failures} times after the {}s start period: {last_error}",
-                            check.describe(),
-                            settings.start_period.as_secs()
-                        ));
-                    }
+        still_running(&state)?;
+        match look(prober, check, &state, settings, reach, started).await {
+            Look::Healthy => return Ok(started.elapsed()),
+            Look::Failed(why) => return Err(why),
+            // Failures inside the start period do not count, like Docker's own semantics.
+            Look::NotYet(last_error)
+                if Instant::now() >= grace_until && *check != Check::Docker =>
+            {
+                failures += 1;
+                if failures >= settings.retries {
+                    return Err(format!(
+                        "{} failed {failures} times after the {}s start period: {last_error}",
+                        check.describe(),
+                        settings.start_period.as_secs()
+                    ));
                 }
             }
+            Look::NotYet(_) => {}
         }
-        sleep(match check {
-            // Docker's status changes on its own schedule; poll it briskly.
-            Check::Docker | Check::Running => Duration::from_millis(250),
-            // Failures in the start period do not count, so probing fast there costs nothing and
-            // shortens every deploy (and a host-port handover gap) to the app's real start time.
-            _ if Instant::now() < grace_until => settings.interval.min(FAST_PROBE),
-            _ => settings.interval,
-        })
-        .await;
+        sleep(cadence(check, settings, grace_until)).await;
+    }
+}
+
+/// One look at a running container.
+enum Look {
+    Healthy,
+    /// Not healthy (yet), and why: one failure once the start period is over.
+    NotYet(String),
+    /// Unhealthy for good, and why.
+    Failed(String),
+}
+
+/// Err when the container stopped: exited (with its code and Docker's error) or not running.
+fn still_running(state: &ContainerState) -> Result<(), String> {
+    if state.running {
+        return Ok(());
+    }
+    Err(match state.exit_code {
+        Some(code) => format!("the container exited with code {code}"),
+        None => "the container is not running".into(),
+    } + &state
+        .error
+        .as_ref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default())
+}
+
+/// Runs `check` once against the container as `state` describes it.
+async fn look<P: Prober>(
+    prober: &P,
+    check: &Check,
+    state: &ContainerState,
+    settings: &HealthSettings,
+    reach: Reach,
+    started: Instant,
+) -> Look {
+    let outcome = |r: Result<(), String>| r.map_or_else(Look::NotYet, |()| Look::Healthy);
+    match check {
+        Check::Running if started.elapsed() >= settings.interval.min(settings.start_period) => {
+            Look::Healthy
+        }
+        Check::Running => Look::NotYet("still starting".into()),
+        Check::Docker => docker_verdict(state.health.as_deref(), settings, started),
+        Check::Http {
+            port,
+            path,
+            expected,
+        } => outcome(match target(state.ip, *port, reach) {
+            None => Err("no address to probe".into()),
+            Some(addr) => match prober.http(addr, path, settings.timeout).await {
+                Ok(status) if expected.map_or((200..300).contains(&status), |e| e == status) => {
+                    Ok(())
+                }
+                Ok(status) => Err(format!("GET {path} answered {status}")),
+                Err(e) => Err(format!("GET {path}: {e}")),
+            },
+        }),
+        Check::Tcp { port } => outcome(match target(state.ip, *port, reach) {
+            None => Err("no address to probe".into()),
+            Some(addr) => prober
+                .tcp(addr, settings.timeout)
+                .await
+                .map_err(|e| format!("TCP connect to port {port}: {e}")),
+        }),
+    }
+}
+
+/// Docker's own HEALTHCHECK, which runs on its own cadence (30 s by default): given at least
+/// 300 s, or the start period when that is longer.
+fn docker_verdict(health: Option<&str>, settings: &HealthSettings, started: Instant) -> Look {
+    let deadline = started + settings.start_period.max(Duration::from_secs(300));
+    match health {
+        Some("healthy") => Look::Healthy,
+        Some("unhealthy") => Look::Failed("Docker's HEALTHCHECK reports unhealthy".into()),
+        other if Instant::now() > deadline => Look::Failed(format!(
+            "Docker's HEALTHCHECK still says {} after {:?}",
+            other.unwrap_or("nothing"),
+            started.elapsed()
+        )),
+        _ => Look::NotYet("starting".into()),
+    }
+}
+
+/// How long until the next look.
+fn cadence(check: &Check, settings: &HealthSettings, grace_until: Instant) -> Duration {
+    match check {
+        // Docker's status changes on its own schedule; poll it briskly.
+        Check::Docker | Check::Running => Duration::from_millis(250),
+        // Failures in the start period do not count, so probing fast there costs nothing and
+        // shortens every deploy (and a host-port handover gap) to the app's real start time.
+        _ if Instant::now() < grace_until => settings.interval.min(FAST_PROBE),
+        _ => settings.interval,
     }
 }
 

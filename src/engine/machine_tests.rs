@@ -6,22 +6,7 @@
 use super::*;
 use crate::api::{HealthCheck, HealthCheckType, ProjectSpec, StageSpec};
 use crate::engine::fake::{Behaviour, FakeDocker, FakeProber};
-
-struct NoSink;
-
-impl StatusSink for NoSink {
-    async fn save(&self, _: &StageKey, _: &StageStatus) -> Result<(), SinkError> {
-        Ok(())
-    }
-}
-
-struct NoSecrets;
-
-impl Secrets for NoSecrets {
-    fn value(&self, _: &str, _: &EnvValueSource<'_>) -> Result<String, SecretError> {
-        Err(SecretError::Missing("no secrets here".into()))
-    }
-}
+use crate::testing::{NoSecrets, NoSink};
 
 type Machine = Reconciler<FakeDocker, FakeProber, NoSink, NoSecrets>;
 
@@ -365,4 +350,30 @@ async fn a_first_deploy_that_fails_has_nothing_to_roll_back_to() {
     );
     assert!(w.docker.containers().is_empty());
     assert!(w.status.current.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn domains_without_a_proxy_deploy_the_container_and_say_the_domains_are_not_served() {
+    let mut w = World::new("1.0.0", None);
+    w.stage.domains = vec!["app.example.com".into()];
+    w.pass().await;
+    w.pass().await;
+    assert_eq!(w.serving(), ["1.0.0"], "{:#?}", w.status);
+    let proxy = w
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == PROXY_READY)
+        .expect("ProxyReady");
+    assert_eq!(
+        (proxy.status.as_str(), proxy.reason.as_str()),
+        ("False", "ProxyUnreachable"),
+        "{:#?}",
+        w.status
+    );
+    assert!(
+        proxy.message.contains("no proxy is configured"),
+        "{proxy:?}"
+    );
+    assert_eq!(w.ready().0, "False", "{}", w.message());
 }

@@ -1,6 +1,7 @@
 //! The engine: pure decisions about what a Stage should run, and the deploy state machine that
 //! carries them out through small traits. Nothing here knows Kubernetes, Docker or HTTP types.
 
+pub mod build;
 pub mod conditions;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;

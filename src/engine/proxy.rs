@@ -109,8 +109,9 @@ pub trait Proxy: Send + Sync {
     fn owned(&self, instance: &str) -> impl Future<Output = Result<Vec<Owner>, ProxyError>> + Send;
 }
 
-/// No proxy configured: Stages with domains report `ProxyReady=False` with reason
-/// `ProxyNotConfigured`, and nothing else changes.
+/// No proxy configured (no `--npm-url`). A Stage with domains is still deployed and served on
+/// its ports, and says its domains are not: `ProxyReady=False` with reason `ProxyUnreachable`
+/// ("no proxy is configured (--npm-url)"), so `Ready=False` (tested in `machine_tests`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoProxy;
 

@@ -3,7 +3,7 @@
 //! `docs/KUBERNETES.md` lists them (a test keeps the list and this enum together). They are
 //! fixed CamelCase words — a label, never a formatted error.
 
-/// A condition reason (`Ready` or `ProxyReady`).
+/// A condition reason (`Ready`, `ProxyReady`, or a Project's `BuildReady`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
     // Ready=True
@@ -47,6 +47,19 @@ pub enum Reason {
     ProxyRejected,
     NginxConfigError,
     ProxyError,
+    // BuildReady on a Project with `spec.build`
+    /// BuildReady=True: the last build succeeded and its tag was recorded.
+    Built,
+    /// The commit could not be fetched (bad URL, auth, unknown branch or commit).
+    FetchFailed,
+    /// No Dockerfile at the configured path in that commit.
+    DockerfileMissing,
+    /// The Docker build failed.
+    BuildFailed,
+    /// The build ran past `timeoutSeconds` and was stopped.
+    BuildTimedOut,
+    /// Builds run in standalone mode only: `spec.build` is accepted and not acted on here.
+    BuildUnsupported,
 }
 
 impl Reason {
@@ -79,6 +92,12 @@ impl Reason {
         Reason::ProxyRejected,
         Reason::NginxConfigError,
         Reason::ProxyError,
+        Reason::Built,
+        Reason::FetchFailed,
+        Reason::DockerfileMissing,
+        Reason::BuildFailed,
+        Reason::BuildTimedOut,
+        Reason::BuildUnsupported,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -110,6 +129,12 @@ impl Reason {
             Reason::ProxyRejected => "ProxyRejected",
             Reason::NginxConfigError => "NginxConfigError",
             Reason::ProxyError => "ProxyError",
+            Reason::Built => "Built",
+            Reason::FetchFailed => "FetchFailed",
+            Reason::DockerfileMissing => "DockerfileMissing",
+            Reason::BuildFailed => "BuildFailed",
+            Reason::BuildTimedOut => "BuildTimedOut",
+            Reason::BuildUnsupported => "BuildUnsupported",
         }
     }
 

@@ -86,6 +86,17 @@ pub enum Requeue {
     WaitForChange,
 }
 
+impl Requeue {
+    /// The reconcile's outcome as a metrics label, the same in both modes.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Requeue::Resync => "converged",
+            Requeue::Retry => "retry",
+            Requeue::WaitForChange => "waiting",
+        }
+    }
+}
+
 /// The outcome of one reconcile.
 #[derive(Debug)]
 pub struct Reconciled {

@@ -52,9 +52,24 @@ pub fn assess_project(
         project_ref: name.to_string(),
         ..Default::default()
     };
-    let problem = Effective::new(spec, &probe)
+    let mut problem = Effective::new(spec, &probe)
         .err()
         .map(|e| describe_errors(&e));
+    if spec.build.is_none() {
+        status
+            .conditions
+            .retain(|c| c.type_ != super::build::BUILD_READY);
+    }
+    if let Some(build) = &spec.build {
+        let wrong = super::build::validate(build);
+        if !wrong.is_empty() {
+            let wrong = wrong.join("; ");
+            problem = Some(match problem {
+                Some(p) => format!("{p}; {wrong}"),
+                None => wrong,
+            });
+        }
+    }
     let (ok, reason) = match problem {
         None => (true, "Valid"),
         Some(_) => (false, "InvalidSpec"),
@@ -128,45 +143,10 @@ impl Effective {
         };
         validate_repository(&project.image, &mut errors);
         validate_settings(&settings, &field, &mut errors);
-        let memory_bytes = settings
-            .resources
-            .as_ref()
-            .and_then(|r| r.memory.as_deref())
-            .and_then(|m| {
-                parse_memory(m)
-                    .map_err(|e| errors.push(FieldError::new(field("resources.memory"), e)))
-                    .ok()
-            });
-        let nano_cpus = settings
-            .resources
-            .as_ref()
-            .and_then(|r| r.cpus.as_deref())
-            .and_then(|c| {
-                parse_cpus(c)
-                    .map_err(|e| errors.push(FieldError::new(field("resources.cpus"), e)))
-                    .ok()
-            });
+        let (memory_bytes, nano_cpus) = limits(&settings, &field, &mut errors);
         let health = merge_health(project.health_check.as_ref(), stage.health_check.as_ref());
         validate_health(&health, &mut errors);
-        if let Some(tag) = &stage.pinned_tag
-            && !crate::image::is_valid_tag(tag)
-        {
-            errors.push(FieldError::new(
-                "spec.pinnedTag",
-                format!("{tag:?} is not a valid image tag"),
-            ));
-        }
-        if let Some(ip) = &stage.host_ip
-            && ip.parse::<IpAddr>().is_err()
-        {
-            errors.push(FieldError::new(
-                "spec.hostIp",
-                format!("{ip:?} is not an IP address"),
-            ));
-        }
-        if stage.host_port == Some(0) {
-            errors.push(FieldError::new("spec.hostPort", "must be 1-65535"));
-        }
+        validate_stage(stage, &mut errors);
         let proxy = proxy_plan(stage, &mut errors);
         let policy = match CompiledPolicy::compile(stage.tag_policy.as_ref()) {
             Ok(p) => Some(p),
@@ -298,6 +278,49 @@ impl Effective {
             (labels::SPEC_HASH.into(), hash),
         ]);
         spec
+    }
+}
+
+/// The memory limit in bytes and the CPU limit in nano-CPUs, each when set and valid.
+fn limits(
+    settings: &ContainerSettings,
+    field: &impl Fn(&str) -> String,
+    errors: &mut Vec<FieldError>,
+) -> (Option<i64>, Option<i64>) {
+    let resources = settings.resources.as_ref();
+    let memory = resources.and_then(|r| r.memory.as_deref()).and_then(|m| {
+        parse_memory(m)
+            .map_err(|e| errors.push(FieldError::new(field("resources.memory"), e)))
+            .ok()
+    });
+    let cpus = resources.and_then(|r| r.cpus.as_deref()).and_then(|c| {
+        parse_cpus(c)
+            .map_err(|e| errors.push(FieldError::new(field("resources.cpus"), e)))
+            .ok()
+    });
+    (memory, cpus)
+}
+
+/// The Stage's own fields: the pinned tag and where the container is published.
+fn validate_stage(stage: &StageSpec, errors: &mut Vec<FieldError>) {
+    if let Some(tag) = &stage.pinned_tag
+        && !crate::image::is_valid_tag(tag)
+    {
+        errors.push(FieldError::new(
+            "spec.pinnedTag",
+            format!("{tag:?} is not a valid image tag"),
+        ));
+    }
+    if let Some(ip) = &stage.host_ip
+        && ip.parse::<IpAddr>().is_err()
+    {
+        errors.push(FieldError::new(
+            "spec.hostIp",
+            format!("{ip:?} is not an IP address"),
+        ));
+    }
+    if stage.host_port == Some(0) {
+        errors.push(FieldError::new("spec.hostPort", "must be 1-65535"));
     }
 }
 

@@ -80,49 +80,7 @@ impl CompiledPolicy {
             });
         };
 
-        let kinds = [
-            ("exact", p.exact.as_deref().map(exact)),
-            (
-                "glob",
-                p.glob
-                    .as_deref()
-                    .map(|g| glob(g).map(|g| Matcher::Glob(g.compile_matcher()))),
-            ),
-            (
-                "regex",
-                p.regex.as_deref().map(|r| regex(r, p.extract.as_deref())),
-            ),
-            (
-                "semver",
-                p.semver
-                    .as_deref()
-                    .map(|s| semver(s, p.allow_prerelease == Some(true))),
-            ),
-        ];
-        let set: Vec<_> = kinds
-            .iter()
-            .filter(|(_, m)| m.is_some())
-            .map(|(k, _)| format!("`{k}`"))
-            .collect();
-        if set.len() != 1 {
-            let found = if set.is_empty() {
-                "none".to_owned()
-            } else {
-                set.join(", ")
-            };
-            errors.push(PolicyError::new(
-                "",
-                format!("set exactly one of `exact`, `glob`, `regex`, `semver`; found {found}"),
-            ));
-        }
-        let mut matcher = None;
-        for (_, m) in kinds {
-            match m {
-                Some(Ok(m)) => matcher = Some(m),
-                Some(Err(e)) => errors.push(e),
-                None => {}
-            }
-        }
+        let matcher = one_matcher(p, &mut errors);
         if p.extract.is_some() && p.regex.is_none() {
             errors.push(PolicyError::new(
                 "extract",
@@ -348,6 +306,55 @@ fn compare_values(a: &str, b: &str) -> Ordering {
     } else {
         a.cmp(b)
     }
+}
+
+/// The one matcher the policy sets (`exact`, `glob`, `regex` or `semver`); errors when none or
+/// several are set, or the one set does not compile.
+fn one_matcher(p: &TagPolicy, errors: &mut Vec<PolicyError>) -> Option<Matcher> {
+    let kinds = [
+        ("exact", p.exact.as_deref().map(exact)),
+        (
+            "glob",
+            p.glob
+                .as_deref()
+                .map(|g| glob(g).map(|g| Matcher::Glob(g.compile_matcher()))),
+        ),
+        (
+            "regex",
+            p.regex.as_deref().map(|r| regex(r, p.extract.as_deref())),
+        ),
+        (
+            "semver",
+            p.semver
+                .as_deref()
+                .map(|s| semver(s, p.allow_prerelease == Some(true))),
+        ),
+    ];
+    let set: Vec<_> = kinds
+        .iter()
+        .filter(|(_, m)| m.is_some())
+        .map(|(k, _)| format!("`{k}`"))
+        .collect();
+    if set.len() != 1 {
+        let found = if set.is_empty() {
+            "none".to_owned()
+        } else {
+            set.join(", ")
+        };
+        errors.push(PolicyError::new(
+            "",
+            format!("set exactly one of `exact`, `glob`, `regex`, `semver`; found {found}"),
+        ));
+    }
+    let mut matcher = None;
+    for (_, m) in kinds {
+        match m {
+            Some(Ok(m)) => matcher = Some(m),
+            Some(Err(e)) => errors.push(e),
+            None => {}
+        }
+    }
+    matcher
 }
 
 #[cfg(test)]

@@ -135,6 +135,12 @@ pub fn git_tag(project: &ProjectSpec, event: &GitEvent) -> Result<String, String
     {
         return Err(format!("branch {branch:?} is not in webhook.branches"));
     }
+    template_tag(project, event)
+}
+
+/// The tag `webhook.tagTemplate` (default `sha-{sha7}`) gives for `event`, or why none.
+pub fn template_tag(project: &ProjectSpec, event: &GitEvent) -> Result<String, String> {
+    let settings = project.webhook.clone().unwrap_or_default();
     let template = settings.tag_template.as_deref().unwrap_or("sha-{sha7}");
     let safe = |s: &str| s.replace(['/', '+', '@', ' '], "-");
     let mut tag = template

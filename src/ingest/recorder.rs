@@ -34,6 +34,17 @@ pub struct Answer {
     pub created: Vec<String>,
     /// Why (parts of) the delivery changed nothing.
     pub ignored: Option<String>,
+    /// Builds queued (Projects with `spec.build`), as `namespace/project#id sha7`.
+    pub builds: Vec<String>,
+}
+
+/// What became of a Git event for a Project that builds its image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BuildAsk {
+    /// Queued: what, for the answer.
+    Queued(String),
+    /// Nothing to build, and why (answered 2xx like any ignored event).
+    Ignored(String),
 }
 
 /// What recording needs of where it records: the embedded store here, the cluster in Kubernetes
@@ -60,6 +71,18 @@ pub trait Book: Ledger<Error = BookError> {
     /// answered 2xx with that reason, not an error.
     fn refuses_auto_create(&self, _repository: &str) -> Option<String> {
         None
+    }
+    /// Queues a build of `event` for `project`, a Project with `spec.build`, in the same
+    /// transaction as the delivery's claim. Where builds do not run, it says so.
+    fn request_build(
+        &self,
+        _project: &ProjectRef,
+        _event: &super::GitEvent,
+        _source: &str,
+    ) -> Result<BuildAsk, BookError> {
+        Ok(BuildAsk::Ignored(
+            "builds from Git run in standalone mode only".into(),
+        ))
     }
     /// Creates a Project (with a Stage) for an image nobody uses; None when that is off.
     fn auto_create(
@@ -173,6 +196,16 @@ pub fn process<B: Book>(
                     reasons.push(format!("no Project has gitSource {}", event.repository));
                 }
                 for project in mine {
+                    // A Project that builds its image: the event asks for a build, not a tag.
+                    if project.spec.build.is_some() {
+                        match book.request_build(project, event, source)? {
+                            BuildAsk::Queued(what) => answer.builds.push(what),
+                            BuildAsk::Ignored(why) => {
+                                reasons.push(format!("{}: {why}", project.name))
+                            }
+                        }
+                        continue;
+                    }
                     match super::git_tag(&project.spec, event) {
                         Ok(tag) => {
                             let push = Push {

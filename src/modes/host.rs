@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::adapters::docker::DockerRuntime;
 use crate::adapters::probe::NetProber;
-use crate::engine::{Reconciler, Runtime as _, RuntimeError};
+use crate::engine::{Reconciler, Runtime, RuntimeError};
 
 /// The wait between attempts to reach Docker at start-up.
 pub const RECONNECT: Duration = Duration::from_secs(5);
@@ -43,13 +43,13 @@ pub async fn connect_docker<F: Future<Output = ()>>(
 }
 
 /// The engine for one Docker host, named [`HOST_NAME`], probing over the network.
-pub fn single_host<S, X, N>(
-    runtime: DockerRuntime,
+pub fn single_host<R: Runtime, S, X, N>(
+    runtime: R,
     sink: S,
     secrets: X,
     proxy: N,
     instance: &str,
-) -> Reconciler<DockerRuntime, NetProber, S, X, N> {
+) -> Reconciler<R, NetProber, S, X, N> {
     Reconciler {
         runtime,
         prober: NetProber::new(),

@@ -63,6 +63,8 @@ pub struct Options {
     /// Nginx Proxy Manager, when Stages' domains are to be routed. An empty password is read
     /// from the store: the sealed secret `tiny-forge/npm/password`.
     pub npm: Option<NpmConfig>,
+    /// Builds from Git running at once, all Projects together.
+    pub build_concurrency: usize,
 }
 
 impl Options {
@@ -82,6 +84,7 @@ impl Options {
             auto_create_policy: Default::default(),
             secret_key_file: None,
             npm: None,
+            build_concurrency: 1,
         }
     }
 
@@ -150,6 +153,8 @@ pub async fn run(
     let _watcher = watch(&opts.manifests, wake_tx)?;
     // Recorded pushes wake the controller on a channel of their own: no wait for an editor.
     let (pushed_tx, pushed_rx) = mpsc::unbounded_channel::<()>();
+    // A recorded build wakes the controller like a recorded push.
+    let built_tx = pushed_tx.clone();
     let mut wakes = Wakes {
         files: wake_rx,
         pushed: pushed_rx,
@@ -157,17 +162,21 @@ pub async fn run(
     tokio::pin!(shutdown);
     // One shutdown signal for the controller and the listener.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Deliveries (the listener) and reconciles (the controller) on one `/metrics`.
+    let metrics = Arc::new(Metrics::default());
 
     let listener = match &opts.webhook {
         None => None,
         Some(config) => {
-            webhook::ensure_url_secret(&db, &sealer).map_err(anyhow::Error::msg)?;
-            opts.auto_create_policy
-                .validate()
-                .map_err(anyhow::Error::msg)?;
+            if config.webhooks {
+                webhook::ensure_url_secret(&db, &sealer).map_err(anyhow::Error::msg)?;
+                opts.auto_create_policy
+                    .validate()
+                    .map_err(anyhow::Error::msg)?;
+            }
             let recorder = ledger::spawn_with(
                 db.clone(),
-                opts.auto_create
+                (config.webhooks && opts.auto_create)
                     .then(|| (opts.manifests.clone(), opts.auto_create_policy.clone())),
                 pushed_tx,
             );
@@ -176,20 +185,24 @@ pub async fn run(
                 config.clone(),
                 server::StoreIndex::sealed(reader.clone(), sealer.clone()),
                 Arc::new(secrets.clone()),
-                Arc::new(Metrics::default()),
+                metrics.clone(),
                 recorder,
                 async move {
                     let _ = stop.wait_for(|s| *s).await;
                 },
             )
             .await?;
-            let base = webhook::public_base(opts.public_url.as_deref(), server.local_addr);
-            webhook::record_public_base(&db, &base).map_err(anyhow::Error::msg)?;
-            tracing::info!(
-                listen = %server.local_addr,
-                public = %base,
-                "webhook listener up (`tiny-forge webhook url` prints the URL to give senders)"
-            );
+            if config.webhooks {
+                let base = webhook::public_base(opts.public_url.as_deref(), server.local_addr);
+                webhook::record_public_base(&db, &base).map_err(anyhow::Error::msg)?;
+                tracing::info!(
+                    listen = %server.local_addr,
+                    public = %base,
+                    "webhook listener up (`tiny-forge webhook url` prints the URL to give senders)"
+                );
+            } else {
+                tracing::info!(listen = %server.local_addr, "listener up: /healthz, /readyz and /metrics only (--no-webhooks)");
+            }
             Some(server)
         }
     };
@@ -211,12 +224,25 @@ pub async fn run(
         }
         None => None,
     };
-    let result = control(opts, db, secrets, npm, &mut wakes, shutdown).await;
+    let alongside = Alongside {
+        metrics,
+        built: built_tx,
+        stop: stop_rx.clone(),
+    };
+    let result = control(opts, db, secrets, npm, alongside, &mut wakes, shutdown).await;
     let _ = stop_tx.send(true);
     if let Some(server) = listener {
         server.join().await;
     }
     result
+}
+
+/// What runs beside the controller and what it shares with it: the metrics, and for the build
+/// loop the controller's wake-up and the shutdown signal.
+struct Alongside {
+    metrics: Arc<Metrics>,
+    built: mpsc::UnboundedSender<()>,
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Where `tiny-forge secret set npm password -n tiny-forge` puts the NPM password.
@@ -227,6 +253,11 @@ async fn control(
     db: Arc<StateDb>,
     secrets: StoreSecrets,
     proxy: Option<Npm>,
+    Alongside {
+        metrics,
+        built,
+        stop,
+    }: Alongside,
     wake_rx: &mut Wakes,
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> anyhow::Result<()> {
@@ -240,6 +271,19 @@ async fn control(
     let Some(runtime) = connected else {
         return Ok(());
     };
+    // Builds use the engine the Stages run on: what they build is there to be deployed.
+    let builder = crate::sources::build::Builder {
+        opts: crate::sources::build::Options {
+            root: opts.state_dir.join("builds"),
+            concurrency: opts.build_concurrency,
+        },
+        db: db.clone(),
+        docker: runtime.clone(),
+        secrets: secrets.clone(),
+        metrics: metrics.clone(),
+        recorded: built,
+    };
+    let builds = tokio::spawn(builder.run(stop));
     let engine = Arc::new(host::single_host(
         runtime,
         DbSink(db.clone()),
@@ -247,11 +291,12 @@ async fn control(
         proxy,
         &opts.instance,
     ));
-    Controller {
+    let result = Controller {
         missing: Orphans::new(orphan_grace(opts.resync), ROUTE_DRAIN),
         opts,
         db,
         engine,
+        metrics,
         slots: HashMap::new(),
         tasks: JoinSet::new(),
         task_keys: HashMap::new(),
@@ -259,16 +304,20 @@ async fn control(
         last_gc: None,
     }
     .run(wake_rx, shutdown)
-    .await
+    .await;
+    builds.abort();
+    result
 }
 
 /// A finished reconcile: the Stage (namespace, name) and its outcome.
-type Done = ((String, String), Reconciled);
+/// A finished reconcile: its Stage, its outcome and how long it took.
+type Done = ((String, String), Reconciled, Duration);
 
 struct Controller {
     opts: Options,
     db: Arc<StateDb>,
     engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
     slots: HashMap<(String, String), Slot>,
     tasks: JoinSet<Done>,
     task_keys: HashMap<tokio::task::Id, (String, String)>,
@@ -409,7 +458,7 @@ impl Controller {
     }
 
     fn finish(&mut self, done: Result<(tokio::task::Id, Done), tokio::task::JoinError>) {
-        let ((ns, name), reconciled) = match done {
+        let ((ns, name), reconciled, took) = match done {
             Ok((id, done)) => {
                 self.task_keys.remove(&id);
                 done
@@ -418,6 +467,7 @@ impl Controller {
                 // A panic in a reconcile must not disable its Stage: free the slot, back off.
                 let key = self.task_keys.remove(&e.id());
                 tracing::error!(error = %e, stage = ?key, "reconcile task failed");
+                self.metrics.reconciled("Stage", "error", Duration::ZERO);
                 if let Some(slot) = key.and_then(|k| self.slots.get_mut(&k)) {
                     slot.running = false;
                     slot.next_due = Some(Instant::now() + slot.backoff.panicked());
@@ -425,6 +475,8 @@ impl Controller {
                 return;
             }
         };
+        self.metrics
+            .reconciled("Stage", reconciled.requeue.outcome(), took);
         if let Err(e) = self.db.save_stage_status(&ns, &name, &reconciled.status) {
             tracing::error!(stage = %format!("{ns}/{name}"), error = %e, "cannot save status");
         }
@@ -565,8 +617,9 @@ impl Controller {
                     stage: &spec,
                     project: project.as_ref(),
                 };
+                let started = Instant::now();
                 let reconciled = engine.reconcile(&input, &observed, status).await;
-                (key, reconciled)
+                (key, reconciled, started.elapsed())
             });
             self.task_keys.insert(handle.id(), task_key);
         }

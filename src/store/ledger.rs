@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::{Kind, StateDb, StoreError, Tx};
 use crate::api::{API_VERSION, SeenTag, StageSpec};
 use crate::engine::tags::CompiledPolicy;
-use crate::ingest::recorder::{Answer, Book, BookError, Job, process};
+use crate::ingest::recorder::{Answer, Book, BookError, BuildAsk, Job, process};
 use crate::ingest::{
     AutoCreatePolicy, Catalog, Ledger, ProjectRef, StageRef, auto_created_spec, base_name,
     free_name,
@@ -116,11 +116,9 @@ pub fn spawn_with(
             };
             match result {
                 Ok(answers) => {
-                    if answers
-                        .iter()
-                        .flatten()
-                        .any(|a| !a.verdicts.is_empty() || !a.created.is_empty())
-                    {
+                    if answers.iter().flatten().any(|a| {
+                        !a.verdicts.is_empty() || !a.created.is_empty() || !a.builds.is_empty()
+                    }) {
                         let _ = wake.send(());
                     }
                     for (job, answer) in jobs.into_iter().zip(answers) {
@@ -216,6 +214,15 @@ impl Book for StoreBook<'_, '_> {
                 dir.join("auto-created").display()
             )
         })
+    }
+
+    fn request_build(
+        &self,
+        project: &ProjectRef,
+        event: &crate::ingest::GitEvent,
+        source: &str,
+    ) -> Result<BuildAsk, BookError> {
+        Ok(super::builds::ask(self.tx, project, event, source)?)
     }
 
     fn auto_create(

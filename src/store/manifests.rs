@@ -434,6 +434,32 @@ mod tests {
     }
 
     #[test]
+    fn build_settings_are_read_and_checked() {
+        let m = parse(
+            "apiVersion: tinyforge.dev/v1alpha1\nkind: Project\nmetadata: {name: a}\nspec: {image: a, build: {repository: 'https://example.com/o/a.git', dockerfle: x}}\n---\n\
+             apiVersion: tinyforge.dev/v1alpha1\nkind: Project\nmetadata: {name: b}\nspec: {image: b, build: {repository: 'ssh://h/b', context: ../x, timeoutSeconds: 0}}\n---\n\
+             apiVersion: tinyforge.dev/v1alpha1\nkind: Project\nmetadata: {name: c}\nspec: {image: c, build: {repository: 'file:///srv/c', branches: [main], args: {V: '1'}}}\n",
+        );
+        assert_eq!(m.errors.len(), 1, "{:?}", m.errors);
+        assert!(
+            m.errors[0]
+                .message
+                .contains("spec.build.dockerfle: unknown field, did you mean `dockerfile`?"),
+            "{}",
+            m.errors[0]
+        );
+        let mut status = crate::api::ProjectStatus::default();
+        let b = &m.projects[0].resource;
+        let problem = crate::engine::spec::assess_project("b", &b.spec, 1, &mut status).unwrap();
+        assert!(problem.contains("build.repository"), "{problem}");
+        assert!(problem.contains("build.context"), "{problem}");
+        assert!(problem.contains("build.timeoutSeconds"), "{problem}");
+        assert_eq!(status.conditions[0].reason, "InvalidSpec");
+        let c = &m.projects[1].resource;
+        assert!(crate::engine::spec::assess_project("c", &c.spec, 1, &mut status).is_none());
+    }
+
+    #[test]
     fn unknown_fields_are_errors_with_a_suggestion() {
         let m = parse(
             "apiVersion: tinyforge.dev/v1alpha1\nkind: Stage\nmetadata: {name: prod}\nspec: {projectRef: demo, pinedTag: '1.0.0'}\n---\n\

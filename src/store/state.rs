@@ -104,6 +104,26 @@ CREATE TABLE IF NOT EXISTS secrets (
     sealed BLOB NOT NULL,
     PRIMARY KEY (namespace, name, key)
 );
+CREATE TABLE IF NOT EXISTS builds (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    namespace TEXT NOT NULL,
+    project TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    git_ref TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    settings_hash TEXT NOT NULL,
+    state TEXT NOT NULL,
+    queued_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    fetch_ms INTEGER,
+    build_ms INTEGER,
+    image TEXT,
+    image_id TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS builds_project ON builds (namespace, project, id);
+CREATE INDEX IF NOT EXISTS builds_state ON builds (state, id);
 ";
 
 impl StateDb {
@@ -347,6 +367,15 @@ pub struct Tx<'a> {
 }
 
 impl Tx<'_> {
+    /// The transaction itself, for the store's other tables (`builds.rs`).
+    pub(super) fn raw(&self) -> &rusqlite::Transaction<'_> {
+        &self.tx
+    }
+
+    pub(super) fn error(&self, source: rusqlite::Error) -> StoreError {
+        self.sqlite(source)
+    }
+
     fn sqlite(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sqlite {
             path: self.path.to_path_buf(),

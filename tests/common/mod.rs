@@ -1,21 +1,18 @@
 //! Shared set-up of the tests that run against the real Docker engine (`make test` starts a
 //! private one and exports DOCKER_HOST). Each test works in a namespace of its own and removes
 //! its containers, so tests can run in parallel on one engine.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::sync::Mutex;
 
 use tiny_forge::adapters::docker::DockerRuntime;
 use tiny_forge::adapters::probe::NetProber;
-use tiny_forge::api::{
-    ContainerSettings, EnvVar, HealthCheck, HealthCheckType, ProjectSpec, StageSpec, StageStatus,
-    labels,
-};
-use tiny_forge::engine::spec::EnvValueSource;
+use tiny_forge::api::{ProjectSpec, StageSpec, StageStatus, labels};
 use tiny_forge::engine::{
     ContainerInfo, ContainerSpec, ContainerState, ImageInfo, Pull, Reconciled, Reconciler, Runtime,
-    RuntimeError, SecretError, Secrets, SinkError, StageInput, StageKey, StatusSink,
+    RuntimeError, StageInput, StageKey,
 };
+pub use tiny_forge::testing::{MemSink, NoSecrets, demo_project, pinned};
 
 /// The real engine, or None (test skipped with a note) when the run did not ask for Docker
 /// tests. Under `make test` (TINY_FORGE_TEST_DOCKER=1) an unreachable engine fails the test.
@@ -96,25 +93,6 @@ pub fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
-/// Keeps every intermediate status, like the store would.
-#[derive(Default)]
-pub struct MemSink(pub Mutex<Vec<StageStatus>>);
-
-impl StatusSink for MemSink {
-    async fn save(&self, _key: &StageKey, status: &StageStatus) -> Result<(), SinkError> {
-        self.0.lock().unwrap().push(status.clone());
-        Ok(())
-    }
-}
-
-pub struct NoSecrets;
-
-impl Secrets for NoSecrets {
-    fn value(&self, _ns: &str, _source: &EnvValueSource<'_>) -> Result<String, SecretError> {
-        Err(SecretError::Missing("no secrets in this test".into()))
-    }
-}
-
 pub type TestReconciler<R> = Reconciler<R, NetProber, MemSink, NoSecrets>;
 
 pub fn reconciler<R: Runtime>(runtime: R) -> TestReconciler<R> {
@@ -126,42 +104,6 @@ pub fn reconciler<R: Runtime>(runtime: R) -> TestReconciler<R> {
         proxy: tiny_forge::engine::proxy::NoProxy,
         host_name: "default".into(),
         instance: "test".into(),
-    }
-}
-
-/// The demo project: HTTP health on /healthz, a short start period so broken images fail fast.
-pub fn demo_project() -> ProjectSpec {
-    ProjectSpec {
-        image: "tiny-forge-demo".into(),
-        container: ContainerSettings {
-            port: Some(8080),
-            env: vec![EnvVar {
-                name: "GREETING".into(),
-                value: Some("test".into()),
-                value_from: None,
-            }],
-            stop_timeout_seconds: Some(2),
-            ..Default::default()
-        },
-        health_check: Some(HealthCheck {
-            kind: Some(HealthCheckType::Http),
-            path: Some("/healthz".into()),
-            expected_status: Some(200),
-            interval_seconds: Some(1),
-            timeout_seconds: Some(1),
-            retries: Some(2),
-            start_period_seconds: Some(2),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-pub fn pinned(tag: &str) -> StageSpec {
-    StageSpec {
-        project_ref: "demo".into(),
-        pinned_tag: Some(tag.into()),
-        ..Default::default()
     }
 }
 

@@ -37,15 +37,19 @@ use crate::engine::{Reconciler, Requeue, Runtime, RuntimeError, StageInput, Stag
 /// Put on every Stage and Project: their containers and proxy hosts go before they do.
 pub const FINALIZER: &str = "tinyforge.dev/cleanup";
 
-pub type Engine = Reconciler<DockerRuntime, NetProber, KubeSink, ClusterSecrets, Option<Npm>>;
+/// The engine of Kubernetes mode: the cluster's status and Secrets, NPM when configured, and a
+/// container runtime — Docker in production, any `Runtime` in tests.
+pub type Engine<R = DockerRuntime> =
+    Reconciler<R, NetProber, KubeSink, ClusterSecrets, Option<Npm>>;
 
 /// What every reconcile shares.
-pub struct Ctx {
+pub struct Ctx<R: Runtime = DockerRuntime> {
     pub client: Client,
-    pub engine: Arc<Engine>,
+    pub engine: Arc<Engine<R>>,
     pub containers: ContainerCache,
     pub projects: ProjectView,
-    pub recorder: Recorder,
+    /// Kubernetes Events (not the webhook recorder of `ingest`).
+    pub events: Recorder,
     pub resync: Duration,
     /// The retry schedule of each object in a streak of transient failures, by
     /// `kind/namespace/name`.
@@ -53,18 +57,29 @@ pub struct Ctx {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
-/// Counts a finished reconcile by its outcome (a static label).
-fn count(
-    ctx: &Ctx,
+/// What a reconcile decided, noted where it decides (kube-runtime's `Action` cannot say: a
+/// 60 s backoff and a 60 s resync are the same `Action`).
+#[derive(Default)]
+struct Decided(Mutex<Option<Requeue>>);
+
+impl Decided {
+    fn note(&self, requeue: Requeue) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(requeue);
+    }
+}
+
+/// Counts a finished reconcile by its outcome (a static label, as in standalone mode).
+fn count<R: Runtime>(
+    ctx: &Ctx<R>,
     kind: &'static str,
     started: std::time::Instant,
+    decided: &Decided,
     result: &Result<Action, Error>,
 ) {
+    let decided = *decided.0.lock().unwrap_or_else(|e| e.into_inner());
     let outcome = match result {
         Err(_) => "error",
-        Ok(a) if *a == Action::await_change() => "waiting",
-        Ok(a) if *a == Action::requeue(ctx.resync) => "converged",
-        Ok(_) => "retry",
+        Ok(_) => decided.map_or("waiting", Requeue::outcome),
     };
     ctx.metrics.reconciled(kind, outcome, started.elapsed());
 }
@@ -202,21 +217,29 @@ fn usable(p: &DeserializeGuard<Project>) -> Option<ProjectSpec> {
 }
 
 /// kube-runtime's entry point for Stages.
-pub async fn reconcile_stage(
+pub async fn reconcile_stage<R: Runtime>(
     obj: Arc<DeserializeGuard<Stage>>,
-    ctx: Arc<Ctx>,
+    ctx: Arc<Ctx<R>>,
 ) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    let result = stage(obj, &ctx).await;
-    count(&ctx, "Stage", started, &result);
+    let decided = Decided::default();
+    let result = stage(obj, &ctx, &decided).await;
+    count(&ctx, "Stage", started, &decided, &result);
     result
 }
 
-async fn stage(obj: Arc<DeserializeGuard<Stage>>, ctx: &Arc<Ctx>) -> Result<Action, Error> {
+async fn stage<R: Runtime>(
+    obj: Arc<DeserializeGuard<Stage>>,
+    ctx: &Arc<Ctx<R>>,
+    decided: &Decided,
+) -> Result<Action, Error> {
     let ctx = ctx.clone();
     let stage = match &obj.0 {
         Ok(stage) => stage,
-        Err(invalid) => return invalid_object::<Stage>(invalid, &ctx).await,
+        Err(invalid) => {
+            decided.note(Requeue::WaitForChange);
+            return invalid_object::<Stage, R>(invalid, &ctx).await;
+        }
     };
     let namespace = stage.namespace().unwrap_or_default();
     let key = key_of(stage);
@@ -225,7 +248,7 @@ async fn stage(obj: Arc<DeserializeGuard<Stage>>, ctx: &Arc<Ctx>) -> Result<Acti
         match event {
             Finalizer::Apply(stage) => {
                 let requeue = apply_stage(&stage, &ctx).await?;
-                Ok(schedule(&ctx, &key, requeue))
+                Ok(schedule(&ctx, &key, requeue, decided))
             }
             Finalizer::Cleanup(stage) => {
                 cleanup(&ctx, &namespace, Scope::Stage(&stage.name_any())).await?;
@@ -237,7 +260,7 @@ async fn stage(obj: Arc<DeserializeGuard<Stage>>, ctx: &Arc<Ctx>) -> Result<Acti
                     "containers and proxy host removed".into(),
                 )
                 .await;
-                Ok(schedule(&ctx, &key, Requeue::WaitForChange))
+                Ok(schedule(&ctx, &key, Requeue::WaitForChange, decided))
             }
         }
     })
@@ -246,7 +269,7 @@ async fn stage(obj: Arc<DeserializeGuard<Stage>>, ctx: &Arc<Ctx>) -> Result<Acti
 }
 
 /// Converges one Stage; says when to look again.
-async fn apply_stage(stage: &Stage, ctx: &Ctx) -> Result<Requeue, Error> {
+async fn apply_stage<R: Runtime>(stage: &Stage, ctx: &Ctx<R>) -> Result<Requeue, Error> {
     let namespace = stage.namespace().unwrap_or_default();
     let name = stage.name_any();
     let generation = stage.metadata.generation.unwrap_or(1);
@@ -367,21 +390,29 @@ fn static_reason(reason: &str) -> &'static str {
 
 /// kube-runtime's entry point for Projects: their `Ready` says whether the Project's own part of
 /// the spec is valid; deleting one removes what its Stages ran.
-pub async fn reconcile_project(
+pub async fn reconcile_project<R: Runtime>(
     obj: Arc<DeserializeGuard<Project>>,
-    ctx: Arc<Ctx>,
+    ctx: Arc<Ctx<R>>,
 ) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    let result = project(obj, &ctx).await;
-    count(&ctx, "Project", started, &result);
+    let decided = Decided::default();
+    let result = project(obj, &ctx, &decided).await;
+    count(&ctx, "Project", started, &decided, &result);
     result
 }
 
-async fn project(obj: Arc<DeserializeGuard<Project>>, ctx: &Arc<Ctx>) -> Result<Action, Error> {
+async fn project<R: Runtime>(
+    obj: Arc<DeserializeGuard<Project>>,
+    ctx: &Arc<Ctx<R>>,
+    decided: &Decided,
+) -> Result<Action, Error> {
     let ctx = ctx.clone();
     let project = match &obj.0 {
         Ok(p) => p,
-        Err(invalid) => return invalid_object::<Project>(invalid, &ctx).await,
+        Err(invalid) => {
+            decided.note(Requeue::WaitForChange);
+            return invalid_object::<Project, R>(invalid, &ctx).await;
+        }
     };
     let namespace = project.namespace().unwrap_or_default();
     let key = key_of(project);
@@ -392,6 +423,7 @@ async fn project(obj: Arc<DeserializeGuard<Project>>, ctx: &Arc<Ctx>) -> Result<
                 let generation = p.metadata.generation.unwrap_or(1);
                 let mut status = p.status.clone().unwrap_or_default();
                 let problem = assess_project(&p.name_any(), &p.spec, generation, &mut status);
+                unsupported_build(&p.spec, generation, &mut status);
                 if p.status.as_ref() != Some(&status) {
                     status::apply(&api, "Project", &p.name_any(), &status).await?;
                     if let Some(message) = problem {
@@ -405,16 +437,35 @@ async fn project(obj: Arc<DeserializeGuard<Project>>, ctx: &Arc<Ctx>) -> Result<
                         .await;
                     }
                 }
-                Ok(schedule(&ctx, &key, Requeue::WaitForChange))
+                Ok(schedule(&ctx, &key, Requeue::WaitForChange, decided))
             }
             Finalizer::Cleanup(p) => {
                 cleanup(&ctx, &namespace, Scope::Project(&p.name_any())).await?;
-                Ok(schedule(&ctx, &key, Requeue::WaitForChange))
+                Ok(schedule(&ctx, &key, Requeue::WaitForChange, decided))
             }
         }
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Builds run in standalone mode only: a Project asking for them says so, rather than the
+/// field being ignored without a word.
+fn unsupported_build(
+    spec: &crate::api::ProjectSpec,
+    generation: i64,
+    status: &mut crate::api::ProjectStatus,
+) {
+    if spec.build.is_some() {
+        conditions::set(
+            &mut status.conditions,
+            crate::engine::build::BUILD_READY,
+            false,
+            crate::engine::Reason::BuildUnsupported.as_str(),
+            "builds from Git run in standalone mode only; push images built elsewhere",
+            Some(generation),
+        );
+    }
 }
 
 /// What a cleanup removes: one Stage's containers and proxy host, or those of every Stage of a
@@ -427,7 +478,7 @@ enum Scope<'a> {
 /// Removes containers (and proxy hosts) by their ownership labels: needs nothing from the spec,
 /// so it works for objects that never deployed or no longer parse. Docker being away fails it,
 /// and the finalizer keeps the object until a retry succeeds.
-async fn cleanup(ctx: &Ctx, namespace: &str, scope: Scope<'_>) -> Result<(), Error> {
+async fn cleanup<R: Runtime>(ctx: &Ctx<R>, namespace: &str, scope: Scope<'_>) -> Result<(), Error> {
     let engine = &ctx.engine;
     let instance = engine.instance.as_str();
     let (label, value) = match scope {
@@ -495,8 +546,8 @@ async fn cleanup(ctx: &Ctx, namespace: &str, scope: Scope<'_>) -> Result<(), Err
 /// grace ([`orphan_grace`]: one resync period, at least 5 s, as in standalone mode) and the API
 /// server confirms it does not exist. Looks once per resync; only namespaces this controller
 /// watches are judged.
-pub async fn collect_orphans(
-    ctx: Arc<Ctx>,
+pub async fn collect_orphans<R: Runtime>(
+    ctx: Arc<Ctx<R>>,
     stages: Store<DeserializeGuard<Stage>>,
     namespace: Option<String>,
     mut quit: tokio::sync::watch::Receiver<bool>,
@@ -569,7 +620,10 @@ pub async fn collect_orphans(
 /// An object the API server accepted but this version cannot read (the CRD's schema is looser
 /// than the controller, or the object predates a CRD change): say so on the object and wait for
 /// an edit. Deleting it still cleans up, by labels.
-async fn invalid_object<K>(invalid: &InvalidObject, ctx: &Ctx) -> Result<Action, Error>
+async fn invalid_object<K, R: Runtime>(
+    invalid: &InvalidObject,
+    ctx: &Ctx<R>,
+) -> Result<Action, Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -700,8 +754,8 @@ where
 }
 
 /// Publishes an event; a failure to do so is logged, never fails the reconcile.
-async fn publish(
-    ctx: &Ctx,
+async fn publish<R: Runtime>(
+    ctx: &Ctx<R>,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
     type_: EventType,
     reason: &str,
@@ -722,7 +776,7 @@ async fn publish(
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+    if let Err(e) = ctx.events.publish(&event, reference).await {
         tracing::warn!(error = %e, reason, "cannot publish an event");
     }
 }
@@ -740,7 +794,8 @@ fn key_of<K: Resource<DynamicType = ()>>(obj: &K) -> String {
 /// The next look at `key` after an outcome, by the engine's backoff policy (the same as
 /// standalone mode's): the resync period when converged, 1 s doubling to 60 s on transient
 /// trouble, only a change when the spec cannot work.
-fn schedule(ctx: &Ctx, key: &str, requeue: Requeue) -> Action {
+fn schedule<R: Runtime>(ctx: &Ctx<R>, key: &str, requeue: Requeue, decided: &Decided) -> Action {
+    decided.note(requeue);
     let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
     let backoff = failures.entry(key.to_string()).or_default();
     let next = backoff.after(requeue, ctx.resync);
@@ -752,20 +807,49 @@ fn schedule(ctx: &Ctx, key: &str, requeue: Requeue) -> Action {
 
 /// kube-runtime's error policy: errors are API trouble (a conflict, the server away) or a
 /// cleanup that could not finish (Docker away): retry with backoff.
-pub fn error_policy<K: Resource<DynamicType = ()>>(
+pub fn error_policy<K: Resource<DynamicType = ()>, R: Runtime>(
     obj: Arc<K>,
     error: &Error,
-    ctx: Arc<Ctx>,
+    ctx: Arc<Ctx<R>>,
 ) -> Action {
     let key = key_of(obj.as_ref());
     tracing::warn!(object = %key, category = error.category(), error = %error, "reconcile failed; retrying");
-    schedule(&ctx, &key, Requeue::Retry)
+    schedule(&ctx, &key, Requeue::Retry, &Decided::default())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::Deployed;
+
+    #[test]
+    fn a_project_asking_for_builds_is_told_they_run_in_standalone_mode_only() {
+        let mut spec = ProjectSpec {
+            image: "app".into(),
+            build: Some(crate::api::BuildSettings {
+                repository: "https://example.com/o/app.git".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut status = crate::api::ProjectStatus::default();
+        assert!(assess_project("app", &spec, 1, &mut status).is_none());
+        unsupported_build(&spec, 1, &mut status);
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == crate::engine::build::BUILD_READY)
+            .expect("BuildReady");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "BuildUnsupported")
+        );
+        // Dropping spec.build drops the condition.
+        spec.build = None;
+        assess_project("app", &spec, 2, &mut status);
+        unsupported_build(&spec, 2, &mut status);
+        assert_eq!(status.conditions.len(), 1, "{:?}", status.conditions);
+    }
 
     fn status(phase: Phase, tag: &str, ready: (bool, &str)) -> StageStatus {
         let mut s = StageStatus {

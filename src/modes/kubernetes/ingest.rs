@@ -49,7 +49,9 @@ pub struct ClusterIndex {
     pub secrets: ClusterSecrets,
     /// Moves on every Project or Secret event: the listener then re-reads its cache.
     version: Arc<AtomicI64>,
-    url_secret: String,
+    /// The Secret holding the URL secret; None when webhooks are off (`--no-webhooks`): then
+    /// nothing is waited for and every webhook URL is unknown.
+    url_secret: Option<String>,
 }
 
 impl ClusterIndex {
@@ -68,7 +70,7 @@ impl ClusterIndex {
         client: Client,
         watch_namespace: Option<&str>,
         controller_namespace: &str,
-        url_secret: &str,
+        url_secret: Option<&str>,
     ) -> Arc<ClusterIndex> {
         let version = Arc::new(AtomicI64::new(0));
         let projects = reflect::<DeserializeGuard<Project>>(
@@ -88,7 +90,7 @@ impl ClusterIndex {
                 namespace: controller_namespace.to_string(),
             },
             version,
-            url_secret: url_secret.to_string(),
+            url_secret: url_secret.map(str::to_string),
         })
     }
 
@@ -157,10 +159,13 @@ impl Index for ClusterIndex {
     }
 
     fn url_secret(&self) -> Result<Option<String>, IndexError> {
+        let Some(name) = &self.url_secret else {
+            return Ok(None);
+        };
         let Some(secret) = self
             .secrets
             .store
-            .get(&ObjectRef::new(&self.url_secret).within(&self.secrets.namespace))
+            .get(&ObjectRef::new(name).within(&self.secrets.namespace))
         else {
             return Ok(None);
         };
@@ -188,12 +193,12 @@ impl Index for ClusterIndex {
                 self.secrets.namespace
             )));
         }
-        match self.url_secret()? {
-            Some(_) => Ok(()),
-            None => Err(IndexError::NotReady(format!(
-                "waiting for Secret {}/{}",
-                self.secrets.namespace, self.url_secret
+        match (&self.url_secret, self.url_secret()?) {
+            (Some(name), None) => Err(IndexError::NotReady(format!(
+                "waiting for Secret {}/{name}",
+                self.secrets.namespace
             ))),
+            _ => Ok(()),
         }
     }
 }
@@ -211,11 +216,14 @@ fn project_ref(p: &DeserializeGuard<Project>) -> Option<ProjectRef> {
 /// after someone deletes it (that is how the URL is rotated), annotated with `public_url` when
 /// given. Runs until the process ends.
 pub async fn keep_url_secret(client: Client, index: Arc<ClusterIndex>, public_url: Option<String>) {
+    let Some(name) = index.url_secret.clone() else {
+        return;
+    };
     let api: Api<Secret> = Api::namespaced(client, &index.secrets.namespace);
     loop {
         if listed(&index.secrets.store) && matches!(index.url_secret(), Ok(None)) {
             let mut secret = Secret::default();
-            secret.metadata.name = Some(index.url_secret.clone());
+            secret.metadata.name = Some(name.clone());
             secret.metadata.labels = Some(BTreeMap::from([(
                 crate::api::labels::MANAGED_BY.to_string(),
                 crate::api::labels::MANAGED_BY_VALUE.to_string(),
@@ -229,7 +237,7 @@ pub async fn keep_url_secret(client: Client, index: Arc<ClusterIndex>, public_ur
             )]));
             match api.create(&PostParams::default(), &secret).await {
                 Ok(_) => {
-                    tracing::info!(secret = %index.url_secret, "created the webhook URL secret")
+                    tracing::info!(secret = %name, "created the webhook URL secret")
                 }
                 // Another replica was first, or it exists without the key: leave it be.
                 Err(kube::Error::Api(e)) if e.code == 409 => {}

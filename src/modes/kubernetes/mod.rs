@@ -120,7 +120,10 @@ pub async fn run(
         client.clone(),
         opts.namespace.as_deref(),
         &controller_namespace,
-        &opts.webhook_secret,
+        opts.webhook
+            .as_ref()
+            .filter(|c| c.webhooks)
+            .map(|_| opts.webhook_secret.as_str()),
     );
     let metrics = Arc::new(Metrics::default());
     let listener = listen(
@@ -218,7 +221,11 @@ async fn listen(
         },
     )
     .await?;
-    tracing::info!(listen = %server.local_addr, public_url = public_url.as_deref().unwrap_or("-"), secret = %format!("{controller_namespace}/{}", opts.webhook_secret), "webhook listener up");
+    if config.webhooks {
+        tracing::info!(listen = %server.local_addr, public_url = public_url.as_deref().unwrap_or("-"), secret = %format!("{controller_namespace}/{}", opts.webhook_secret), "webhook listener up");
+    } else {
+        tracing::info!(listen = %server.local_addr, "listener up: /healthz, /readyz and /metrics only (--no-webhooks)");
+    }
     Ok(Some((server, keeper)))
 }
 
@@ -255,7 +262,7 @@ fn context(
             (opts.resync / 2).clamp(Duration::from_secs(1), Duration::from_secs(10)),
         ),
         projects: ProjectView::new(index.projects.clone(), client.clone()),
-        recorder: Recorder::new(
+        events: Recorder::new(
             client.clone(),
             Reporter {
                 controller: "tiny-forge".into(),

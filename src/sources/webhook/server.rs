@@ -26,6 +26,9 @@ use crate::store::StateDb;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Whether `/api/webhook/…` is served; without it the listener answers only `/healthz`,
+    /// `/readyz` and `/metrics` (`run --no-webhooks`: probes and metrics stay).
+    pub webhooks: bool,
     /// Largest accepted body (413 above it).
     pub body_limit: usize,
     /// Requests per second per source address, with a burst; None: unlimited.
@@ -68,6 +71,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            webhooks: true,
             body_limit: 1 << 20,
             rate: Some((NonZeroU32::new(20).unwrap(), NonZeroU32::new(200).unwrap())),
             header_timeout: Duration::from_secs(10),
@@ -367,7 +371,17 @@ fn routes(
             )
             .into_response()
         });
-    let hook = warp::post()
+    let webhooks = shared.config.webhooks;
+    let hook = warp::any()
+        .and_then(move || async move {
+            if webhooks {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
+        .and(warp::post())
         .and(warp::path("api"))
         .and(warp::path("webhook"))
         .and(warp::path::param::<String>())
@@ -745,7 +759,7 @@ fn answered(provider: Provider, answer: Answer) -> Response {
             serde_json::json!({"duplicate": true}),
         );
     }
-    let recorded = answer.verdicts.iter().any(|v| v.ignored.is_none());
+    let recorded = answer.verdicts.iter().any(|v| v.ignored.is_none()) || !answer.builds.is_empty();
     tracing::info!(
         provider = provider.as_str(),
         delivery = %answer.delivery_key,
@@ -757,6 +771,7 @@ fn answered(provider: Provider, answer: Answer) -> Response {
         "recorded": recorded,
         "stages": answer.verdicts,
         "created": answer.created,
+        "builds": answer.builds,
         "ignored": answer.ignored,
     });
     if recorded {
