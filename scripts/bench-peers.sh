@@ -46,6 +46,8 @@ cleanup() {
     local p
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    # A directory of our own goes (the store holds every delivery of the run); BENCH_DIR stays.
+    [ -n "${BENCH_DIR:-}" ] || rm -rf "$DIR"
 }
 trap cleanup EXIT
 
