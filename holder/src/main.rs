@@ -1,0 +1,93 @@
+//! `tiny-forge-holder [--state-dir DIR] [--control ADDR] [--token-file FILE]`
+//!
+//! Defaults suit its container: state in `/state`, control on 127.0.0.1:7480 (the container
+//! shares the host's network, so that is the host's loopback), token in `<state>/token`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+fn usage() -> ExitCode {
+    eprintln!("usage: tiny-forge-holder [--state-dir DIR] [--control ADDR] [--token-file FILE]");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let mut state_dir = PathBuf::from("/state");
+    let mut control = "127.0.0.1:7480".to_string();
+    let mut token_file = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let Some(value) = args.next() else {
+            return usage();
+        };
+        match arg.as_str() {
+            "--state-dir" => state_dir = value.into(),
+            "--control" => control = value,
+            "--token-file" => token_file = Some(PathBuf::from(value)),
+            _ => return usage(),
+        }
+    }
+    let Ok(control) = control.parse() else {
+        eprintln!("holder: --control must be an IP address and port");
+        return usage();
+    };
+    let token_file = token_file.unwrap_or_else(|| state_dir.join("token"));
+    let token = match std::fs::read_to_string(&token_file) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        Ok(_) => {
+            eprintln!("holder: {token_file:?} is empty");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("holder: cannot read the token file {token_file:?}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("holder: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let config = tiny_forge_holder::Config {
+            state_dir,
+            control,
+            token,
+        };
+        let running = match tiny_forge_holder::start(config).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("holder: cannot start: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        eprintln!(
+            "holder: control on {}, {} route(s)",
+            running.control,
+            running.holder().list().len()
+        );
+        // PID 1 in a FROM scratch image ignores SIGTERM unless it is handled.
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("holder: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("holder: stopping");
+        running.stop();
+        // In-flight requests get a moment; Docker's stop timeout bounds it anyway.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        ExitCode::SUCCESS
+    })
+}
