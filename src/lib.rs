@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod docker;
 pub mod engine;
+pub mod holder;
 pub mod host;
 pub mod image;
 pub mod k8s;

@@ -60,6 +60,8 @@ pub struct Options {
     /// Nginx Proxy Manager, when Stages' domains are to be routed. An empty password is read
     /// from the store: the sealed secret `tiny-forge/npm/password`.
     pub npm: Option<NpmConfig>,
+    /// The port holder for Stages with a fixed `hostPort`; None publishes such ports directly.
+    pub holder: Option<crate::holder::HolderConfig>,
 }
 
 impl Options {
@@ -79,6 +81,7 @@ impl Options {
             auto_create_policy: Default::default(),
             secret_key_file: None,
             npm: None,
+            holder: None,
         }
     }
 
@@ -237,11 +240,24 @@ async fn control(
     let Some(runtime) = connected else {
         return Ok(());
     };
+    let holder = match &opts.holder {
+        Some(config) => {
+            let holder = crate::holder::DockerHolder::new(
+                runtime.docker().clone(),
+                &opts.instance,
+                config.clone(),
+            )?;
+            tracing::info!(image = %config.image, control = %config.control, "fixed host ports are held by the port holder");
+            Some(Arc::new(holder) as Arc<dyn crate::engine::holder::PortHolder>)
+        }
+        None => None,
+    };
     let engine = Arc::new(host::single_host(
         runtime,
         DbSink(db.clone()),
         secrets,
         proxy,
+        holder,
         &opts.instance,
     ));
     Controller {

@@ -51,6 +51,7 @@ pub fn engine(runtime: DockerRuntime) -> Engine {
         proxy: tiny_forge::proxy::NoProxy,
         host_name: "default".into(),
         instance: "bench".into(),
+        holder: None,
     }
 }
 

@@ -32,11 +32,15 @@ pub struct Config {
     pub control: SocketAddr,
     /// The bearer token the controller must present.
     pub token: String,
+    /// Who this holder is (its container name), reported on `/healthz`: during an upgrade two
+    /// holders answer on the same addresses.
+    pub name: String,
 }
 
 pub struct Holder {
     state_dir: PathBuf,
     token: String,
+    name: String,
     routes: Mutex<BTreeMap<String, Arc<Route>>>,
     /// One writer of the route file at a time, in the order the calls arrive.
     writes: tokio::sync::Mutex<()>,
@@ -93,6 +97,7 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
     let holder = Arc::new(Holder {
         state_dir: config.state_dir,
         token: config.token,
+        name: config.name,
         routes: Mutex::default(),
         writes: tokio::sync::Mutex::new(()),
         shutdown: watch::channel(false).0,
@@ -110,7 +115,7 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
             holder.shutdown.subscribe(),
         ));
     }
-    let control = TcpListener::bind(config.control).await?;
+    let control = route::bind(config.control)?;
     let addr = control.local_addr()?;
     tokio::spawn(serve_control(holder.clone(), control));
     Ok(Running {
@@ -247,6 +252,17 @@ impl Holder {
         routes::save(&self.state_dir.join("routes.json"), file)
     }
 
+    /// `ok name=<name> listening=<bound>/<routes>`: the controller waits for every route to be
+    /// bound by the holder it started before it stops an older one.
+    pub fn health(&self) -> String {
+        let routes = self.routes.lock().expect("poisoned");
+        let bound = routes
+            .values()
+            .filter(|r| r.listening_on().is_some())
+            .count();
+        format!("ok name={} listening={bound}/{}\n", self.name, routes.len())
+    }
+
     pub fn metrics(&self) -> String {
         let routes: Vec<Arc<Route>> = self
             .routes
@@ -326,7 +342,9 @@ const MAX_BODY: usize = 64 * 1024;
 async fn control(holder: &Holder, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
-        (&Method::GET, "/healthz") => return Response::new(Full::new(Bytes::from_static(b"ok\n"))),
+        (&Method::GET, "/healthz") => {
+            return Response::new(Full::new(Bytes::from(holder.health())));
+        }
         (&Method::GET, "/metrics") => {
             let mut resp = Response::new(Full::new(Bytes::from(holder.metrics())));
             resp.headers_mut().insert(

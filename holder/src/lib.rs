@@ -14,6 +14,9 @@ pub mod routes;
 pub mod tcp;
 pub mod upstream;
 
+/// The image `scripts/holder-image.sh` builds from this crate, and the controller runs.
+pub const IMAGE: &str = concat!("tiny-forge-holder:", env!("CARGO_PKG_VERSION"));
+
 pub use holder::{ApplyError, Config, Holder, Running, start};
 pub use route::{Draining, RouteStatus};
 pub use routes::{DEFAULT_DRAIN_MS, Mode, RouteSpec};

@@ -1,7 +1,9 @@
 //! `tiny-forge-holder [--state-dir DIR] [--control ADDR] [--token-file FILE]`
 //!
 //! Defaults suit its container: state in `/state`, control on 127.0.0.1:7480 (the container
-//! shares the host's network, so that is the host's loopback), token in `<state>/token`.
+//! shares the host's network, so that is the host's loopback), the control token from
+//! `TINY_FORGE_HOLDER_TOKEN`, else from `<state>/token`; `TINY_FORGE_HOLDER_NAME` names it on
+//! `/healthz`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,7 +34,15 @@ fn main() -> ExitCode {
         return usage();
     };
     let token_file = token_file.unwrap_or_else(|| state_dir.join("token"));
-    let token = match std::fs::read_to_string(&token_file) {
+    // From the environment (the controller's way: it reads the token back from the container),
+    // else from the file.
+    let from_env = std::env::var("TINY_FORGE_HOLDER_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty());
+    let token = match from_env
+        .map(Ok)
+        .unwrap_or_else(|| std::fs::read_to_string(&token_file))
+    {
         Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
         Ok(_) => {
             eprintln!("holder: {token_file:?} is empty");
@@ -58,6 +68,7 @@ fn main() -> ExitCode {
             state_dir,
             control,
             token,
+            name: std::env::var("TINY_FORGE_HOLDER_NAME").unwrap_or_else(|_| "holder".into()),
         };
         let running = match tiny_forge_holder::start(config).await {
             Ok(r) => r,

@@ -61,7 +61,10 @@ pub struct Draining {
 }
 
 /// Binds `addr` for a held port. SO_REUSEADDR: a restarted holder binds again at once although
-/// connections of its predecessor linger in TIME_WAIT.
+/// connections of its predecessor linger in TIME_WAIT. SO_REUSEPORT: during an upgrade the new
+/// holder listens beside the old one (the kernel shares new connections between them) before
+/// the old one stops, so the port is never unbound. Only sockets that set it too can share a
+/// port, and on Linux only under the same user: anything else that holds the port is refused.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -69,6 +72,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
 }

@@ -283,6 +283,7 @@ pub async fn start_holder(dir: &std::path::Path) -> tiny_forge_holder::Running {
         state_dir: dir.to_path_buf(),
         control: "127.0.0.1:0".parse().unwrap(),
         token: TOKEN.into(),
+        name: "test".into(),
     })
     .await
     .unwrap()

@@ -5,6 +5,7 @@ pub mod conditions;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod health;
+pub mod holder;
 pub mod policy;
 pub mod reasons;
 pub mod reconcile;

@@ -47,6 +47,11 @@ pub enum Reason {
     ProxyRejected,
     NginxConfigError,
     ProxyError,
+    // Ready=False: the port holder of a fixed host port (HolderError)
+    /// The holder is not running or not reachable (or its image is missing).
+    PortHolderUnavailable,
+    /// Another process holds the Stage's host port.
+    PortTaken,
 }
 
 impl Reason {
@@ -79,6 +84,8 @@ impl Reason {
         Reason::ProxyRejected,
         Reason::NginxConfigError,
         Reason::ProxyError,
+        Reason::PortHolderUnavailable,
+        Reason::PortTaken,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -110,6 +117,8 @@ impl Reason {
             Reason::ProxyRejected => "ProxyRejected",
             Reason::NginxConfigError => "NginxConfigError",
             Reason::ProxyError => "ProxyError",
+            Reason::PortHolderUnavailable => "PortHolderUnavailable",
+            Reason::PortTaken => "PortTaken",
         }
     }
 

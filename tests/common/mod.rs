@@ -126,6 +126,7 @@ pub fn reconciler<R: Runtime>(runtime: R) -> TestReconciler<R> {
         proxy: tiny_forge::proxy::NoProxy,
         host_name: "default".into(),
         instance: "test".into(),
+        holder: None,
     }
 }
 
