@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::CreateContainerOptionsBuilder;
+use tiny_forge::adapters::docker::DockerRuntime;
 use tiny_forge::api::{
     ContainerSettings, HealthCheck, HealthCheckType, Phase, ProjectSpec, StageSpec, StageStatus,
     labels,
 };
-use tiny_forge::docker::DockerRuntime;
 use tiny_forge::engine::{Pull, Runtime, StageInput, StageKey};
 
 use common::{

@@ -77,7 +77,7 @@ const END: &str = "<!-- handover:end -->";
 async fn main() {
     let runs = common::runs_from_env();
     let (docker, endpoint) = common::connect().await;
-    let runtime = tiny_forge::docker::DockerRuntime::connect(None)
+    let runtime = tiny_forge::adapters::docker::DockerRuntime::connect(None)
         .await
         .expect("tiny-forge connects to DOCKER_HOST");
     for tag in [OLD, NEW] {

@@ -2,7 +2,7 @@
 //! path (verify, match, durable store, answer) side by side with a bare server that only reads
 //! the body and answers 202 — the ceiling of this machine for the same client and bodies.
 //!
-//! * full path: the real listener (`webhook::server::start`) and recorder (`recorder::spawn`,
+//! * full path: the real listener (`webhook::server::start`) and recorder (`store::ledger::spawn`,
 //!   group commit, SQLite WAL with synchronous=FULL) over a store in a temporary directory on the
 //!   real disk; a Project `ghcr.io/codertocat/hello-world` with `webhook.secretRef` (a sealed
 //!   secret in the store) and a Stage without tag policy (any tag, the newest wins), so every
@@ -48,9 +48,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tiny_forge::crypto::SecretBox;
 use tiny_forge::engine::tags::CompiledPolicy;
 use tiny_forge::ingest::{self, Push};
+use tiny_forge::metrics::Metrics;
+use tiny_forge::sources::webhook::server::SecretLookup as _;
+use tiny_forge::sources::webhook::{self, Provider, providers, server};
+use tiny_forge::store::ledger;
 use tiny_forge::store::{Kind, StateDb, StoreError, StoreSecrets, Tx};
-use tiny_forge::webhook::server::SecretLookup as _;
-use tiny_forge::webhook::{self, Provider, metrics::Metrics, providers, recorder, server};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Barrier, mpsc, oneshot};
 use warp::Filter;
@@ -521,7 +523,7 @@ async fn start_listener(parent: Option<&Path>) -> Listener {
             })
             .unwrap();
     }
-    let recorder = recorder::spawn(db.clone(), Some(dir.path().join("manifests")), wake);
+    let recorder = ledger::spawn(db.clone(), Some(dir.path().join("manifests")), wake);
     let secrets = StoreSecrets {
         db: Some(reader.clone()),
         sealer: Some(sealer.clone()),
@@ -668,7 +670,7 @@ fn anatomy(l: &Listener, template: &str, batch_of: usize) -> Anatomy {
     headers.insert("x-github-event", "package".parse().unwrap());
     headers.insert("x-github-delivery", r.delivery.clone());
     headers.insert("x-hub-signature-256", r.signature.clone());
-    let projects = l.reader.read(ingest::projects).unwrap();
+    let projects = l.reader.read(tiny_forge::store::ledger::projects).unwrap();
     let project = ingest::for_image(&projects, IMAGE)[0].clone();
     let sealer = l.secrets.sealer.clone().unwrap();
 
@@ -680,7 +682,7 @@ fn anatomy(l: &Listener, template: &str, batch_of: usize) -> Anatomy {
     });
     let snapshot_reload = time_each(5_000, |_| {
         webhook::url_secret(&l.reader, &sealer).unwrap().unwrap();
-        l.reader.read(ingest::projects).unwrap();
+        l.reader.read(tiny_forge::store::ledger::projects).unwrap();
     });
     let parse = time_each(5_000, |_| {
         providers::parse(Provider::Github, &headers, &r.body).unwrap();
@@ -1060,7 +1062,7 @@ impl Report<'_> {
         ));
         line("Reproduce (no Docker needed for this one; `make bench` runs it after the Docker benches):\n\n```sh\ncargo bench --bench webhook\n```\n\n`BENCH_REQUESTS`, `BENCH_ROUNDS`, `BENCH_CONNECTIONS`, `BENCH_WARMUP`, `BENCH_SERVER_THREADS`, `BENCH_CLIENT_THREADS` change the defaults (20000, 5, 64, 2000, 1, 1); `BENCH_STORE_DIR` puts the store elsewhere than the temporary directory and `BENCH_WRITE_DOC=0` leaves this file alone.\n".into());
         line(format!(
-            "*Full path*: `webhook::server::start` and `recorder::spawn` wired as `tiny-forge run` does (rate limit off, every other setting default; no log subscriber installed, so the per-delivery log line costs nothing here), a Project `{IMAGE}` with `webhook.secretRef` (sealed in the store) and a Stage without tag policy (any tag, the newest wins); each request is GitHub's published `package` example (`{FIXTURE}`, {} bytes compact) with its own tag and `X-GitHub-Delivery`, signed with `X-Hub-Signature-256` — verified, matched, recorded durably (SQLite WAL, `synchronous=FULL`, group commit), then answered 202. *Ceiling*: warp 0.4 on the same hyper HTTP/1 setup (keep-alive, `TCP_NODELAY`, header timeout), one route that reads the body and answers 202. Latency: from handing the request to the connection to the end of the answer's body; percentiles nearest-rank over all requests of a round; the table gives the median over the rounds. CPU / req: CPU time of each runtime's threads during the round over its requests.\n",
+            "*Full path*: `sources::webhook::server::start` and `store::ledger::spawn` wired as `tiny-forge run` does (rate limit off, every other setting default; no log subscriber installed, so the per-delivery log line costs nothing here), a Project `{IMAGE}` with `webhook.secretRef` (sealed in the store) and a Stage without tag policy (any tag, the newest wins); each request is GitHub's published `package` example (`{FIXTURE}`, {} bytes compact) with its own tag and `X-GitHub-Delivery`, signed with `X-Hub-Signature-256` — verified, matched, recorded durably (SQLite WAL, `synchronous=FULL`, group commit), then answered 202. *Ceiling*: warp 0.4 on the same hyper HTTP/1 setup (keep-alive, `TCP_NODELAY`, header timeout), one route that reads the body and answers 202. Latency: from handing the request to the connection to the end of the answer's body; percentiles nearest-rank over all requests of a round; the table gives the median over the rounds. CPU / req: CPU time of each runtime's threads during the round over its requests.\n",
             self.body_len,
         ));
         line(format!(

@@ -1,17 +1,22 @@
 //! tiny-forge: a reconciliation controller that converges Docker containers toward declared
 //! Projects and Stages. The engine decides; adapters act.
 
+// Lowest first: a module uses only those listed above it (cli and main use all).
 pub mod api;
-pub mod cli;
-pub mod docker;
-pub mod engine;
-pub mod holder;
-pub mod host;
+pub mod crypto;
 pub mod image;
-pub mod k8s;
-pub mod probe;
-pub mod standalone;
+pub mod metrics;
+
+pub mod engine;
+pub mod ingest;
 pub mod store;
+
+pub mod adapters;
+pub mod sources;
+
+pub mod modes;
+
+pub mod cli;
 
 use kube::CustomResourceExt;
 
@@ -25,7 +30,3 @@ pub fn crds_yaml() -> anyhow::Result<String> {
     }
     Ok(out)
 }
-pub mod crypto;
-pub mod ingest;
-pub mod proxy;
-pub mod webhook;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tiny_forge::cli;
-use tiny_forge::standalone;
+use tiny_forge::modes::standalone;
 
 /// Deploys Docker containers toward declared Projects and Stages: pull, start, health-check,
 /// switch, retire the old container, or roll back and say so.
@@ -205,7 +205,7 @@ struct RunArgs {
     /// Reverse proxies (addresses or CIDR ranges) whose Forwarded / X-Forwarded-For headers
     /// name the client the rate limit counts; without it, the connection's address counts.
     #[arg(long, env = "TINY_FORGE_TRUSTED_PROXIES", value_delimiter = ',', num_args = 1..)]
-    trusted_proxies: Vec<tiny_forge::webhook::server::Cidr>,
+    trusted_proxies: Vec<tiny_forge::sources::webhook::server::Cidr>,
     /// Create a Project (and a Stage following every tag) for pushed images that no Project
     /// uses [default: true standalone, false with --kubernetes].
     #[arg(long, env = "TINY_FORGE_AUTO_CREATE", action = clap::ArgAction::Set, conflicts_with = "no_auto_create")]
@@ -241,10 +241,10 @@ struct RunArgs {
     #[arg(long, env = "TINY_FORGE_PORT_HOLDER", default_value_t = true, action = clap::ArgAction::Set)]
     port_holder: bool,
     /// Image of the port holder (`scripts/holder-image.sh` builds it).
-    #[arg(long, env = "TINY_FORGE_HOLDER_IMAGE", default_value = tiny_forge::holder::DEFAULT_IMAGE)]
+    #[arg(long, env = "TINY_FORGE_HOLDER_IMAGE", default_value = tiny_forge::adapters::holder::DEFAULT_IMAGE)]
     holder_image: String,
     /// The port holder's control address on the Docker host's loopback.
-    #[arg(long, env = "TINY_FORGE_HOLDER_CONTROL", default_value = tiny_forge::holder::DEFAULT_CONTROL)]
+    #[arg(long, env = "TINY_FORGE_HOLDER_CONTROL", default_value = tiny_forge::adapters::holder::DEFAULT_CONTROL)]
     holder_control: std::net::SocketAddr,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TINY_FORGE_LOG_FORMAT")]
@@ -334,14 +334,16 @@ fn webhook(cmd: WebhookCommand) -> anyhow::Result<()> {
     };
     let (db, sealer) = args.keys.open()?;
     let secret = if rotate {
-        tiny_forge::webhook::rotate_url_secret(&db, &sealer)
+        tiny_forge::sources::webhook::rotate_url_secret(&db, &sealer)
     } else {
-        tiny_forge::webhook::ensure_url_secret(&db, &sealer)
+        tiny_forge::sources::webhook::ensure_url_secret(&db, &sealer)
     }
     .map_err(anyhow::Error::msg)?;
     let base = match &args.public_url {
         Some(url) => url.trim_end_matches('/').to_string(),
-        None => match tiny_forge::webhook::recorded_public_base(&db).map_err(anyhow::Error::msg)? {
+        None => match tiny_forge::sources::webhook::recorded_public_base(&db)
+            .map_err(anyhow::Error::msg)?
+        {
             Some(base) => base,
             None => {
                 eprintln!(
@@ -391,7 +393,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    let webhook = (!args.no_webhooks).then(|| tiny_forge::webhook::server::Config {
+    let webhook = (!args.no_webhooks).then(|| tiny_forge::sources::webhook::server::Config {
         listen: args.listen,
         body_limit: args.webhook_body_limit,
         rate: std::num::NonZeroU32::new(args.webhook_rate).map(|r| {
@@ -405,7 +407,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let npm = match args.npm_url {
         None => None,
-        Some(url) => Some(tiny_forge::proxy::npm::NpmConfig {
+        Some(url) => Some(tiny_forge::adapters::npm::NpmConfig {
             url,
             email: args
                 .npm_email
@@ -426,7 +428,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let auto_create = args.auto_create.unwrap_or(!args.kubernetes) && !args.no_auto_create;
     if args.kubernetes {
-        let opts = tiny_forge::k8s::Options {
+        let opts = tiny_forge::modes::kubernetes::Options {
             namespace: args.namespace.filter(|n| !n.is_empty()),
             controller_namespace: args.controller_namespace.filter(|n| !n.is_empty()),
             instance: args.instance.unwrap_or_else(|| "kubernetes".into()),
@@ -443,11 +445,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             npm,
             leader_election: args.leader_election,
             lease_name: args.lease_name,
-            identity: tiny_forge::k8s::default_identity(),
+            identity: tiny_forge::modes::kubernetes::default_identity(),
         };
         return tokio::runtime::Runtime::new()?.block_on(async {
             let shutdown = shutdown_signal()?;
-            tiny_forge::k8s::run(opts, shutdown).await
+            tiny_forge::modes::kubernetes::run(opts, shutdown).await
         });
     }
     let opts = standalone::Options {
@@ -471,7 +473,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         npm,
         holder: args
             .port_holder
-            .then_some(tiny_forge::holder::HolderConfig {
+            .then_some(tiny_forge::adapters::holder::HolderConfig {
                 image: args.holder_image,
                 control: args.holder_control,
             }),

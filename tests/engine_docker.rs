@@ -456,13 +456,14 @@ async fn auto_deploy_follows_the_newest_accepted_tag_in_status() {
 
 #[tokio::test]
 async fn docker_unreachable_is_an_error_value_not_a_panic() {
-    let err =
-        match tiny_forge::docker::DockerRuntime::connect(Some("unix:///nonexistent/docker.sock"))
-            .await
-        {
-            Ok(_) => panic!("connected to nothing"),
-            Err(e) => e,
-        };
+    let err = match tiny_forge::adapters::docker::DockerRuntime::connect(Some(
+        "unix:///nonexistent/docker.sock",
+    ))
+    .await
+    {
+        Ok(_) => panic!("connected to nothing"),
+        Err(e) => e,
+    };
     assert_eq!(err.reason().as_str(), "DockerUnreachable");
     assert!(
         err.to_string().contains("/nonexistent/docker.sock"),

@@ -15,8 +15,8 @@ use proptest::test_runner::Config;
 use serde_json::Value;
 use tiny_forge::api::{SeenTag, TagPolicy};
 use tiny_forge::engine::tags::CompiledPolicy;
+use tiny_forge::sources::webhook::{Parsed, Provider, providers};
 use tiny_forge::store::Manifests;
-use tiny_forge::webhook::{Parsed, Provider, providers};
 
 fn config() -> Config {
     let cases = std::env::var("FUZZ_CASES")

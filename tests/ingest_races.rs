@@ -10,9 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tiny_forge::api::{Deployed, Phase, SeenTag, StageStatus};
 use tiny_forge::crypto::SecretBox;
 use tiny_forge::ingest::AutoCreatePolicy;
-use tiny_forge::standalone::sync_manifests;
+use tiny_forge::metrics::Metrics;
+use tiny_forge::modes::standalone::sync_manifests;
+use tiny_forge::sources::webhook::{self, server};
+use tiny_forge::store::ledger;
 use tiny_forge::store::{Kind, StateDb, StoreSecrets};
-use tiny_forge::webhook::{self, metrics::Metrics, recorder, server};
 use tokio::sync::mpsc;
 
 const PROJECT: &str = "apiVersion: tinyforge.dev/v1alpha1\nkind: Project\nmetadata: {name: demo}\nspec: {image: registry.example/team/demo}\n";
@@ -155,7 +157,7 @@ async fn flood_listener(policy: AutoCreatePolicy) -> Flood {
     };
     let (wake, wake_rx) = mpsc::unbounded_channel();
     std::mem::forget(wake_rx);
-    let recorder = recorder::spawn_with(db.clone(), Some((manifests.clone(), policy)), wake);
+    let recorder = ledger::spawn_with(db.clone(), Some((manifests.clone(), policy)), wake);
     let secrets = StoreSecrets {
         db: Some(reader.clone()),
         sealer: Some(sealer.clone()),

@@ -16,8 +16,8 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Config};
+use tiny_forge::adapters::docker::DockerRuntime;
 use tiny_forge::api::{Stage, labels};
-use tiny_forge::docker::DockerRuntime;
 use tiny_forge::engine::Runtime;
 
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_tiny-forge");

@@ -7,9 +7,9 @@ mod npm;
 use std::time::Duration;
 
 use npm::{DoubleOptions, NpmDouble};
+use tiny_forge::adapters::npm::{Npm, NpmConfig};
 use tiny_forge::api::ProxySettings;
-use tiny_forge::proxy::npm::{Npm, NpmConfig};
-use tiny_forge::proxy::{Owner, Proxy, ProxyError, Route};
+use tiny_forge::engine::proxy::{Owner, Proxy, ProxyError, Route};
 
 fn adapter(double: &NpmDouble, password: &str) -> Npm {
     Npm::new(NpmConfig {

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use common::*;
 use npm::{DoubleOptions, NginxPlane, NpmDouble};
+use tiny_forge::adapters::npm::NpmConfig;
 use tiny_forge::api::{Phase, StageStatus, labels};
 use tiny_forge::engine::{Runtime, conditions};
-use tiny_forge::proxy::npm::NpmConfig;
-use tiny_forge::standalone::{self, Options};
+use tiny_forge::modes::standalone::{self, Options};
 use tiny_forge::store::StateDb;
 
 const NS: &str = "t-proxy";

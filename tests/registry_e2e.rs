@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use tiny_forge::api::{Phase, StageStatus, labels};
 use tiny_forge::engine::Runtime;
-use tiny_forge::standalone;
+use tiny_forge::modes::standalone;
 use tiny_forge::store::StateDb;
 
 const NS: &str = "t-registry";

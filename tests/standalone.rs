@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use tiny_forge::api::{Phase, StageStatus, labels};
 use tiny_forge::engine::{ContainerSpec, Runtime, conditions};
-use tiny_forge::standalone::{self, Options};
+use tiny_forge::modes::standalone::{self, Options};
 use tiny_forge::store::StateDb;
 use tokio::sync::oneshot;
 

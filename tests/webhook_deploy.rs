@@ -11,7 +11,7 @@ use common::*;
 use hmac::{KeyInit, Mac};
 use tiny_forge::api::{Phase, StageStatus, labels};
 use tiny_forge::engine::Runtime;
-use tiny_forge::standalone;
+use tiny_forge::modes::standalone;
 use tiny_forge::store::StateDb;
 
 const GITHUB_SECRET: &str = "gh-hook-secret-3c41";

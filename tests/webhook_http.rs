@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
 use tiny_forge::crypto::SecretBox;
+use tiny_forge::metrics::Metrics;
+use tiny_forge::sources::webhook::{self, server};
+use tiny_forge::store::ledger;
 use tiny_forge::store::{Kind, StateDb, StoreSecrets};
-use tiny_forge::webhook::{self, metrics::Metrics, recorder, server};
 use tokio::sync::mpsc;
 
 /// Every log line of this test binary, to check that no secret is ever written.
@@ -121,7 +123,7 @@ async fn listener(config: impl FnOnce(&mut server::Config)) -> Listener {
     config(&mut cfg);
     let (wake, _wake_rx) = mpsc::unbounded_channel();
     std::mem::forget(_wake_rx);
-    let recorder = recorder::spawn(db.clone(), Some(dir.path().join("manifests")), wake);
+    let recorder = ledger::spawn(db.clone(), Some(dir.path().join("manifests")), wake);
     let secrets = StoreSecrets {
         db: Some(reader.clone()),
         sealer: Some(sealer.clone()),
@@ -567,7 +569,7 @@ async fn a_port_in_use_is_an_error_not_a_panic() {
         Arc::new(server::StoreIndex::new(db.clone(), Arc::new(|| Ok(None)))),
         Arc::new(StoreSecrets::files(None)),
         Arc::new(Metrics::default()),
-        recorder::spawn(db, None, wake),
+        ledger::spawn(db, None, wake),
         std::future::pending(),
     )
     .await;

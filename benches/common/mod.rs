@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use tiny_forge::adapters::docker::DockerRuntime;
+use tiny_forge::adapters::probe::NetProber;
 use tiny_forge::api::{StageStatus, labels};
-use tiny_forge::docker::DockerRuntime;
 use tiny_forge::engine::spec::EnvValueSource;
-use tiny_forge::engine::{Reconciler, Runtime, Secrets, StageKey, StatusSink};
-use tiny_forge::probe::NetProber;
+use tiny_forge::engine::{
+    Reconciler, Runtime, SecretError, Secrets, SinkError, StageKey, StatusSink,
+};
 
 /// Every bench container carries this label, its value naming the bench (its "suite"), so a
 /// crashed run's leftovers are found and nothing else is touched.
@@ -24,7 +26,7 @@ pub const DOC: &str = "docs/BENCHMARKS.md";
 pub struct NoSink;
 
 impl StatusSink for NoSink {
-    async fn save(&self, _key: &StageKey, _status: &StageStatus) -> Result<(), String> {
+    async fn save(&self, _key: &StageKey, _status: &StageStatus) -> Result<(), SinkError> {
         Ok(())
     }
 }
@@ -33,8 +35,10 @@ impl StatusSink for NoSink {
 pub struct NoSecrets;
 
 impl Secrets for NoSecrets {
-    fn value(&self, _namespace: &str, _source: &EnvValueSource<'_>) -> Result<String, String> {
-        Err("the bench Stages have no secrets".into())
+    fn value(&self, _namespace: &str, _source: &EnvValueSource<'_>) -> Result<String, SecretError> {
+        Err(SecretError::Missing(
+            "the bench Stages have no secrets".into(),
+        ))
     }
 }
 
@@ -48,7 +52,7 @@ pub fn engine(runtime: DockerRuntime) -> Engine {
         prober: NetProber::new(),
         sink: NoSink,
         secrets: NoSecrets,
-        proxy: tiny_forge::proxy::NoProxy,
+        proxy: tiny_forge::engine::proxy::NoProxy,
         host_name: "default".into(),
         instance: "bench".into(),
         holder: None,

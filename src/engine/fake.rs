@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::health::Prober;
+use super::health::{ProbeError, Prober};
 use super::runtime::{
     ContainerInfo, ContainerSpec, ContainerState, ImageInfo, Pull, Runtime, RuntimeError,
 };
@@ -280,22 +280,22 @@ impl Runtime for FakeDocker {
 pub struct FakeProber(FakeDocker);
 
 impl Prober for FakeProber {
-    async fn http(&self, addr: SocketAddr, path: &str, _timeout: Duration) -> Result<u16, String> {
+    async fn http(
+        &self,
+        addr: SocketAddr,
+        _path: &str,
+        _timeout: Duration,
+    ) -> Result<u16, ProbeError> {
         let world = self.0.world();
-        let c = world
-            .reached(addr)
-            .ok_or_else(|| format!("GET {path}: connection refused"))?;
+        let c = world.reached(addr).ok_or(ProbeError::Refused)?;
         Ok(match world.behaviour(&c.image) {
             Behaviour::Unhealthy => 500,
             _ => 200,
         })
     }
 
-    async fn tcp(&self, addr: SocketAddr, _timeout: Duration) -> Result<(), String> {
+    async fn tcp(&self, addr: SocketAddr, _timeout: Duration) -> Result<(), ProbeError> {
         let world = self.0.world();
-        world
-            .reached(addr)
-            .map(drop)
-            .ok_or_else(|| "connection refused".to_string())
+        world.reached(addr).map(drop).ok_or(ProbeError::Refused)
     }
 }

@@ -1,5 +1,5 @@
 //! The health gate a new container passes before it takes over: probing cadence, start period,
-//! retries and the container's own fate. The probes themselves are an adapter (`crate::probe`).
+//! retries and the container's own fate. The probes themselves are an adapter (`crate::adapters::probe`).
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -19,13 +19,26 @@ pub trait Prober: Send + Sync {
         addr: SocketAddr,
         path: &str,
         timeout: Duration,
-    ) -> impl Future<Output = Result<u16, String>> + Send;
+    ) -> impl Future<Output = Result<u16, ProbeError>> + Send;
     /// TCP connect.
     fn tcp(
         &self,
         addr: SocketAddr,
         timeout: Duration,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), ProbeError>> + Send;
+}
+
+/// Why a probe got no answer. A failed probe is one failure of the health gate, whatever the
+/// kind; the message goes into the Stage's status.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no answer within {}s", .0.as_secs_f32())]
+    Timeout(Duration),
+    #[error("connection refused")]
+    Refused,
+    /// Anything else, as the network stack says it.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// The concrete check to run, once the image is known.

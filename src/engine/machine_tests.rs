@@ -10,7 +10,7 @@ use crate::engine::fake::{Behaviour, FakeDocker, FakeProber};
 struct NoSink;
 
 impl StatusSink for NoSink {
-    async fn save(&self, _: &StageKey, _: &StageStatus) -> Result<(), String> {
+    async fn save(&self, _: &StageKey, _: &StageStatus) -> Result<(), SinkError> {
         Ok(())
     }
 }
@@ -18,8 +18,8 @@ impl StatusSink for NoSink {
 struct NoSecrets;
 
 impl Secrets for NoSecrets {
-    fn value(&self, _: &str, _: &EnvValueSource<'_>) -> Result<String, String> {
-        Err("no secrets here".into())
+    fn value(&self, _: &str, _: &EnvValueSource<'_>) -> Result<String, SecretError> {
+        Err(SecretError::Missing("no secrets here".into()))
     }
 }
 

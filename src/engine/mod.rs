@@ -7,14 +7,18 @@ pub mod fake;
 pub mod health;
 pub mod holder;
 pub mod policy;
+pub mod proxy;
 pub mod reasons;
 pub mod reconcile;
 pub mod runtime;
 pub mod spec;
 pub mod tags;
 
+pub use health::{ProbeError, Prober};
 pub use reasons::Reason;
-pub use reconcile::{Reconciled, Reconciler, Requeue, Secrets, StageInput, StatusSink};
+pub use reconcile::{
+    Reconciled, Reconciler, Requeue, SecretError, Secrets, SinkError, StageInput, StatusSink,
+};
 pub use runtime::{
     ContainerInfo, ContainerSpec, ContainerState, ImageInfo, Pull, Runtime, RuntimeError,
 };

@@ -20,7 +20,7 @@ use crate::api::{
     DeployRecord, Deployed, FailedDeploy, Outcome, Phase, PortRoute, ProjectSpec, ProxyRoute,
     ProxySettings, SeenTag, StageSpec, StageStatus, Upstream,
 };
-use crate::proxy::{NoProxy, Owner, Proxy, ProxyError, Route};
+use crate::engine::proxy::{NoProxy, Owner, Proxy, ProxyError, Route};
 
 /// Condition type of the proxy route.
 pub const PROXY_READY: &str = "ProxyReady";
@@ -34,13 +34,38 @@ pub trait StatusSink: Send + Sync {
         &self,
         key: &StageKey,
         status: &StageStatus,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// Why an intermediate status was not written. The deploy goes on (its final status is
+/// returned to the caller), so this is only logged.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The store or the API server did not take the write.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Resolves secret environment values. Synchronous: standalone reads small files, Kubernetes mode
 /// reads a reflector cache.
 pub trait Secrets: Send + Sync {
-    fn value(&self, namespace: &str, source: &EnvValueSource<'_>) -> Result<String, String>;
+    fn value(&self, namespace: &str, source: &EnvValueSource<'_>) -> Result<String, SecretError>;
+}
+
+/// Why a secret value could not be had. Every kind is reported as `SecretUnavailable` and
+/// retried (the user may add or share the secret); messages name the reference, never a value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    /// No such secret, key or file.
+    #[error("{0}")]
+    Missing(String),
+    /// It exists, but the referring namespace may not use it (not shared with it; a file
+    /// reference in Kubernetes mode).
+    #[error("{0}")]
+    Refused(String),
+    /// It exists but cannot be read: not decryptable, not UTF-8, the store away.
+    #[error("{0}")]
+    Unreadable(String),
 }
 
 /// One Stage as the engine needs it, wherever it was stored.

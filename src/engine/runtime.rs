@@ -1,5 +1,5 @@
 //! The container runtime as the engine sees it: a handful of idempotent verbs. The real
-//! implementation is `crate::docker::DockerRuntime`; the engine never sees bollard types.
+//! implementation is `crate::adapters::docker::DockerRuntime`; the engine never sees bollard types.
 
 use super::reasons::Reason;
 use std::collections::BTreeMap;

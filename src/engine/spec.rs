@@ -332,7 +332,7 @@ pub struct ProxyPlan {
 fn proxy_plan(stage: &StageSpec, errors: &mut Vec<FieldError>) -> Option<ProxyPlan> {
     let settings = stage.proxy.clone().unwrap_or_default();
     for (i, d) in stage.domains.iter().enumerate() {
-        if !crate::proxy::valid_domain(d.trim()) {
+        if !crate::engine::proxy::valid_domain(d.trim()) {
             errors.push(FieldError::new(
                 format!("spec.domains[{i}]"),
                 format!("{d:?} is not a valid domain name"),
@@ -356,7 +356,7 @@ fn proxy_plan(stage: &StageSpec, errors: &mut Vec<FieldError>) -> Option<ProxyPl
         return None;
     }
     Some(ProxyPlan {
-        domains: crate::proxy::normalise_domains(&stage.domains),
+        domains: crate::engine::proxy::normalise_domains(&stage.domains),
         upstream: settings.upstream.unwrap_or_default(),
         upstream_host: settings
             .upstream_host

@@ -1,6 +1,7 @@
 //! Where resources and their status live. Standalone: manifests in a directory plus an embedded
 //! SQLite store. (Kubernetes mode keeps both in the API server.)
 
+pub mod ledger;
 pub mod manifests;
 pub mod secrets;
 pub mod state;

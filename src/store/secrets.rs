@@ -10,8 +10,8 @@ use std::sync::Arc;
 use super::StateDb;
 use crate::api::SecretKeyRef;
 use crate::crypto::SecretBox;
-use crate::engine::Secrets;
 use crate::engine::spec::EnvValueSource;
+use crate::engine::{SecretError, Secrets};
 
 #[derive(Clone)]
 pub struct StoreSecrets {
@@ -35,23 +35,26 @@ impl StoreSecrets {
         }
     }
 
-    pub fn get(&self, namespace: &str, r: &SecretKeyRef) -> Result<String, String> {
+    pub fn get(&self, namespace: &str, r: &SecretKeyRef) -> Result<String, SecretError> {
         if let (Some(db), Some(sealer)) = (&self.db, &self.sealer)
             && let Some(sealed) = db
                 .secret(namespace, &r.name, &r.key)
-                .map_err(|e| e.to_string())?
+                .map_err(|e| SecretError::Unreadable(e.to_string()))?
         {
             let plain = sealer
                 .open(&sealed, &context(namespace, &r.name, &r.key))
-                .map_err(|e| format!("secret {}/{}: {e}", r.name, r.key))?;
-            return String::from_utf8(plain)
-                .map_err(|_| format!("secret {}/{} is not UTF-8", r.name, r.key));
+                .map_err(|e| {
+                    SecretError::Unreadable(format!("secret {}/{}: {e}", r.name, r.key))
+                })?;
+            return String::from_utf8(plain).map_err(|_| {
+                SecretError::Unreadable(format!("secret {}/{} is not UTF-8", r.name, r.key))
+            });
         }
         let dir = self.dir.as_ref().ok_or_else(|| {
-            format!(
+            SecretError::Missing(format!(
                 "secret {}/{} is not in the store (tiny-forge secret set) and no --secrets-dir is configured",
                 r.name, r.key
-            )
+            ))
         })?;
         let namespaced = dir.join(namespace).join(&r.name).join(&r.key);
         let path = if namespaced.is_file() {
@@ -63,14 +66,20 @@ impl StoreSecrets {
     }
 }
 
-fn read_trimmed(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
+fn read_trimmed(path: &std::path::Path) -> Result<String, SecretError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let message = format!("cannot read {}: {}", path.display(), e.kind());
+        if e.kind() == std::io::ErrorKind::NotFound {
+            SecretError::Missing(message)
+        } else {
+            SecretError::Unreadable(message)
+        }
+    })?;
     Ok(text.strip_suffix('\n').unwrap_or(&text).to_string())
 }
 
 impl Secrets for StoreSecrets {
-    fn value(&self, namespace: &str, source: &EnvValueSource<'_>) -> Result<String, String> {
+    fn value(&self, namespace: &str, source: &EnvValueSource<'_>) -> Result<String, SecretError> {
         match source {
             EnvValueSource::File(path) => read_trimmed(std::path::Path::new(path)),
             EnvValueSource::Secret(r) => self.get(namespace, r),
@@ -113,6 +122,7 @@ mod tests {
             key: "k".into(),
         };
         let e = s.get("default", &missing).unwrap_err();
+        let e = e.to_string();
         assert!(e.contains("nope/k") && !e.contains("from-"), "{e}");
     }
 }

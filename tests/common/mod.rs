@@ -5,17 +5,17 @@
 
 use std::sync::Mutex;
 
+use tiny_forge::adapters::docker::DockerRuntime;
+use tiny_forge::adapters::probe::NetProber;
 use tiny_forge::api::{
     ContainerSettings, EnvVar, HealthCheck, HealthCheckType, ProjectSpec, StageSpec, StageStatus,
     labels,
 };
-use tiny_forge::docker::DockerRuntime;
 use tiny_forge::engine::spec::EnvValueSource;
 use tiny_forge::engine::{
     ContainerInfo, ContainerSpec, ContainerState, ImageInfo, Pull, Reconciled, Reconciler, Runtime,
-    RuntimeError, Secrets, StageInput, StageKey, StatusSink,
+    RuntimeError, SecretError, Secrets, SinkError, StageInput, StageKey, StatusSink,
 };
-use tiny_forge::probe::NetProber;
 
 /// The real engine, or None (test skipped with a note) when the run did not ask for Docker
 /// tests. Under `make test` (TINY_FORGE_TEST_DOCKER=1) an unreachable engine fails the test.
@@ -101,7 +101,7 @@ pub fn short(id: &str) -> &str {
 pub struct MemSink(pub Mutex<Vec<StageStatus>>);
 
 impl StatusSink for MemSink {
-    async fn save(&self, _key: &StageKey, status: &StageStatus) -> Result<(), String> {
+    async fn save(&self, _key: &StageKey, status: &StageStatus) -> Result<(), SinkError> {
         self.0.lock().unwrap().push(status.clone());
         Ok(())
     }
@@ -110,8 +110,8 @@ impl StatusSink for MemSink {
 pub struct NoSecrets;
 
 impl Secrets for NoSecrets {
-    fn value(&self, _ns: &str, _source: &EnvValueSource<'_>) -> Result<String, String> {
-        Err("no secrets in this test".into())
+    fn value(&self, _ns: &str, _source: &EnvValueSource<'_>) -> Result<String, SecretError> {
+        Err(SecretError::Missing("no secrets in this test".into()))
     }
 }
 
@@ -123,7 +123,7 @@ pub fn reconciler<R: Runtime>(runtime: R) -> TestReconciler<R> {
         prober: NetProber::new(),
         sink: MemSink::default(),
         secrets: NoSecrets,
-        proxy: tiny_forge::proxy::NoProxy,
+        proxy: tiny_forge::engine::proxy::NoProxy,
         host_name: "default".into(),
         instance: "test".into(),
         holder: None,
@@ -269,7 +269,7 @@ pub async fn url_when_up(state: &std::path::Path, port: u16) -> String {
             let db = tiny_forge::store::StateDb::open(state).unwrap();
             let sealer =
                 tiny_forge::crypto::SecretBox::load_or_create(&state.join("secret.key")).unwrap();
-            let secret = tiny_forge::webhook::url_secret(&db, &sealer)
+            let secret = tiny_forge::sources::webhook::url_secret(&db, &sealer)
                 .unwrap()
                 .unwrap();
             return format!("http://127.0.0.1:{port}/api/webhook/{secret}");
@@ -286,11 +286,11 @@ pub fn options_with_webhooks(
     state: std::path::PathBuf,
     instance: &str,
     port: u16,
-) -> tiny_forge::standalone::Options {
-    let mut opts = tiny_forge::standalone::Options::new(manifests, state);
+) -> tiny_forge::modes::standalone::Options {
+    let mut opts = tiny_forge::modes::standalone::Options::new(manifests, state);
     opts.resync = std::time::Duration::from_secs(1);
     opts.instance = instance.into();
-    opts.webhook = Some(tiny_forge::webhook::server::Config {
+    opts.webhook = Some(tiny_forge::sources::webhook::server::Config {
         listen: format!("127.0.0.1:{port}").parse().unwrap(),
         ..Default::default()
     });

@@ -1,6 +1,6 @@
 //! # A test double of Nginx Proxy Manager's API (v2.12–v2.15)
 //!
-//! NPM cannot run on these machines, so the adapter (`src/proxy/npm.rs`) is tested against this
+//! NPM cannot run on these machines, so the adapter (`src/adapters/npm.rs`) is tested against this
 //! double over real HTTP. It is built from the contract in `NPM-API.md` and NPM's own OpenAPI
 //! document (`npm-openapi-v2.15.1.json`, served by NPM at `GET /api/schema`); where those are
 //! silent, from NPM's backend code (`internal/proxy-host.js`, `internal/host.js`,
