@@ -448,3 +448,135 @@ async fn a_controller_killed_mid_roll_and_at_rest_drops_no_request() {
     }
     remove_holder(&rt, NS).await;
 }
+
+/// The running holder container of `instance`: (id, host pid).
+async fn holder_container(rt: &DockerRuntime, instance: &str) -> Option<(String, i64)> {
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![format!("{HOLDER_LABEL}={instance}")],
+    )]);
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+        .filters(&filters)
+        .build();
+    let list = rt.docker().list_containers(Some(options)).await.ok()?;
+    let id = list.first()?.id.clone()?;
+    let pid = rt
+        .docker()
+        .inspect_container(&id, None)
+        .await
+        .ok()?
+        .state?
+        .pid?;
+    Some((id, pid))
+}
+
+/// From now until `GET /` on `addr` answers 200 (a fresh connection every 5 ms).
+async fn until_answers(addr: SocketAddr) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let attempt = async {
+            let mut c = BufReader::new(TcpStream::connect(addr).await?);
+            c.get_mut()
+                .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .await?;
+            read_response(&mut c).await
+        };
+        if let Ok(Ok((200, _))) = tokio::time::timeout(Duration::from_secs(1), attempt).await {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the port never answered again"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_holder_comes_back_after_a_crash_a_docker_kill_and_a_removal() {
+    let Some(rt) = docker().await else { return };
+    let instance = "t-holder-repair";
+    remove_holder(&rt, instance).await;
+    let control: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let holder = Arc::new(
+        DockerHolder::new(
+            rt.docker().clone(),
+            instance,
+            HolderConfig {
+                control,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let watched = holder.clone();
+    let watcher = tokio::spawn(async move { watched.watch(Duration::from_secs(1)).await });
+    let mut r = reconciler(rt.clone());
+    r.instance = instance.into();
+    r.holder = Some(holder);
+    let port = free_port();
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut stage = pinned("1.0.0");
+    stage.host_port = Some(port);
+    stage.host_ip = Some("127.0.0.1".into());
+    let mut f = Fixture::new("t-holder-repair", stage);
+    f.cleanup(&rt).await;
+    let out = f.reconcile(&r).await;
+    assert_eq!(
+        out.status.phase,
+        Some(Phase::Healthy),
+        "{:?}",
+        out.status.message
+    );
+
+    // The process dies (what a crash or the OOM killer does): Docker's restart policy.
+    let (id, pid) = holder_container(&rt, instance)
+        .await
+        .expect("a holder runs");
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let crash = until_answers(listen).await;
+    assert_eq!(
+        holder_container(&rt, instance).await.unwrap().0,
+        id,
+        "restarted, not replaced"
+    );
+
+    // `docker kill`: Docker leaves it stopped; the controller's watch starts it again.
+    rt.docker()
+        .kill_container(&id, None::<bollard::query_parameters::KillContainerOptions>)
+        .await
+        .unwrap();
+    let killed = until_answers(listen).await;
+
+    // `docker rm -f`: created again, its routes from its volume.
+    let remove = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .build();
+    rt.docker()
+        .remove_container(&id, Some(remove))
+        .await
+        .unwrap();
+    let removed = until_answers(listen).await;
+    assert_ne!(holder_container(&rt, instance).await.unwrap().0, id);
+    eprintln!(
+        "port answering again after: process killed {:.0} ms, docker kill {:.0} ms, docker rm -f {:.0} ms",
+        crash.as_secs_f64() * 1e3,
+        killed.as_secs_f64() * 1e3,
+        removed.as_secs_f64() * 1e3
+    );
+    // The steady pass agrees: same route, same container.
+    let out = f.reconcile(&r).await;
+    assert_eq!(
+        out.status.phase,
+        Some(Phase::Healthy),
+        "{:?}",
+        out.status.message
+    );
+
+    watcher.abort();
+    f.cleanup(&rt).await;
+    remove_holder(&rt, instance).await;
+}

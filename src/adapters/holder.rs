@@ -95,25 +95,69 @@ impl DockerHolder {
         format!("tiny-forge-holder-{}", self.instance)
     }
 
-    /// The token of a running, answering holder whose image is the configured one: created,
-    /// started or upgraded as needed. Cached for [`RECHECK`] while calls succeed.
-    pub async fn ensure(&self) -> Result<String, HolderError> {
+    /// The token of a running, answering holder whose image is the configured one: started or
+    /// upgraded as needed, and created when `create` (only a switch creates one: reading or
+    /// removing routes of a holder that does not exist has nothing to do). None: there is no
+    /// holder and none was created. Cached for [`RECHECK`] while calls succeed.
+    pub async fn ensure(&self, create: bool) -> Result<Option<String>, HolderError> {
         let mut known = self.known.lock().await;
         if let Some((token, at)) = &*known
             && at.elapsed() < RECHECK
         {
-            return Ok(token.clone());
+            return Ok(Some(token.clone()));
         }
-        let token = self.repair().await?;
+        let Some(token) = self.repair(create).await? else {
+            return Ok(None);
+        };
         *known = Some((token.clone(), Instant::now()));
-        Ok(token)
+        Ok(Some(token))
+    }
+
+    /// Keeps the holder up between reconciles: once one has answered, its `/healthz` is asked
+    /// every `every`, and a holder that does not answer is repaired at once (started again after
+    /// `docker kill` or `docker stop`, which Docker's restart policy does not undo, or created
+    /// again after `docker rm`; its routes come back from its volume). A crash of the process
+    /// itself Docker restarts by its restart policy, usually before this notices.
+    pub async fn watch(&self, every: Duration) {
+        let url = format!("http://{}/healthz", self.config.control);
+        loop {
+            tokio::time::sleep(every).await;
+            if self.known.lock().await.is_none() {
+                continue;
+            }
+            let answered = self
+                .http
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if answered {
+                continue;
+            }
+            tracing::warn!(control = %self.config.control, "the port holder does not answer; repairing it");
+            self.forget().await;
+            match self.ensure(true).await {
+                Ok(_) => tracing::info!("the port holder answers again"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot repair the port holder yet");
+                    // Looked at again next time: keep the claim that one should exist.
+                    *self.known.lock().await = Some((
+                        String::new(),
+                        Instant::now()
+                            .checked_sub(RECHECK)
+                            .unwrap_or_else(Instant::now),
+                    ));
+                }
+            }
+        }
     }
 
     async fn forget(&self) {
         *self.known.lock().await = None;
     }
 
-    async fn repair(&self) -> Result<String, HolderError> {
+    async fn repair(&self, create: bool) -> Result<Option<String>, HolderError> {
         let unavailable = |e: BollardError| HolderError::Unavailable(e.to_string());
         let image = match self.docker.inspect_image(&self.config.image).await {
             Ok(image) => image.id.unwrap_or_default(),
@@ -163,6 +207,7 @@ impl DockerHolder {
                 }
                 token
             }
+            None if holders.is_empty() && !create => return Ok(None),
             None => {
                 // A holder of another image (an upgrade) keeps serving until the new one listens
                 // on every port beside it; its token carries over.
@@ -192,7 +237,7 @@ impl DockerHolder {
             let remove = RemoveContainerOptionsBuilder::default().force(true).build();
             let _ = self.docker.remove_container(&id, Some(remove)).await;
         }
-        Ok(token)
+        Ok(Some(token))
     }
 
     async fn token_of(&self, id: &str) -> Result<String, HolderError> {
@@ -291,17 +336,19 @@ impl DockerHolder {
     }
 
     /// One authenticated call; once more after a repair when the holder was away or its token
-    /// changed (it was recreated).
+    /// changed (it was recreated). None: there is no holder (and only a write creates one).
     async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&RouteSpec>,
-    ) -> Result<(reqwest::StatusCode, String), HolderError> {
+    ) -> Result<Option<(reqwest::StatusCode, String)>, HolderError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let token = self.ensure().await?;
+            let Some(token) = self.ensure(body.is_some()).await? else {
+                return Ok(None);
+            };
             let mut req = self
                 .http
                 .request(method.clone(), self.url(path))
@@ -318,7 +365,7 @@ impl DockerHolder {
                             "the holder refused the token".into(),
                         ))
                     } else {
-                        return Ok((status, text));
+                        return Ok(Some((status, text)));
                     }
                 }
                 Err(e) => Err(HolderError::Unavailable(format!(
@@ -393,9 +440,12 @@ fn refused(status: reqwest::StatusCode, text: &str) -> HolderError {
 impl PortHolder for DockerHolder {
     fn route<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<HeldRoute>, HolderError>> {
         Box::pin(async move {
-            let (status, text) = self
+            let Some((status, text)) = self
                 .call(reqwest::Method::GET, &format!("/v1/routes/{name}"), None)
-                .await?;
+                .await?
+            else {
+                return Ok(None);
+            };
             match status.as_u16() {
                 200 => Ok(Some(held(parse(&text)?))),
                 404 => Ok(None),
@@ -416,13 +466,16 @@ impl PortHolder for DockerHolder {
                 drain_ms: u64::try_from(req.drain.as_millis()).unwrap_or(u64::MAX),
                 label: req.label.clone(),
             };
-            let (status, text) = self
+            let Some((status, text)) = self
                 .call(
                     reqwest::Method::PUT,
                     &format!("/v1/routes/{}", req.name),
                     Some(&spec),
                 )
-                .await?;
+                .await?
+            else {
+                return Err(HolderError::Unavailable("no holder was created".into()));
+            };
             match status.as_u16() {
                 200 => Ok(held(parse(&text)?)),
                 409 => Err(HolderError::PortTaken(
@@ -436,9 +489,12 @@ impl PortHolder for DockerHolder {
 
     fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, HolderError>> {
         Box::pin(async move {
-            let (status, text) = self
+            let Some((status, text)) = self
                 .call(reqwest::Method::DELETE, &format!("/v1/routes/{name}"), None)
-                .await?;
+                .await?
+            else {
+                return Ok(false);
+            };
             match status.as_u16() {
                 204 => Ok(true),
                 404 => Ok(false),
@@ -449,7 +505,10 @@ impl PortHolder for DockerHolder {
 
     fn owned<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<Vec<String>, HolderError>> {
         Box::pin(async move {
-            let (status, text) = self.call(reqwest::Method::GET, "/v1/routes", None).await?;
+            let Some((status, text)) = self.call(reqwest::Method::GET, "/v1/routes", None).await?
+            else {
+                return Ok(Vec::new());
+            };
             if status != reqwest::StatusCode::OK {
                 return Err(refused(status, &text));
             }

@@ -222,6 +222,10 @@ pub async fn run(
     result
 }
 
+/// How often the port holder's health is looked at between reconciles (a holder that stopped
+/// answering is repaired at once).
+const HOLDER_WATCH: Duration = Duration::from_secs(1);
+
 /// Where `tiny-forge secret set npm password -n tiny-forge` puts the NPM password.
 pub const NPM_SECRET: (&str, &str, &str) = ("tiny-forge", "npm", "password");
 
@@ -243,6 +247,7 @@ async fn control(
     let Some(runtime) = connected else {
         return Ok(());
     };
+    let mut watcher = None;
     let holder = match &opts.holder {
         Some(config) => {
             let holder = crate::adapters::holder::DockerHolder::new(
@@ -251,7 +256,12 @@ async fn control(
                 config.clone(),
             )?;
             tracing::info!(image = %config.image, control = %config.control, "fixed host ports are held by the port holder");
-            Some(Arc::new(holder) as Arc<dyn crate::engine::holder::PortHolder>)
+            let holder = Arc::new(holder);
+            let watched = holder.clone();
+            watcher = Some(tokio::spawn(async move {
+                watched.watch(HOLDER_WATCH).await;
+            }));
+            Some(holder as Arc<dyn crate::engine::holder::PortHolder>)
         }
         None => None,
     };
@@ -263,7 +273,7 @@ async fn control(
         holder,
         &opts.instance,
     ));
-    Controller {
+    let result = Controller {
         missing: Orphans::new(orphan_grace(opts.resync), ROUTE_DRAIN),
         opts,
         db,
@@ -275,7 +285,11 @@ async fn control(
         last_gc: None,
     }
     .run(wake_rx, shutdown)
-    .await
+    .await;
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    result
 }
 
 /// A finished reconcile: the Stage (namespace, name) and its outcome.
@@ -595,6 +609,19 @@ impl Controller {
         for key in candidates {
             if routed.contains(key) || !self.missing.route_drained(key, now) {
                 continue;
+            }
+            // The port goes with the Stage: the holder lets go of it before its containers go.
+            if let Some(holder) = &self.engine.holder {
+                let stage = StageKey {
+                    namespace: key.0.clone(),
+                    project: String::new(),
+                    stage: key.1.clone(),
+                };
+                let name = crate::engine::holder::route_name(&self.opts.instance, &stage);
+                if let Err(e) = holder.remove(&name).await {
+                    tracing::warn!(route = %name, error = %e, "cannot remove the held port of a removed Stage");
+                    continue;
+                }
             }
             for c in &by_stage[key] {
                 tracing::info!(container = %c.name, stage = %format!("{}/{}", key.0, key.1), "removing orphan container");
