@@ -56,6 +56,15 @@ async fn remove_holder(rt: &DockerRuntime, instance: &str) {
 
 /// One response off a connection: status and body (Content-Length framing).
 async fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<(u16, String)> {
+    read_response_and_close(reader)
+        .await
+        .map(|(s, b, _)| (s, b))
+}
+
+/// Also whether the server said `Connection: close` (the connection is not to be reused).
+async fn read_response_and_close(
+    reader: &mut BufReader<TcpStream>,
+) -> std::io::Result<(u16, String, bool)> {
     let mut line = String::new();
     if reader.read_line(&mut line).await? == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -66,6 +75,7 @@ async fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<(u1
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
     let mut length = 0;
+    let mut close = false;
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h).await? == 0 {
@@ -80,10 +90,20 @@ async fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<(u1
         {
             length = v.trim().parse().unwrap_or(0);
         }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("connection")
+            && v.trim().eq_ignore_ascii_case("close")
+        {
+            close = true;
+        }
     }
     let mut body = vec![0; length];
     reader.read_exact(&mut body).await?;
-    Ok((status, String::from_utf8_lossy(&body).trim().to_string()))
+    Ok((
+        status,
+        String::from_utf8_lossy(&body).trim().to_string(),
+        close,
+    ))
 }
 
 /// What a client saw: every answer in order, every failure.
@@ -107,7 +127,8 @@ impl Seen {
 }
 
 /// Requests `GET /` every 2 ms until `stop`: a new connection each, or one keep-alive
-/// connection (reopened only after a failure, which is counted).
+/// connection (reopened when the server says `Connection: close`, as HTTP/1.1 clients do, or
+/// after a failure, which is counted).
 fn client(
     addr: SocketAddr,
     keep_alive: bool,
@@ -130,11 +151,11 @@ fn client(
                 c.get_mut()
                     .write_all(format!("GET / HTTP/1.1\r\nHost: t\r\n{close}\r\n").as_bytes())
                     .await?;
-                let answer = read_response(c).await;
-                if !keep_alive {
+                let answer = read_response_and_close(c).await;
+                if !keep_alive || answer.as_ref().is_ok_and(|a| a.2) {
                     conn = None;
                 }
-                answer
+                answer.map(|(s, b, _)| (s, b))
             };
             match tokio::time::timeout(Duration::from_secs(5), attempt).await {
                 Ok(Ok((200, body))) => seen.answers.push(body),
@@ -579,4 +600,88 @@ async fn the_holder_comes_back_after_a_crash_a_docker_kill_and_a_removal() {
     watcher.abort();
     f.cleanup(&rt).await;
     remove_holder(&rt, instance).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_holder_upgrade_overlaps_the_old_holder_and_drops_no_request() {
+    let Some(rt) = docker().await else { return };
+    let instance = "t-holder-upgrade";
+    remove_holder(&rt, instance).await;
+    // The "new release": the same binary under another image id.
+    let upgraded = "tiny-forge-holder:t-upgrade";
+    let built = Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "printf 'FROM {}\\nLABEL tinyforge.dev/test-upgrade=1\\n' | DOCKER_BUILDKIT=0 docker build -q -t {upgraded} -",
+                tiny_forge::adapters::holder::DEFAULT_IMAGE
+            ),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(built.success(), "docker build of the upgrade image");
+    let control: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let engine = |image: &str| {
+        let holder = DockerHolder::new(
+            rt.docker().clone(),
+            instance,
+            HolderConfig {
+                image: image.into(),
+                control,
+            },
+        )
+        .unwrap();
+        let mut r = reconciler(rt.clone());
+        r.instance = instance.into();
+        r.holder = Some(Arc::new(holder));
+        r
+    };
+    let before = engine(tiny_forge::adapters::holder::DEFAULT_IMAGE);
+    let port = free_port();
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut stage = pinned("1.0.0");
+    stage.host_port = Some(port);
+    stage.host_ip = Some("127.0.0.1".into());
+    let mut f = Fixture::new("t-holder-upgrade", stage);
+    f.cleanup(&rt).await;
+    let out = f.reconcile(&before).await;
+    assert_eq!(
+        out.status.phase,
+        Some(Phase::Healthy),
+        "{:?}",
+        out.status.message
+    );
+    let (old, _) = holder_container(&rt, instance).await.unwrap();
+
+    let clients = Clients::start(listen);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A controller configured with the new image: its first look at the holder upgrades it.
+    let after = engine(upgraded);
+    let out = f.reconcile(&after).await;
+    assert_eq!(
+        out.status.phase,
+        Some(Phase::Healthy),
+        "{:?}",
+        out.status.message
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (new, _) = holder_container(&rt, instance).await.unwrap();
+    assert_ne!(new, old, "the holder was replaced");
+    for (kind, seen) in clients.finish().await {
+        assert!(
+            seen.failures.is_empty(),
+            "{kind}: {} failed: {:?}",
+            seen.failures.len(),
+            seen.failures
+        );
+        assert_eq!(seen.versions(), [v("1.0.0")], "{kind}");
+    }
+
+    f.cleanup(&rt).await;
+    remove_holder(&rt, instance).await;
+    let _ = Command::new("docker")
+        .args(["rmi", upgraded])
+        .stdout(Stdio::null())
+        .status();
 }

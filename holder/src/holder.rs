@@ -252,6 +252,12 @@ impl Holder {
         routes::save(&self.state_dir.join("routes.json"), file)
     }
 
+    /// Requests and tunnels in flight on every route.
+    pub fn in_flight(&self) -> usize {
+        let routes = self.routes.lock().expect("poisoned");
+        routes.values().map(|r| r.in_flight()).sum()
+    }
+
     /// `ok name=<name> listening=<bound>/<routes>`: the controller waits for every route to be
     /// bound by the holder it started before it stops an older one.
     pub fn health(&self) -> String {

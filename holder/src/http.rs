@@ -43,9 +43,19 @@ pub async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let paired: Paired = Arc::default();
+    let stopping = stop.clone();
     let svc = service_fn(move |req| {
-        let (route, paired) = (route.clone(), paired.clone());
-        async move { Ok::<_, Infallible>(handle(&route, &paired, peer, req).await) }
+        let (route, paired, stopping) = (route.clone(), paired.clone(), stopping.clone());
+        async move {
+            let mut resp = handle(&route, &paired, peer, req).await;
+            // The listener stopped (an upgrade, the route removed): the client is told to take
+            // a new connection for its next request, instead of finding this one closed.
+            if *stopping.borrow() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let conn = server::Builder::new()
         .serve_connection(TokioIo::new(stream), svc)
@@ -55,9 +65,23 @@ pub async fn serve(
         _ = conn.as_mut() => return,
         _ = crate::until(&mut stop) => {}
     }
+    // A request already on its way (say on a connection just taken from the backlog), or the
+    // next one of a busy keep-alive client, is read and answered (with `Connection: close`)
+    // before the connection closes: hyper would close a connection that is between requests at
+    // once, and a client that sent one meanwhile would find it closed.
+    let linger = tokio::time::sleep(STOP_LINGER);
+    tokio::pin!(linger);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = &mut linger => {}
+    }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
 }
+
+/// How long a connection of a listener that stopped keeps reading before it closes (after the
+/// answer in progress, `Connection: close`).
+pub const STOP_LINGER: Duration = Duration::from_millis(500);
 
 async fn handle(
     route: &Route,

@@ -97,8 +97,12 @@ fn main() -> ExitCode {
         }
         eprintln!("holder: stopping");
         running.stop();
-        // In-flight requests get a moment; Docker's stop timeout bounds it anyway.
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        // Connections linger, then in-flight requests finish; Docker's stop timeout bounds it.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        tokio::time::sleep(tiny_forge_holder::http::STOP_LINGER * 2).await;
+        while running.holder().in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         ExitCode::SUCCESS
     })
 }

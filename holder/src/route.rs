@@ -238,6 +238,26 @@ async fn accept_loop(
             _ = crate::until(&mut shutdown) => break,
         }
     }
+    // Connections the kernel already queued for this socket would be reset when it closes
+    // (SO_REUSEPORT gives each socket its own queue): take them first. They are served like the
+    // others, and their connection closes after its first answer.
+    while let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await
+    {
+        route.metrics.connection();
+        match route.mode() {
+            Mode::Http => {
+                tokio::spawn(crate::http::serve(
+                    route.clone(),
+                    stream,
+                    peer,
+                    ended.clone(),
+                ));
+            }
+            Mode::Tcp => {
+                tokio::spawn(crate::tcp::serve(route.clone(), stream));
+            }
+        }
+    }
     drop(listener);
     ended_tx.send_replace(true);
 }
