@@ -29,7 +29,7 @@ use crate::upstream::{Active, Upstream};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 type UpBody = Either<Incoming, Empty<Bytes>>;
-type Sender = client::SendRequest<UpBody>;
+pub(crate) type Sender = client::SendRequest<UpBody>;
 /// The client connection's upstream connection, kept between its requests.
 type Paired = Arc<Mutex<Option<(Arc<Upstream>, Sender)>>>;
 
@@ -43,6 +43,7 @@ pub async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let paired: Paired = Arc::default();
+    let kept = paired.clone();
     let stopping = stop.clone();
     let svc = service_fn(move |req| {
         let (route, paired, stopping) = (route.clone(), paired.clone(), stopping.clone());
@@ -62,7 +63,14 @@ pub async fn serve(
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
-        _ = conn.as_mut() => return,
+        _ = conn.as_mut() => {
+            // The client is gone; its upstream connection serves the next client (as nginx's
+            // upstream keepalive does), which saves a connect per new client connection.
+            if let Some((up, sender)) = kept.lock().expect("poisoned").take() {
+                up.keep_idle(sender);
+            }
+            return;
+        }
         _ = crate::until(&mut stop) => {}
     }
     // A request already on its way (say on a connection just taken from the backlog), or the
@@ -159,7 +167,8 @@ async fn forward(
             Some((u, s)) if Arc::ptr_eq(&u, &up) && !s.is_closed() => Some(s),
             _ => None,
         }
-    };
+    }
+    .or_else(|| up.take_idle());
     if let Some(mut sender) = reused
         && sender.ready().await.is_ok()
     {

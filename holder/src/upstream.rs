@@ -18,7 +18,12 @@ pub struct Upstream {
     idle: Notify,
     /// Set once: its idle connections and open tunnels are closed.
     closing: watch::Sender<bool>,
+    /// Upstream connections no client uses now, for the next client connection.
+    idle_pool: std::sync::Mutex<Vec<crate::http::Sender>>,
 }
+
+/// Idle upstream connections kept per target.
+const POOL_MAX: usize = 256;
 
 impl Upstream {
     pub fn new(addr: SocketAddr) -> Arc<Upstream> {
@@ -27,7 +32,30 @@ impl Upstream {
             active: AtomicUsize::new(0),
             idle: Notify::new(),
             closing: watch::channel(false).0,
+            idle_pool: Default::default(),
         })
+    }
+
+    /// Keeps an upstream connection for the next client, unless the target is closing.
+    pub(crate) fn keep_idle(&self, sender: crate::http::Sender) {
+        if self.is_closing() || sender.is_closed() {
+            return;
+        }
+        let mut pool = self.idle_pool.lock().expect("poisoned");
+        if pool.len() < POOL_MAX {
+            pool.push(sender);
+        }
+    }
+
+    /// An idle upstream connection that is still open, if any.
+    pub(crate) fn take_idle(&self) -> Option<crate::http::Sender> {
+        let mut pool = self.idle_pool.lock().expect("poisoned");
+        while let Some(s) = pool.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
     }
 
     pub fn active(&self) -> usize {
@@ -48,6 +76,7 @@ impl Upstream {
 
     fn close(&self) {
         self.closing.send_replace(true);
+        self.idle_pool.lock().expect("poisoned").clear();
     }
 
     /// Counts one more request or tunnel; the guard uncounts it.
