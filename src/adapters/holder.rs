@@ -66,6 +66,9 @@ pub struct DockerHolder {
     instance: String,
     config: HolderConfig,
     http: reqwest::Client,
+    /// For `/healthz`: a new connection each time. During an upgrade both holders listen on the
+    /// control address, and a kept connection would ask the old one forever.
+    health: reqwest::Client,
     /// The token of the holder that answered last, and when its container was last looked at.
     /// A tokio mutex: one reconcile repairs the holder while the others wait for it.
     known: tokio::sync::Mutex<Option<(String, Instant)>>,
@@ -81,11 +84,16 @@ impl DockerHolder {
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(2))
             .build()?;
+        let health = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .pool_max_idle_per_host(0)
+            .build()?;
         Ok(DockerHolder {
             docker,
             instance: instance.to_string(),
             config,
             http,
+            health,
             known: Default::default(),
         })
     }
@@ -126,9 +134,8 @@ impl DockerHolder {
                 continue;
             }
             let answered = self
-                .http
+                .health
                 .get(&url)
-                .timeout(Duration::from_secs(1))
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success());
@@ -312,7 +319,7 @@ impl DockerHolder {
         let url = format!("http://{}/healthz", self.config.control);
         let mut last = String::new();
         while Instant::now() < deadline {
-            match self.http.get(&url).send().await {
+            match self.health.get(&url).send().await {
                 Ok(r) => {
                     let text = r.text().await.unwrap_or_default();
                     if health_says_ready(&text, name) {
