@@ -15,10 +15,10 @@ INSTANCE ?= demo
 # Exports DOCKER_HOST from docker-up.sh into the current recipe line (fails if docker-up fails).
 WITH_DOCKER_HOST = host=$$(scripts/docker-up.sh); export "$$host"
 
-.PHONY: help build docker-up docker-down demo-images run test test-deps lint bench bench-peers bench-scale crds clean-demo kube-up kube-down
+.PHONY: help build docker-up docker-down demo-images holder-image run test test-deps lint bench bench-peers bench-scale crds clean-demo kube-up kube-down
 
 help:
-	@echo "make build | run | test | lint | bench | bench-peers | bench-scale | crds | demo-images | docker-up | docker-down | clean-demo"
+	@echo "make build | run | test | lint | bench | bench-peers | bench-scale | crds | demo-images | holder-image | docker-up | docker-down | clean-demo"
 	@echo "     chart-crds | manifests | chart-check | image | kube-up | kube-down"
 
 build:
@@ -41,7 +41,12 @@ kube-down:
 demo-images:
 	@$(WITH_DOCKER_HOST); scripts/demo-images.sh
 
-run: build demo-images
+# The port holder's FROM scratch image (its own small crate, built static in seconds): the
+# controller runs it for Stages with a fixed hostPort.
+holder-image:
+	@$(WITH_DOCKER_HOST); scripts/holder-image.sh
+
+run: build demo-images holder-image
 	@$(WITH_DOCKER_HOST); mkdir -p $(STATE_DIR); \
 	echo; \
 	echo "=== tiny-forge: reconciling $(MANIFESTS) on $$DOCKER_HOST (state in $(STATE_DIR))"; \
@@ -57,7 +62,7 @@ run: build demo-images
 # if this invocation started it; cargo's status is kept. The chart checks come first: the
 # Kubernetes tests apply manifests/ as rendered.
 test: test-deps chart-check
-	scripts/with-kube.sh scripts/with-docker.sh bash -c 'scripts/demo-images.sh && TINY_FORGE_TEST_DOCKER=1 $(CARGO) test --workspace --no-fail-fast'
+	scripts/with-kube.sh scripts/with-docker.sh bash -c 'scripts/demo-images.sh && scripts/holder-image.sh && TINY_FORGE_TEST_DOCKER=1 $(CARGO) test --workspace --no-fail-fast'
 
 # Whatever the tests need from Debian (Docker, a registry, skopeo, nginx, etcd and what builds the
 # kube-apiserver, Python's venv for the chart checks): installed when missing.
@@ -69,7 +74,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 bench:
-	scripts/with-docker.sh bash -c 'scripts/demo-images.sh && $(CARGO) bench --bench deploy && $(CARGO) bench --bench handover'
+	scripts/with-docker.sh bash -c 'scripts/demo-images.sh && scripts/holder-image.sh && $(CARGO) bench --bench deploy && $(CARGO) bench --bench handover'
 	$(CARGO) bench --bench webhook
 
 # The webhook path beside nginx and adnanh/webhook (wrk), and standalone at 5,000 Projects with
@@ -90,7 +95,9 @@ crds:
 clean-demo:
 	@$(WITH_DOCKER_HOST); \
 	ids=$$(docker ps -aq --filter label=$(MANAGED_LABEL) --filter label=tinyforge.dev/instance=$(INSTANCE)); \
-	if [[ -n $$ids ]]; then docker rm -f $$ids; else echo "no containers of instance $(INSTANCE)"; fi
+	if [[ -n $$ids ]]; then docker rm -f $$ids; else echo "no containers of instance $(INSTANCE)"; fi; \
+	holders=$$(docker ps -aq --filter label=tinyforge.dev/port-holder=$(INSTANCE)); \
+	if [[ -n $$holders ]]; then docker rm -f $$holders; fi
 
 # --- Kubernetes packaging: Helm chart, rendered manifests, controller image -----------------------
 IMAGE ?= tiny-forge:dev

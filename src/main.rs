@@ -296,6 +296,18 @@ struct RunArgs {
     /// Builds from Git (Projects with spec.build) running at once, all Projects together.
     #[arg(long, default_value_t = 1, env = "TINY_FORGE_BUILD_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..))]
     build_concurrency: u16,
+    /// Serve Stages' fixed `hostPort`s through the port holder, a small proxy container of
+    /// tiny-forge's that owns the ports, so rolls switch without a gap and a broken tag never
+    /// answers a client (a Stage opts out with `portHolder.enabled: false`). Standalone mode
+    /// only: its control channel is the Docker host's loopback.
+    #[arg(long, env = "TINY_FORGE_PORT_HOLDER", default_value_t = true, action = clap::ArgAction::Set)]
+    port_holder: bool,
+    /// Image of the port holder (`scripts/holder-image.sh` builds it).
+    #[arg(long, env = "TINY_FORGE_HOLDER_IMAGE", default_value = tiny_forge::adapters::holder::DEFAULT_IMAGE)]
+    holder_image: String,
+    /// The port holder's control address on the Docker host's loopback.
+    #[arg(long, env = "TINY_FORGE_HOLDER_CONTROL", default_value = tiny_forge::adapters::holder::DEFAULT_CONTROL)]
+    holder_control: std::net::SocketAddr,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TINY_FORGE_LOG_FORMAT")]
     log_format: LogFormat,
@@ -559,6 +571,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         secret_key_file: args.secret_key_file,
         npm,
         build_concurrency: usize::from(args.build_concurrency),
+        holder: args
+            .port_holder
+            .then_some(tiny_forge::adapters::holder::HolderConfig {
+                image: args.holder_image,
+                control: args.holder_control,
+            }),
     };
     tokio::runtime::Runtime::new()?.block_on(async {
         let shutdown = shutdown_signal()?;

@@ -33,6 +33,7 @@ pub fn engine(runtime: DockerRuntime) -> Engine {
         proxy: tiny_forge::engine::proxy::NoProxy,
         host_name: "default".into(),
         instance: "bench".into(),
+        holder: None,
     }
 }
 

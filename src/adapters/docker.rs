@@ -68,6 +68,11 @@ impl DockerRuntime {
         })
     }
 
+    /// The client itself, for adapters that manage containers of their own (the port holder).
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
     /// Counters of the calls made so far.
     pub fn calls(&self) -> &CallCounts {
         &self.calls

@@ -73,6 +73,32 @@ pub struct ProxySettings {
     pub adopt: Option<bool>,
 }
 
+/// How a Stage's `hostPort` is held.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PortHolder {
+    /// Hold the host port (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// `http` (default): HTTP/1.1 with keep-alive and WebSocket upgrades, drained per request,
+    /// `X-Forwarded-*` added. `tcp`: bytes both ways, drained per connection (any protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<HolderMode>,
+    /// Seconds the previous container may finish its requests (and keep open tunnels and TCP
+    /// connections) after the switch; it is retired as soon as nothing is in flight (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_seconds: Option<u32>,
+}
+
+/// What the port holder understands of a Stage's traffic.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HolderMode {
+    #[default]
+    Http,
+    Tcp,
+}
+
 /// An environment of a Project (dev, staging, prod): which tags it follows and where it runs.
 // kube's structured `printcolumn(..)` repeats `type_ = ..`, which clippy mistakes for a
 // duplicated attribute.
@@ -132,6 +158,13 @@ pub struct StageSpec {
     /// Host address the port is published on (default `0.0.0.0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<String>,
+    /// The port holder in front of `hostPort`: tiny-forge's own small proxy owns the host port
+    /// and forwards it to the container that serves, so a roll switches only to a healthy
+    /// container and drops no request. On by default for a Stage with `hostPort` wherever the
+    /// controller runs a holder (standalone mode); `enabled: false` publishes the container
+    /// port directly, as before (a short gap on every roll).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_holder: Option<PortHolder>,
     /// Overrides of the Project's container settings for this Stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overrides: Option<ContainerSettings>,

@@ -187,6 +187,9 @@ pub struct StageStatus {
     /// The proxy host routing `spec.domains` here, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyRoute>,
+    /// The port holder's route of `spec.hostPort`: which container is behind it, since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<PortRoute>,
     /// Standard conditions, `Ready` first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -209,6 +212,22 @@ pub struct ProxyRoute {
     /// when nginx rejects new ones, the host is put back with these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<super::ProxySettings>,
+}
+
+/// What the port holder forwards a Stage's host port to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PortRoute {
+    /// `ip:port` the holder listens on (the Stage's `hostIp` and `hostPort`).
+    pub listen: String,
+    /// `ip:port` of the container behind it.
+    pub target: String,
+    /// That container's name.
+    pub container: String,
+    /// The tag it runs.
+    pub tag: String,
+    /// When the holder switched to it (RFC 3339).
+    pub since: String,
 }
 
 /// Kubernetes 1.20 rejects a CRD whose schema gives a string the default `""`, and its

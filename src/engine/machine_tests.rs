@@ -40,6 +40,7 @@ impl World {
             proxy: NoProxy,
             host_name: "default".into(),
             instance: "unit".into(),
+            holder: None,
         };
         let project = ProjectSpec {
             image: "demo".into(),

@@ -6,6 +6,7 @@ pub mod conditions;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod health;
+pub mod holder;
 pub mod policy;
 pub mod proxy;
 pub mod reasons;

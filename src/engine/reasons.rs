@@ -60,6 +60,11 @@ pub enum Reason {
     BuildTimedOut,
     /// Builds run in standalone mode only: `spec.build` is accepted and not acted on here.
     BuildUnsupported,
+    // Ready=False: the port holder of a fixed host port (HolderError)
+    /// The holder is not running or not reachable (or its image is missing).
+    PortHolderUnavailable,
+    /// Another process holds the Stage's host port.
+    PortTaken,
 }
 
 impl Reason {
@@ -98,6 +103,8 @@ impl Reason {
         Reason::BuildFailed,
         Reason::BuildTimedOut,
         Reason::BuildUnsupported,
+        Reason::PortHolderUnavailable,
+        Reason::PortTaken,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -135,6 +142,8 @@ impl Reason {
             Reason::BuildFailed => "BuildFailed",
             Reason::BuildTimedOut => "BuildTimedOut",
             Reason::BuildUnsupported => "BuildUnsupported",
+            Reason::PortHolderUnavailable => "PortHolderUnavailable",
+            Reason::PortTaken => "PortTaken",
         }
     }
 

@@ -4,19 +4,21 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::conditions::{self, READY, now};
 use super::health::{self, Check, Prober, Reach};
+use super::holder::{HoldRequest, HolderError, PortHolder, route_name};
 use super::reasons::Reason;
 use super::runtime::{ContainerInfo, ContainerSpec, ImageInfo, Pull, Runtime, RuntimeError};
 use super::spec::{Effective, EnvValueSource, StageKey, describe_errors};
 use crate::api::{
-    DeployRecord, Deployed, FailedDeploy, Outcome, Phase, ProjectSpec, ProxyRoute, ProxySettings,
-    SeenTag, StageSpec, StageStatus, Upstream,
+    DeployRecord, Deployed, FailedDeploy, Outcome, Phase, PortRoute, ProjectSpec, ProxyRoute,
+    ProxySettings, SeenTag, StageSpec, StageStatus, Upstream,
 };
 use crate::engine::proxy::{NoProxy, Owner, Proxy, ProxyError, Route};
 
@@ -116,6 +118,9 @@ pub struct Reconciler<R, P, S, X, N = NoProxy> {
     pub host_name: String,
     /// This controller's ownership label value (`tinyforge.dev/instance`).
     pub instance: String,
+    /// The port holder that owns fixed host ports, when this controller runs one: Stages with
+    /// `hostPort` are then rolled without a gap (see `Effective::with_holder`).
+    pub holder: Option<Arc<dyn PortHolder>>,
 }
 
 /// Which proxy settings a route is written with.
@@ -299,7 +304,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             return invalid(status, Reason::UnknownDockerHost, message);
         }
         let eff = match Effective::new(project, input.stage) {
-            Ok(eff) => eff,
+            Ok(eff) => eff.with_holder(self.holder.is_some()),
             Err(errors) => return invalid(status, Reason::InvalidSpec, describe_errors(&errors)),
         };
         match self.converge(input, &eff, observed, &mut status).await {
@@ -364,6 +369,18 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
         let image = self.image_for(eff, status, &tag).await?;
         let secrets = self.resolve_secrets(&input.key.namespace, eff)?;
         let spec = eff.container_spec(&input.key, &self.instance, &tag, &image, &secrets);
+        if eff.hold.is_none()
+            && status.port.is_some()
+            && let Some(holder) = &self.holder
+        {
+            // Held no more (opt-out, or no hostPort): the holder lets go of the port first, so
+            // the container that publishes it directly can bind it.
+            holder
+                .remove(&route_name(&self.instance, &input.key))
+                .await
+                .map_err(hold_step_error)?;
+            status.port = None;
+        }
         let target = observed.iter().find(|c| spec.is_named(&c.name));
         let others: Vec<&ContainerInfo> = observed
             .iter()
@@ -462,6 +479,22 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
     ) -> Result<Requeue, StepError> {
         let generation = Some(input.generation);
         let (c, others) = (serving.container, serving.others);
+        // The holder's route first: a restarted container may have a new address, and a
+        // leftover of an interrupted deploy may be what the port still reaches.
+        let tag = status
+            .current
+            .as_ref()
+            .map(|c| c.tag.clone())
+            .unwrap_or_default();
+        if let Err(e) = self
+            .sync_hold(input, eff, status, &c.id, &c.name, serving.port, &tag)
+            .await
+        {
+            let message = format!("{tag} runs, but its host port does not reach it: {e}");
+            status.phase = Some(Phase::Degraded);
+            report(status, false, e.reason(), message, generation);
+            return Ok(Requeue::Retry);
+        }
         let mut proxied = self
             .sync_proxy(input, eff, status, &c.id, serving.port, config)
             .await;
@@ -533,6 +566,13 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
         let ro = &*ro;
         let id = self.create_or_adopt(ro).await?;
         let checked = self.start_and_check(ro, &id).await;
+        let checked = match checked {
+            Ok(took) => match self.switch_hold(ro, status, &id).await {
+                Ok(()) => Ok(took),
+                Err(e) => return Ok(self.wait_for_holder(ro, status, &e)),
+            },
+            Err(failure) => Err(failure),
+        };
         let (verdict, proxy_error) = match checked {
             Ok(took) => self.switch_proxy(ro, status, &id, took).await,
             Err(failure) => (Err(failure), None),
@@ -647,6 +687,165 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
         }
     }
 
+    /// Healthy: the port holder switches the Stage's host port to the new container, then the
+    /// old one drains (the holder finishes what is in flight to it, up to the drain time). A
+    /// container that publishes the port itself (from before the holder, or an opt-out just
+    /// lifted) hands it over first: that one roll has the old gap, none after it.
+    async fn switch_hold(
+        &self,
+        ro: &Rollout<'_>,
+        status: &mut StageStatus,
+        id: &str,
+    ) -> Result<(), HolderError> {
+        let (Some(holder), Some(plan)) = (&self.holder, &ro.eff.hold) else {
+            return Ok(());
+        };
+        let name = route_name(&self.instance, &ro.input.key);
+        let first = self
+            .sync_hold(
+                ro.input,
+                ro.eff,
+                status,
+                id,
+                &ro.spec.name,
+                ro.spec.port,
+                &ro.tag,
+            )
+            .await;
+        let switched = match first {
+            Err(HolderError::PortTaken(..)) if ro.others.iter().any(|c| c.running) => {
+                for c in ro.others.iter().filter(|c| c.running) {
+                    tracing::info!(container = %c.name, "handing the host port over to the port holder");
+                    self.runtime
+                        .stop(&c.id, stop_timeout(ro.eff))
+                        .await
+                        .map_err(|e| HolderError::Unavailable(e.to_string()))?;
+                }
+                self.sync_hold(
+                    ro.input,
+                    ro.eff,
+                    status,
+                    id,
+                    &ro.spec.name,
+                    ro.spec.port,
+                    &ro.tag,
+                )
+                .await?
+            }
+            other => other?,
+        };
+        if switched && !ro.drift_restart {
+            self.wait_drained(holder.as_ref(), &name, plan.drain).await;
+        }
+        Ok(())
+    }
+
+    /// Until nothing is in flight to the previous target (the holder closes what is left at the
+    /// end of the drain time; a little more is allowed for that).
+    async fn wait_drained(&self, holder: &dyn PortHolder, name: &str, drain: Duration) {
+        let deadline = Instant::now() + drain + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            match holder.route(name).await {
+                Ok(Some(r)) if r.draining > 0 => {}
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot see the drain; waiting the drain time");
+                    tokio::time::sleep_until(deadline.min(Instant::now() + drain)).await;
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Points the holder's route of the Stage at container `id` (its own address and port) when
+    /// it points elsewhere, and records it in `status.port`. Returns whether it switched.
+    #[allow(clippy::too_many_arguments)]
+    async fn sync_hold(
+        &self,
+        input: &StageInput<'_>,
+        eff: &Effective,
+        status: &mut StageStatus,
+        id: &str,
+        container: &str,
+        port: Option<u16>,
+        tag: &str,
+    ) -> Result<bool, HolderError> {
+        let (Some(holder), Some(plan)) = (&self.holder, &eff.hold) else {
+            return Ok(false);
+        };
+        let name = route_name(&self.instance, &input.key);
+        let state = match self.runtime.inspect(id).await {
+            Ok(Some(state)) => state,
+            Ok(None) => return Err(HolderError::Rejected(format!("{container} is gone"))),
+            Err(e) => return Err(HolderError::Unavailable(e.to_string())),
+        };
+        let (Some(ip), Some(port)) = (state.ip, port) else {
+            return Err(HolderError::Rejected(format!(
+                "{container} has no address and port on a Docker network to forward to"
+            )));
+        };
+        let target = SocketAddr::new(ip, port);
+        let req = HoldRequest {
+            name: name.clone(),
+            listen: plan.listen,
+            mode: plan.mode,
+            target,
+            drain: plan.drain,
+            label: format!("{tag} {container}"),
+        };
+        let (routed, switched) = match holder.route(&name).await? {
+            Some(r)
+                if r.listening
+                    && r.target == target
+                    && r.listen == plan.listen
+                    && r.mode == plan.mode
+                    && r.drain == plan.drain =>
+            {
+                (r, false)
+            }
+            before => {
+                let routed = holder.switch(&req).await?;
+                let moved = before.is_none_or(|b| b.target != target);
+                if moved {
+                    tracing::info!(%name, %target, listen = %plan.listen, "port holder switched");
+                }
+                (routed, moved)
+            }
+        };
+        status.port = Some(PortRoute {
+            listen: routed.listen.to_string(),
+            target: routed.target.to_string(),
+            container: container.to_string(),
+            tag: tag.to_string(),
+            since: rfc3339(routed.since_ms),
+        });
+        Ok(switched)
+    }
+
+    /// The new container is healthy but the holder cannot switch to it now: both keep running
+    /// (the holder, if it runs, still reaches the old one) and the switch is tried again.
+    fn wait_for_holder(
+        &self,
+        ro: &Rollout<'_>,
+        status: &mut StageStatus,
+        e: &HolderError,
+    ) -> Requeue {
+        status.phase = Some(Phase::Deploying);
+        let message = format!(
+            "{} is healthy; waiting for the port holder to switch host port {} to it ({e})",
+            ro.tag,
+            ro.eff
+                .hold
+                .as_ref()
+                .map(|h| h.listen.port())
+                .unwrap_or_default()
+        );
+        tracing::warn!(tag = %ro.tag, error = %e, "port holder not switched");
+        report(status, false, e.reason(), message, ro.generation());
+        Requeue::Retry
+    }
+
     /// The proxy still routes to the old container and cannot be switched now: keep both
     /// running and try the switch again (the new one is adopted by name).
     fn wait_for_proxy(&self, ro: &Rollout<'_>, status: &mut StageStatus) -> Requeue {
@@ -685,6 +884,15 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             self.retire(ro.others, ro.eff).await?;
         }
         let note = match ro.handover {
+            None if ro.eff.hold.is_some() && !ro.drift_restart => format!(
+                "healthy in {:.1}s; the port holder switched host port {} to it",
+                took.as_secs_f64(),
+                ro.eff
+                    .hold
+                    .as_ref()
+                    .map(|h| h.listen.port())
+                    .unwrap_or_default(),
+            ),
             Some(started) => format!(
                 "healthy in {:.1}s; host port {} handed over with a {:.1}s gap",
                 took.as_secs_f64(),
@@ -998,6 +1206,23 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             tracing::warn!(error = %e, "could not save intermediate status");
         }
     }
+}
+
+/// A holder failure that stops a step: transient (the holder comes back, the port is freed).
+fn hold_step_error(e: HolderError) -> StepError {
+    StepError {
+        reason: e.reason(),
+        message: e.to_string(),
+        transient: true,
+    }
+}
+
+/// Milliseconds since the epoch as RFC 3339, to the second (as the conditions' times).
+fn rfc3339(ms: u64) -> String {
+    k8s_openapi::jiff::Timestamp::from_millisecond(i64::try_from(ms).unwrap_or_default())
+        .and_then(|t| t.round(k8s_openapi::jiff::Unit::Second))
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }
 
 /// The tag a Stage wants: its pin; else, with `autoDeploy`, the newest seen tag that passes the

@@ -125,6 +125,8 @@ pub struct Effective {
     pub host_ip: Option<String>,
     /// Routing through the proxy, when the Stage has domains and does not opt out.
     pub proxy: Option<ProxyPlan>,
+    /// The port holder owns the fixed host port (see [`Effective::with_holder`]).
+    pub hold: Option<HoldPlan>,
     memory_bytes: Option<i64>,
     nano_cpus: Option<i64>,
 }
@@ -148,6 +150,7 @@ impl Effective {
         validate_health(&health, &mut errors);
         validate_stage(stage, &mut errors);
         let proxy = proxy_plan(stage, &mut errors);
+        let hold = hold_plan(stage, &mut errors);
         let policy = match CompiledPolicy::compile(stage.tag_policy.as_ref()) {
             Ok(p) => Some(p),
             Err(errs) => {
@@ -171,12 +174,25 @@ impl Effective {
                     _ => stage.host_port,
                 },
                 proxy,
+                hold,
                 host_ip: stage.host_ip.clone(),
                 memory_bytes,
                 nano_cpus,
             }),
             _ => Err(errors),
         }
+    }
+
+    /// Whether this controller runs a port holder decides how a held host port is served: by the
+    /// holder, with the container itself unpublished (its own address is the holder's target),
+    /// or — without a holder — published directly as before.
+    pub fn with_holder(mut self, available: bool) -> Effective {
+        if !available {
+            self.hold = None;
+        } else if self.hold.is_some() {
+            self.host_port = None;
+        }
+        self
     }
 
     /// `repo:tag` as given to the runtime.
@@ -372,6 +388,43 @@ fn proxy_plan(stage: &StageSpec, errors: &mut Vec<FieldError>) -> Option<ProxyPl
         scheme,
         drain: Duration::from_secs(u64::from(settings.drain_seconds.unwrap_or(2))),
         settings,
+    })
+}
+
+/// How the port holder serves a Stage's fixed host port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoldPlan {
+    pub listen: std::net::SocketAddr,
+    pub mode: crate::api::HolderMode,
+    pub drain: Duration,
+}
+
+/// Longest drain a Stage may ask for: the old container runs meanwhile.
+const MAX_HOLD_DRAIN_SECONDS: u32 = 3600;
+
+fn hold_plan(stage: &StageSpec, errors: &mut Vec<FieldError>) -> Option<HoldPlan> {
+    let holder = stage.port_holder.clone().unwrap_or_default();
+    let drain = holder.drain_seconds.unwrap_or(5);
+    if drain > MAX_HOLD_DRAIN_SECONDS {
+        errors.push(FieldError::new(
+            "spec.portHolder.drainSeconds",
+            format!("at most {MAX_HOLD_DRAIN_SECONDS}"),
+        ));
+    }
+    let port = stage.host_port.filter(|p| *p != 0)?;
+    if holder.enabled == Some(false) {
+        return None;
+    }
+    let ip = match stage.host_ip.as_deref().map(str::parse::<IpAddr>) {
+        Some(Ok(ip)) => ip,
+        // Reported by the hostIp check.
+        Some(Err(_)) => return None,
+        None => IpAddr::from([0, 0, 0, 0]),
+    };
+    Some(HoldPlan {
+        listen: std::net::SocketAddr::new(ip, port),
+        mode: holder.mode.unwrap_or_default(),
+        drain: Duration::from_secs(u64::from(drain)),
     })
 }
 

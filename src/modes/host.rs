@@ -48,6 +48,7 @@ pub fn single_host<R: Runtime, S, X, N>(
     sink: S,
     secrets: X,
     proxy: N,
+    holder: Option<std::sync::Arc<dyn crate::engine::holder::PortHolder>>,
     instance: &str,
 ) -> Reconciler<R, NetProber, S, X, N> {
     Reconciler {
@@ -58,5 +59,6 @@ pub fn single_host<R: Runtime, S, X, N>(
         proxy,
         host_name: HOST_NAME.to_string(),
         instance: instance.to_string(),
+        holder,
     }
 }

@@ -65,6 +65,8 @@ pub struct Options {
     pub npm: Option<NpmConfig>,
     /// Builds from Git running at once, all Projects together.
     pub build_concurrency: usize,
+    /// The port holder for Stages with a fixed `hostPort`; None publishes such ports directly.
+    pub holder: Option<crate::adapters::holder::HolderConfig>,
 }
 
 impl Options {
@@ -85,6 +87,7 @@ impl Options {
             secret_key_file: None,
             npm: None,
             build_concurrency: 1,
+            holder: None,
         }
     }
 
@@ -244,6 +247,9 @@ struct Alongside {
     built: mpsc::UnboundedSender<()>,
     stop: tokio::sync::watch::Receiver<bool>,
 }
+/// How often the port holder's health is looked at between reconciles (a holder that stopped
+/// answering is repaired at once).
+const HOLDER_WATCH: Duration = Duration::from_secs(1);
 
 /// Where `tiny-forge secret set npm password -n tiny-forge` puts the NPM password.
 pub const NPM_SECRET: (&str, &str, &str) = ("tiny-forge", "npm", "password");
@@ -284,11 +290,30 @@ async fn control(
         recorded: built,
     };
     let builds = tokio::spawn(builder.run(stop));
+    let mut watcher = None;
+    let holder = match &opts.holder {
+        Some(config) => {
+            let holder = crate::adapters::holder::DockerHolder::new(
+                runtime.docker().clone(),
+                &opts.instance,
+                config.clone(),
+            )?;
+            tracing::info!(image = %config.image, control = %config.control, "fixed host ports are held by the port holder");
+            let holder = Arc::new(holder);
+            let watched = holder.clone();
+            watcher = Some(tokio::spawn(async move {
+                watched.watch(HOLDER_WATCH).await;
+            }));
+            Some(holder as Arc<dyn crate::engine::holder::PortHolder>)
+        }
+        None => None,
+    };
     let engine = Arc::new(host::single_host(
         runtime,
         DbSink(db.clone()),
         secrets,
         proxy,
+        holder,
         &opts.instance,
     ));
     let result = Controller {
@@ -306,6 +331,9 @@ async fn control(
     .run(wake_rx, shutdown)
     .await;
     builds.abort();
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     result
 }
 
@@ -670,6 +698,19 @@ impl Controller {
         for key in candidates {
             if routed.contains(key) || !self.missing.route_drained(key, now) {
                 continue;
+            }
+            // The port goes with the Stage: the holder lets go of it before its containers go.
+            if let Some(holder) = &self.engine.holder {
+                let stage = StageKey {
+                    namespace: key.0.clone(),
+                    project: String::new(),
+                    stage: key.1.clone(),
+                };
+                let name = crate::engine::holder::route_name(&self.opts.instance, &stage);
+                if let Err(e) = holder.remove(&name).await {
+                    tracing::warn!(route = %name, error = %e, "cannot remove the held port of a removed Stage");
+                    continue;
+                }
             }
             for c in &by_stage[key] {
                 tracing::info!(container = %c.name, stage = %format!("{}/{}", key.0, key.1), "removing orphan container");

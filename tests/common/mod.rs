@@ -104,6 +104,7 @@ pub fn reconciler<R: Runtime>(runtime: R) -> TestReconciler<R> {
         proxy: tiny_forge::engine::proxy::NoProxy,
         host_name: "default".into(),
         instance: "test".into(),
+        holder: None,
     }
 }
 

@@ -171,6 +171,7 @@ async fn ctx(client: Client, docker: &FakeDocker, projects: Vec<Project>) -> Arc
                 namespace: "tiny-forge".into(),
             },
             None,
+            None,
             INSTANCE,
         )),
         containers: ContainerCache::new(INSTANCE, Duration::from_secs(5)),

@@ -255,6 +255,7 @@ fn context(
             status::KubeSink::new(client.clone()),
             index.secrets.clone(),
             npm,
+            None,
             &opts.instance,
         )),
         containers: containers::ContainerCache::new(

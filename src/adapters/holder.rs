@@ -1,0 +1,551 @@
+//! The port holder on a Docker host: its container (created, repaired and upgraded like any
+//! managed container) and the client of its control channel. The holder itself is the
+//! `tiny-forge-holder` crate (`holder/`).
+//!
+//! The container shares the host's network, so it binds the Stages' host ports itself, reaches
+//! containers at their bridge addresses, and listens for control on the host's loopback. Its
+//! routes live in a named volume, so they survive the container. The control token is made
+//! here and handed to the container in its environment; it is read back from the container, so
+//! a controller with a fresh state directory (or another replica) finds it without a file.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use tiny_forge_holder::{Mode, RouteSpec, RouteStatus};
+use tokio::time::Instant;
+
+use crate::api::{HolderMode, labels};
+use crate::engine::holder::{
+    BoxFuture, HeldRoute, HoldRequest, HolderError, PortHolder, of_instance,
+};
+
+/// Label of the holder container: the controller instance it serves. Deliberately not the
+/// managed-by label: the holder is no Stage's container, and must never look like an orphan.
+pub const HOLDER_LABEL: &str = "tinyforge.dev/port-holder";
+/// The environment variable that carries the control token into the holder.
+pub const TOKEN_ENV: &str = "TINY_FORGE_HOLDER_TOKEN";
+/// The environment variable that tells the holder its container name (it reports it on
+/// `/healthz`, so an upgrade knows when the new one answers).
+pub const NAME_ENV: &str = "TINY_FORGE_HOLDER_NAME";
+/// The image the controller runs unless told otherwise (`scripts/holder-image.sh` builds it).
+pub const DEFAULT_IMAGE: &str = tiny_forge_holder::IMAGE;
+/// The holder's control address on the Docker host's loopback.
+pub const DEFAULT_CONTROL: &str = "127.0.0.1:7480";
+
+/// How often the holder container is looked at while calls succeed.
+const RECHECK: Duration = Duration::from_secs(10);
+/// How long a new or restarted holder may take to answer.
+const READY_WITHIN: Duration = Duration::from_secs(15);
+
+#[derive(Clone, Debug)]
+pub struct HolderConfig {
+    pub image: String,
+    pub control: SocketAddr,
+}
+
+impl Default for HolderConfig {
+    fn default() -> Self {
+        HolderConfig {
+            image: DEFAULT_IMAGE.into(),
+            control: DEFAULT_CONTROL.parse().expect("a valid address"),
+        }
+    }
+}
+
+/// The holder of one controller instance on one Docker host.
+pub struct DockerHolder {
+    docker: Docker,
+    instance: String,
+    config: HolderConfig,
+    http: reqwest::Client,
+    /// For `/healthz`: a new connection each time. During an upgrade both holders listen on the
+    /// control address, and a kept connection would ask the old one forever.
+    health: reqwest::Client,
+    /// The token of the holder that answered last, and when its container was last looked at.
+    /// A tokio mutex: one reconcile repairs the holder while the others wait for it.
+    known: tokio::sync::Mutex<Option<(String, Instant)>>,
+}
+
+impl DockerHolder {
+    pub fn new(
+        docker: Docker,
+        instance: &str,
+        config: HolderConfig,
+    ) -> anyhow::Result<DockerHolder> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(2))
+            .build()?;
+        let health = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .pool_max_idle_per_host(0)
+            .build()?;
+        Ok(DockerHolder {
+            docker,
+            instance: instance.to_string(),
+            config,
+            http,
+            health,
+            known: Default::default(),
+        })
+    }
+
+    /// The volume that keeps the routes of this instance's holder.
+    pub fn volume(&self) -> String {
+        format!("tiny-forge-holder-{}", self.instance)
+    }
+
+    /// The token of a running, answering holder whose image is the configured one: started or
+    /// upgraded as needed, and created when `create` (only a switch creates one: reading or
+    /// removing routes of a holder that does not exist has nothing to do). None: there is no
+    /// holder and none was created. Cached for [`RECHECK`] while calls succeed.
+    pub async fn ensure(&self, create: bool) -> Result<Option<String>, HolderError> {
+        let mut known = self.known.lock().await;
+        if let Some((token, at)) = &*known
+            && at.elapsed() < RECHECK
+        {
+            return Ok(Some(token.clone()));
+        }
+        let Some(token) = self.repair(create).await? else {
+            return Ok(None);
+        };
+        *known = Some((token.clone(), Instant::now()));
+        Ok(Some(token))
+    }
+
+    /// Keeps the holder up between reconciles: once one has answered, its `/healthz` is asked
+    /// every `every`, and a holder that does not answer is repaired at once (started again after
+    /// `docker kill` or `docker stop`, which Docker's restart policy does not undo, or created
+    /// again after `docker rm`; its routes come back from its volume). A crash of the process
+    /// itself Docker restarts by its restart policy, usually before this notices.
+    pub async fn watch(&self, every: Duration) {
+        let url = format!("http://{}/healthz", self.config.control);
+        loop {
+            tokio::time::sleep(every).await;
+            if self.known.lock().await.is_none() {
+                continue;
+            }
+            let answered = self
+                .health
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if answered {
+                continue;
+            }
+            tracing::warn!(control = %self.config.control, "the port holder does not answer; repairing it");
+            self.forget().await;
+            match self.ensure(true).await {
+                Ok(_) => tracing::info!("the port holder answers again"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot repair the port holder yet");
+                    // Looked at again next time: keep the claim that one should exist.
+                    *self.known.lock().await = Some((
+                        String::new(),
+                        Instant::now()
+                            .checked_sub(RECHECK)
+                            .unwrap_or_else(Instant::now),
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn forget(&self) {
+        *self.known.lock().await = None;
+    }
+
+    async fn repair(&self, create: bool) -> Result<Option<String>, HolderError> {
+        let unavailable = |e: BollardError| HolderError::Unavailable(e.to_string());
+        let image = match self.docker.inspect_image(&self.config.image).await {
+            Ok(image) => image.id.unwrap_or_default(),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                return Err(HolderError::Unavailable(format!(
+                    "image {} is not on the Docker host (scripts/holder-image.sh builds it)",
+                    self.config.image
+                )));
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{HOLDER_LABEL}={}", self.instance)],
+        )]);
+        let holders = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(unavailable)?;
+        let name = format!(
+            "tiny-forge-holder-{}-{}",
+            self.instance,
+            image.trim_start_matches("sha256:").get(..12).unwrap_or("0")
+        );
+        let current = holders
+            .iter()
+            .find(|c| c.image_id.as_deref() == Some(image.as_str()));
+        let token = match current {
+            Some(c) => {
+                let id = c.id.clone().unwrap_or_default();
+                let token = self.token_of(&id).await?;
+                let running = matches!(
+                    c.state,
+                    Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+                );
+                if !running {
+                    tracing::info!(container = %name, "starting the port holder");
+                    self.start(&id).await?;
+                }
+                token
+            }
+            None if holders.is_empty() && !create => return Ok(None),
+            None => {
+                // A holder of another image (an upgrade) keeps serving until the new one listens
+                // on every port beside it; its token carries over.
+                let mut token = None;
+                for c in &holders {
+                    if let Ok(t) = self.token_of(c.id.as_deref().unwrap_or_default()).await {
+                        token = Some(t);
+                        break;
+                    }
+                }
+                let token = token.unwrap_or_else(new_token);
+                tracing::info!(container = %name, image = %self.config.image, "creating the port holder");
+                self.create(&name, &token).await?;
+                self.start(&name).await?;
+                token
+            }
+        };
+        self.wait_ready(&name).await?;
+        for old in holders
+            .iter()
+            .filter(|c| c.image_id.as_deref() != Some(image.as_str()))
+        {
+            let id = old.id.clone().unwrap_or_default();
+            tracing::info!(container = ?old.names, "retiring the previous port holder");
+            let stop = StopContainerOptionsBuilder::default().t(10).build();
+            let _ = self.docker.stop_container(&id, Some(stop)).await;
+            let remove = RemoveContainerOptionsBuilder::default().force(true).build();
+            let _ = self.docker.remove_container(&id, Some(remove)).await;
+        }
+        Ok(Some(token))
+    }
+
+    async fn token_of(&self, id: &str) -> Result<String, HolderError> {
+        let c = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| HolderError::Unavailable(e.to_string()))?;
+        c.config
+            .and_then(|c| c.env)
+            .unwrap_or_default()
+            .iter()
+            .find_map(|e| e.strip_prefix(&format!("{TOKEN_ENV}=")).map(str::to_string))
+            .ok_or_else(|| HolderError::Unavailable(format!("holder {id} has no token")))
+    }
+
+    async fn create(&self, name: &str, token: &str) -> Result<(), HolderError> {
+        let body = ContainerCreateBody {
+            image: Some(self.config.image.clone()),
+            cmd: Some(vec![
+                "--state-dir".into(),
+                "/state".into(),
+                "--control".into(),
+                self.config.control.to_string(),
+            ]),
+            env: Some(vec![
+                format!("{TOKEN_ENV}={token}"),
+                format!("{NAME_ENV}={name}"),
+            ]),
+            labels: Some(HashMap::from([
+                (HOLDER_LABEL.to_string(), self.instance.clone()),
+                (labels::INSTANCE.to_string(), self.instance.clone()),
+            ])),
+            host_config: Some(HostConfig {
+                network_mode: Some("host".into()),
+                binds: Some(vec![format!("{}:/state", self.volume())]),
+                // Docker brings it back after a crash or a reboot, without the controller.
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::ALWAYS),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        match self.docker.create_container(Some(options), body).await {
+            Ok(_) => Ok(()),
+            // Created by a crashed earlier attempt: same name, same image.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => Err(HolderError::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn start(&self, id: &str) -> Result<(), HolderError> {
+        match self.docker.start_container(id, None).await {
+            Ok(())
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(HolderError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Until the holder named `name` answers on the control address with every route bound.
+    /// During an upgrade both holders share the ports (SO_REUSEPORT), so the answer names who
+    /// gave it.
+    async fn wait_ready(&self, name: &str) -> Result<(), HolderError> {
+        let deadline = Instant::now() + READY_WITHIN;
+        let url = format!("http://{}/healthz", self.config.control);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.health.get(&url).send().await {
+                Ok(r) => {
+                    let text = r.text().await.unwrap_or_default();
+                    if health_says_ready(&text, name) {
+                        return Ok(());
+                    }
+                    last = text;
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(HolderError::Unavailable(format!(
+            "the holder {name} did not become ready on {} ({})",
+            self.config.control,
+            last.trim()
+        )))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.config.control)
+    }
+
+    /// One authenticated call; once more after a repair when the holder was away or its token
+    /// changed (it was recreated). None: there is no holder (and only a write creates one).
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&RouteSpec>,
+    ) -> Result<Option<(reqwest::StatusCode, String)>, HolderError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(token) = self.ensure(body.is_some()).await? else {
+                return Ok(None);
+            };
+            let mut req = self
+                .http
+                .request(method.clone(), self.url(path))
+                .bearer_auth(&token);
+            if let Some(body) = body {
+                req = req.json(body);
+            }
+            let result = match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let text = resp.text().await.unwrap_or_default();
+                    if status == reqwest::StatusCode::UNAUTHORIZED {
+                        Err(HolderError::Unavailable(
+                            "the holder refused the token".into(),
+                        ))
+                    } else {
+                        return Ok(Some((status, text)));
+                    }
+                }
+                Err(e) => Err(HolderError::Unavailable(format!(
+                    "{}: {e}",
+                    self.config.control
+                ))),
+            };
+            self.forget().await;
+            if attempt >= 2 {
+                return result.map(|_: ()| unreachable!());
+            }
+        }
+    }
+}
+
+/// `/healthz` of the holder: `ok name=<container> listening=<bound>/<routes>`.
+fn health_says_ready(text: &str, name: &str) -> bool {
+    let mut fields = text.split_whitespace();
+    if fields.next() != Some("ok") {
+        return false;
+    }
+    let mut named = false;
+    let mut bound = false;
+    for f in fields {
+        if let Some(n) = f.strip_prefix("name=") {
+            named = n == name;
+        }
+        if let Some(l) = f.strip_prefix("listening=")
+            && let Some((a, b)) = l.split_once('/')
+        {
+            bound = a == b;
+        }
+    }
+    named && bound
+}
+
+fn new_token() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+fn held(status: RouteStatus) -> HeldRoute {
+    HeldRoute {
+        listen: status.spec.listen,
+        target: status.spec.upstream,
+        since_ms: status.since_ms,
+        mode: match status.spec.mode {
+            Mode::Http => HolderMode::Http,
+            Mode::Tcp => HolderMode::Tcp,
+        },
+        drain: Duration::from_millis(status.spec.drain_ms),
+        listening: status.listening,
+        draining: status.draining.len(),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, HolderError> {
+    serde_json::from_str(text).map_err(|e| HolderError::Rejected(format!("unreadable answer: {e}")))
+}
+
+fn refused(status: reqwest::StatusCode, text: &str) -> HolderError {
+    let message = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| text.trim().to_string());
+    HolderError::Rejected(format!("HTTP {status}: {message}"))
+}
+
+impl PortHolder for DockerHolder {
+    fn route<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<HeldRoute>, HolderError>> {
+        Box::pin(async move {
+            let Some((status, text)) = self
+                .call(reqwest::Method::GET, &format!("/v1/routes/{name}"), None)
+                .await?
+            else {
+                return Ok(None);
+            };
+            match status.as_u16() {
+                200 => Ok(Some(held(parse(&text)?))),
+                404 => Ok(None),
+                _ => Err(refused(status, &text)),
+            }
+        })
+    }
+
+    fn switch<'a>(&'a self, req: &'a HoldRequest) -> BoxFuture<'a, Result<HeldRoute, HolderError>> {
+        Box::pin(async move {
+            let spec = RouteSpec {
+                listen: req.listen,
+                mode: match req.mode {
+                    HolderMode::Http => Mode::Http,
+                    HolderMode::Tcp => Mode::Tcp,
+                },
+                upstream: req.target,
+                drain_ms: u64::try_from(req.drain.as_millis()).unwrap_or(u64::MAX),
+                label: req.label.clone(),
+            };
+            let Some((status, text)) = self
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/v1/routes/{}", req.name),
+                    Some(&spec),
+                )
+                .await?
+            else {
+                return Err(HolderError::Unavailable("no holder was created".into()));
+            };
+            match status.as_u16() {
+                200 => Ok(held(parse(&text)?)),
+                409 => Err(HolderError::PortTaken(
+                    req.listen,
+                    refused(status, &text).to_string(),
+                )),
+                _ => Err(refused(status, &text)),
+            }
+        })
+    }
+
+    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, HolderError>> {
+        Box::pin(async move {
+            let Some((status, text)) = self
+                .call(reqwest::Method::DELETE, &format!("/v1/routes/{name}"), None)
+                .await?
+            else {
+                return Ok(false);
+            };
+            match status.as_u16() {
+                204 => Ok(true),
+                404 => Ok(false),
+                _ => Err(refused(status, &text)),
+            }
+        })
+    }
+
+    fn owned<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<Vec<String>, HolderError>> {
+        Box::pin(async move {
+            let Some((status, text)) = self.call(reqwest::Method::GET, "/v1/routes", None).await?
+            else {
+                return Ok(Vec::new());
+            };
+            if status != reqwest::StatusCode::OK {
+                return Err(refused(status, &text));
+            }
+            let names: Vec<String> = parse::<Vec<RouteStatus>>(&text)?
+                .into_iter()
+                .map(|r| r.name)
+                .collect();
+            Ok(of_instance(instance, &names).cloned().collect())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_means_this_holder_with_every_route_bound() {
+        assert!(health_says_ready("ok name=h-b listening=2/2\n", "h-b"));
+        // The previous holder answering during an upgrade, or ports not yet bound.
+        assert!(!health_says_ready("ok name=h-a listening=2/2\n", "h-b"));
+        assert!(!health_says_ready("ok name=h-b listening=1/2\n", "h-b"));
+        assert!(!health_says_ready("ok\n", "h-b"));
+        assert!(!health_says_ready("", "h-b"));
+    }
+
+    #[test]
+    fn tokens_are_long_and_fresh() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+    }
+}
