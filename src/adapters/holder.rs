@@ -77,10 +77,7 @@ impl DockerHolder {
         instance: &str,
         config: HolderConfig,
     ) -> anyhow::Result<DockerHolder> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(2))
-            .build()?;
+        let http = control_client()?;
         Ok(DockerHolder {
             docker,
             instance: instance.to_string(),
@@ -381,6 +378,16 @@ impl DockerHolder {
     }
 }
 
+/// The client of the control channel. Never through a proxy from the environment: the bearer
+/// token would go to whoever `HTTP_PROXY` names, and the holder is on this host's loopback.
+fn control_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()
+}
+
 /// `/healthz` of the holder: `ok name=<container> listening=<bound>/<routes>`.
 fn health_says_ready(text: &str, name: &str) -> bool {
     let mut fields = text.split_whitespace();
@@ -523,6 +530,8 @@ impl PortHolder for DockerHolder {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     #[test]
@@ -533,6 +542,73 @@ mod tests {
         assert!(!health_says_ready("ok name=h-b listening=1/2\n", "h-b"));
         assert!(!health_says_ready("ok\n", "h-b"));
         assert!(!health_says_ready("", "h-b"));
+    }
+
+    /// Serves one HTTP answer with `body` to every connection; counts connections.
+    async fn answering(body: &'static str) -> (SocketAddr, std::sync::Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    const CHILD: &str = "TINY_FORGE_TEST_PROXY_CHILD";
+
+    /// The environment cannot be changed in-process (no unsafe here), so this test runs itself
+    /// again as a child with `HTTP_PROXY` pointing at a listener that must never be asked.
+    #[tokio::test]
+    async fn the_control_client_ignores_proxies_from_the_environment() {
+        if let Ok(proxy) = std::env::var(CHILD) {
+            let (holder, _) = answering("holder").await;
+            let body = control_client()
+                .unwrap()
+                .get(format!("http://{holder}/healthz"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert_eq!(body, "holder", "the call went through the proxy {proxy}");
+            return;
+        }
+        let (proxy, asked) = answering("proxy").await;
+        let out = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "adapters::holder::tests::the_control_client_ignores_proxies_from_the_environment",
+                "--nocapture",
+            ])
+            .env(CHILD, proxy.to_string())
+            .env("HTTP_PROXY", format!("http://{proxy}"))
+            .env("http_proxy", format!("http://{proxy}"))
+            .env("ALL_PROXY", format!("http://{proxy}"))
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "{text}");
+        assert_eq!(asked.load(Ordering::SeqCst), 0);
     }
 
     #[test]
