@@ -290,33 +290,39 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// The request as the upstream gets it: one hop's headers gone, `X-Forwarded-*` added. An
-/// incoming `X-Forwarded-Proto`/`-Host` is kept: a TLS proxy (NPM) in front knows better.
+/// The request as the upstream gets it: one hop's headers gone, `X-Forwarded-*` set to what
+/// the holder saw. The holder binds the Stage's host port, so it is the edge: whatever a client
+/// sent in these headers is its own claim (a spoofed client address, `https` over plain HTTP, a
+/// host of its choosing) and is replaced, not passed on. A TLS proxy in front (NPM) talks to the
+/// holder like any client, so its view is lost too; trusting it would need a setting that names
+/// it, which the holder does not have.
 fn prepare(req: &mut Request<Incoming>, peer: SocketAddr, upgrade: bool) {
     *req.version_mut() = Version::HTTP_11;
+    let host = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrade);
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let ip = peer.ip().to_string();
-    let chain = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert(xff, v);
+    // `insert` replaces every earlier value of the name, however many the client sent.
+    if let Ok(ip) = HeaderValue::from_str(&peer.ip().to_string()) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), ip);
     }
-    let proto = HeaderName::from_static("x-forwarded-proto");
-    if !headers.contains_key(&proto) {
-        headers.insert(proto, HeaderValue::from_static("http"));
-    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
     let fhost = HeaderName::from_static("x-forwarded-host");
-    if !headers.contains_key(&fhost)
-        && let Some(host) = headers.get(header::HOST).cloned()
-    {
-        headers.insert(fhost, host);
+    match host.or_else(|| headers.get(header::HOST).cloned()) {
+        Some(host) => {
+            headers.insert(fhost, host);
+        }
+        None => {
+            headers.remove(fhost);
+        }
     }
 }
 

@@ -239,6 +239,28 @@ async fn x_forwarded_headers_are_added_and_hop_headers_are_not_passed_on() {
 }
 
 #[tokio::test]
+async fn x_forwarded_headers_a_client_sends_never_reach_the_upstream() {
+    let a = upstream("A").await;
+    let dir = tempfile::tempdir().unwrap();
+    let holder = start_holder(dir.path()).await;
+    let listen = listen_addr();
+    put_route(holder.control, "t.spoof", listen, a.addr, "http", 1_000).await;
+    let mut conn = BufReader::new(TcpStream::connect(listen).await.unwrap());
+    conn.get_mut()
+        .write_all(
+            b"GET /headers HTTP/1.1\r\nHost: app.test\r\n\
+              X-Forwarded-For: 10.9.9.9\r\nX-Forwarded-For: 10.8.8.8\r\n\
+              X-Forwarded-Proto: https\r\nX-Forwarded-Host: bank.example\r\n\
+              Connection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (status, body) = read_response(&mut conn).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, "for=127.0.0.1 proto=http host=app.test connection=");
+}
+
+#[tokio::test]
 async fn an_upstream_that_is_gone_is_a_502_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let holder = start_holder(dir.path()).await;
