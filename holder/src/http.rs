@@ -18,10 +18,11 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::server::conn::http1 as server;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::limits::Admitted;
 use crate::route::Route;
 use crate::upstream::{Active, Upstream};
 
@@ -40,14 +41,17 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
+    admitted: Admitted,
 ) {
     let _ = stream.set_nodelay(true);
     let paired: Paired = Arc::default();
     let stopping = stop.clone();
+    let request_head = route.guard.limits.request_head;
     let svc = service_fn(move |req| {
         let (route, paired, stopping) = (route.clone(), paired.clone(), stopping.clone());
+        let admitted = admitted.clone();
         async move {
-            let mut resp = handle(&route, &paired, peer, req).await;
+            let mut resp = handle(&route, &paired, peer, req, admitted).await;
             // The listener stopped (an upgrade, the route removed): the client is told to take
             // a new connection for its next request, instead of finding this one closed.
             if *stopping.borrow() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -57,7 +61,10 @@ pub async fn serve(
             Ok::<_, Infallible>(resp)
         }
     });
+    // Without a timer hyper ignores its header read timeout (slowloris, idle keep-alive).
     let conn = server::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(request_head)
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
     tokio::pin!(conn);
@@ -88,18 +95,32 @@ async fn handle(
     paired: &Paired,
     peer: SocketAddr,
     mut req: Request<Incoming>,
+    admitted: Admitted,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let upgrade = wants_upgrade(req.headers());
     prepare(&mut req, peer, upgrade);
     let active = route.acquire();
+    let within = route.guard.limits.response_head;
     let result = if upgrade {
-        tunnel_upgrade(active, req).await
+        tunnel_upgrade(active, req, within, admitted).await
     } else {
-        forward(paired, active, req).await
+        forward(paired, active, req, within).await
     };
     let response = match result {
         Ok(resp) => resp,
+        Err(Error::ResponseHead(within)) => {
+            route.metrics.upstream_error();
+            eprintln!(
+                "holder: route {}: no response head within {within:?}",
+                route.name
+            );
+            Response::builder()
+                .status(StatusCode::GATEWAY_TIMEOUT)
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(ProxyBody::full("gateway timeout\n"))
+                .expect("static response")
+        }
         Err(e) => {
             route.metrics.upstream_error();
             eprintln!("holder: route {}: upstream error: {e}", route.name);
@@ -120,6 +141,7 @@ async fn handle(
 enum Error {
     Connect(std::io::Error),
     Http(hyper::Error),
+    ResponseHead(Duration),
 }
 
 impl std::fmt::Display for Error {
@@ -127,6 +149,7 @@ impl std::fmt::Display for Error {
         match self {
             Error::Connect(e) => write!(f, "connect: {e}"),
             Error::Http(e) => write!(f, "{e}"),
+            Error::ResponseHead(d) => write!(f, "no response head within {d:?}"),
         }
     }
 }
@@ -141,6 +164,7 @@ async fn forward(
     paired: &Paired,
     active: Active,
     req: Request<Incoming>,
+    within: Duration,
 ) -> Result<Response<ProxyBody>, Error> {
     let up = active.upstream().clone();
     // A request without a body can be sent again if a kept connection turns out closed (the
@@ -163,7 +187,7 @@ async fn forward(
     if let Some(mut sender) = reused
         && sender.ready().await.is_ok()
     {
-        match sender.try_send_request(req).await {
+        match head_within(within, sender.try_send_request(req)).await? {
             Ok(resp) => {
                 *paired.lock().expect("poisoned") = Some((up, sender));
                 return Ok(respond(resp, active));
@@ -178,9 +202,20 @@ async fn forward(
         }
     }
     let mut sender = connect(&up, false).await?;
-    let resp = sender.send_request(req).await?;
+    let resp = head_within(within, sender.send_request(req)).await??;
     *paired.lock().expect("poisoned") = Some((up, sender));
     Ok(respond(resp, active))
+}
+
+/// The upstream's answer to a request, if its head comes within `within`. Dropping the
+/// request's future on timeout drops its upstream connection with it.
+async fn head_within<T>(
+    within: Duration,
+    answer: impl std::future::Future<Output = T>,
+) -> Result<T, Error> {
+    tokio::time::timeout(within, answer)
+        .await
+        .map_err(|_| Error::ResponseHead(within))
 }
 
 /// A fresh upstream connection; its task ends when the upstream is closed by a drain.
@@ -217,11 +252,13 @@ async fn connect(up: &Arc<Upstream>, upgrades: bool) -> Result<Sender, Error> {
 async fn tunnel_upgrade(
     active: Active,
     mut req: Request<Incoming>,
+    within: Duration,
+    admitted: Admitted,
 ) -> Result<Response<ProxyBody>, Error> {
     let client_side = hyper::upgrade::on(&mut req);
     let up = active.upstream().clone();
     let mut sender = connect(&up, true).await?;
-    let mut resp = sender.send_request(req.map(Either::Left)).await?;
+    let mut resp = head_within(within, sender.send_request(req.map(Either::Left))).await??;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(respond(resp, active));
     }
@@ -233,6 +270,8 @@ async fn tunnel_upgrade(
         };
         crate::tcp::splice(TokioIo::new(a), TokioIo::new(b), closed).await;
         drop(active);
+        // The tunnel outlives the client connection's task: it counts against the limit.
+        drop(admitted);
     });
     let (parts, _) = resp.into_parts();
     Ok(Response::from_parts(parts, ProxyBody::full("")))

@@ -8,9 +8,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::http::CONNECT_TIMEOUT;
+use crate::limits::Admitted;
 use crate::route::Route;
 
-pub async fn serve(route: Arc<Route>, mut client: TcpStream) {
+pub async fn serve(route: Arc<Route>, mut client: TcpStream, _admitted: Admitted) {
     let _ = client.set_nodelay(true);
     let active = route.acquire();
     let up = active.upstream().clone();
