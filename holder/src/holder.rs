@@ -93,11 +93,15 @@ fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
-/// Loads the route file, binds every held port (a port still held by someone else is retried
+/// Loads the route file (one it cannot use is set aside), binds every held port (a port still held by someone else is retried
 /// until it is free) and the control listener.
 pub async fn start(config: Config) -> std::io::Result<Running> {
     std::fs::create_dir_all(&config.state_dir)?;
-    let file = routes::load(&config.state_dir.join("routes.json"))?;
+    let (file, set_aside) =
+        routes::load_or_set_aside(&config.state_dir.join("routes.json"), now_ms());
+    if let Some(why) = set_aside {
+        eprintln!("holder: unusable route file: {why}");
+    }
     let holder = Arc::new(Holder {
         state_dir: config.state_dir,
         token: config.token,

@@ -198,6 +198,46 @@ async fn routes_are_kept_on_disk_and_served_again_after_a_restart() {
     eventually(|| async { get(listen, "/").await.is_ok_and(|r| r == (200, "A".into())) }).await;
 }
 
+/// Starts a holder on a state directory whose route file is `content`: it must start with no
+/// routes, the file set aside as it was, and take routes again.
+async fn starts_despite_route_file(content: &str) {
+    let a = upstream("A").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.json"), content).unwrap();
+    let holder = start_holder(dir.path()).await;
+    assert!(holder.holder().list().is_empty());
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("routes.json.bad-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(&aside[0])).unwrap(),
+        content
+    );
+    let listen = listen_addr();
+    put_route(holder.control, "t.again", listen, a.addr, "http", 1_000).await;
+    assert_eq!(get(listen, "/").await.unwrap(), (200, "A".into()));
+    let file = std::fs::read_to_string(dir.path().join("routes.json")).unwrap();
+    assert!(file.contains("t.again"), "{file}");
+}
+
+#[tokio::test]
+async fn a_corrupt_route_file_is_set_aside_and_the_holder_starts() {
+    starts_despite_route_file("{\"version\":1,\"routes\":{\"t.x\":{\"spec\":").await;
+}
+
+#[tokio::test]
+async fn a_route_file_of_a_newer_holder_is_set_aside_and_the_holder_starts() {
+    let listen = listen_addr();
+    let newer = serde_json::json!({
+        "version": 2,
+        "routes": { "t.newer": { "spec": { "listen": listen, "upstream": "127.0.0.1:9" }, "sinceMs": 1 } }
+    });
+    starts_despite_route_file(&newer.to_string()).await;
+}
+
 #[tokio::test]
 async fn a_port_someone_else_holds_is_refused_and_nothing_changes() {
     let a = upstream("A").await;
