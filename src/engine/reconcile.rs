@@ -12,7 +12,9 @@ use tokio::time::Instant;
 
 use super::conditions::{self, READY, now};
 use super::health::{self, Check, Prober, Reach};
-use super::holder::{HoldRequest, HolderError, PortHolder, route_name};
+use super::holder::{
+    HeldRoute, HoldRequest, HolderError, PortHolder, legacy_route_name, route_name,
+};
 use super::reasons::Reason;
 use super::runtime::{ContainerInfo, ContainerSpec, ImageInfo, Pull, Runtime, RuntimeError};
 use super::spec::{Effective, EnvValueSource, StageKey, describe_errors};
@@ -364,8 +366,7 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
         {
             // Held no more (opt-out, or no hostPort): the holder lets go of the port first, so
             // the container that publishes it directly can bind it.
-            holder
-                .remove(&route_name(&self.instance, &input.key))
+            remove_route(holder.as_ref(), &self.instance, &input.key)
                 .await
                 .map_err(hold_step_error)?;
             status.port = None;
@@ -483,6 +484,14 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             status.phase = Some(Phase::Degraded);
             report(status, false, e.reason(), message, generation);
             return Ok(Requeue::Retry);
+        }
+        if !others.is_empty()
+            && let (Some(holder), Some(plan)) = (&self.holder, &eff.hold)
+        {
+            // The switch to this container may be an earlier pass's (a roll resumed after a
+            // restart): the previous one is retired below only once the holder has drained it.
+            let name = route_name(&self.instance, &input.key);
+            self.wait_drained(holder.as_ref(), &name, plan.drain).await;
         }
         let mut proxied = self
             .sync_proxy(input, eff, status, &c.id, serving.port, config)
@@ -701,29 +710,53 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                 &ro.tag,
             )
             .await;
-        let switched = match first {
+        match first {
             Err(HolderError::PortTaken(..)) if ro.others.iter().any(|c| c.running) => {
+                let mut stopped = Vec::new();
+                let mut handed = Ok(());
                 for c in ro.others.iter().filter(|c| c.running) {
                     tracing::info!(container = %c.name, "handing the host port over to the port holder");
-                    self.runtime
-                        .stop(&c.id, stop_timeout(ro.eff))
-                        .await
-                        .map_err(|e| HolderError::Unavailable(e.to_string()))?;
+                    if let Err(e) = self.runtime.stop(&c.id, stop_timeout(ro.eff)).await {
+                        handed = Err(HolderError::Unavailable(e.to_string()));
+                        break;
+                    }
+                    stopped.push(*c);
                 }
-                self.sync_hold(
-                    ro.input,
-                    ro.eff,
-                    status,
-                    id,
-                    &ro.spec.name,
-                    ro.spec.port,
-                    &ro.tag,
-                )
-                .await?
+                let second = match handed {
+                    Ok(()) => {
+                        self.sync_hold(
+                            ro.input,
+                            ro.eff,
+                            status,
+                            id,
+                            &ro.spec.name,
+                            ro.spec.port,
+                            &ro.tag,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = second {
+                    // The port is neither the holder's nor theirs: what served it serves it
+                    // again, publishing it itself, until the next attempt.
+                    for c in stopped {
+                        tracing::warn!(container = %c.name, error = %e, "the port holder did not take the port; starting the previous container again");
+                        if let Err(se) = self.runtime.start(&c.id).await {
+                            tracing::error!(container = %c.name, error = %se, "could not restart the previous container");
+                        }
+                    }
+                    return Err(e);
+                }
             }
-            other => other?,
-        };
-        if switched && !ro.drift_restart {
+            other => {
+                other?;
+            }
+        }
+        // Whether this call switched or an earlier one did (a controller that stopped mid-roll
+        // resumes here): the previous target keeps its requests until the holder says it has
+        // drained.
+        if !ro.drift_restart {
             self.wait_drained(holder.as_ref(), &name, plan.drain).await;
         }
         Ok(())
@@ -783,7 +816,11 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             drain: plan.drain,
             label: format!("{tag} {container}"),
         };
-        let (routed, switched) = match holder.route(&name).await? {
+        let mut current = holder.route(&name).await?;
+        if current.is_none() {
+            current = self.migrate_route(holder.as_ref(), input, &req).await?;
+        }
+        let (routed, switched) = match current {
             Some(r)
                 if r.listening
                     && r.target == target
@@ -810,6 +847,37 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             since: rfc3339(routed.since_ms),
         });
         Ok(switched)
+    }
+
+    /// A route of the Stage under its name from before names ended in a hash
+    /// ([`legacy_route_name`]) moves to its current name: created there with the target it has
+    /// (binding the port beside it, as the holder binds with SO_REUSEPORT), then the old name
+    /// is removed. The port is served throughout, and whatever switch follows drains as usual.
+    /// A legacy route on another address is another Stage's whose name collided: left alone.
+    async fn migrate_route(
+        &self,
+        holder: &dyn PortHolder,
+        input: &StageInput<'_>,
+        req: &HoldRequest,
+    ) -> Result<Option<HeldRoute>, HolderError> {
+        let legacy = legacy_route_name(&self.instance, &input.key);
+        let Some(old) = holder.route(&legacy).await? else {
+            return Ok(None);
+        };
+        if old.listen != req.listen {
+            return Ok(None);
+        }
+        let moved = holder
+            .switch(&HoldRequest {
+                target: old.target,
+                mode: old.mode,
+                drain: old.drain,
+                ..req.clone()
+            })
+            .await?;
+        holder.remove(&legacy).await?;
+        tracing::info!(from = %legacy, to = %req.name, "port holder route renamed");
+        Ok(Some(moved))
     }
 
     /// The new container is healthy but the holder cannot switch to it now: both keep running
@@ -1195,6 +1263,18 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             tracing::warn!(error = %e, "could not save intermediate status");
         }
     }
+}
+
+/// Removes the Stage's route from the holder, under its current and its legacy name. Returns
+/// whether there was one.
+pub async fn remove_route(
+    holder: &dyn PortHolder,
+    instance: &str,
+    key: &StageKey,
+) -> Result<bool, HolderError> {
+    let current = holder.remove(&route_name(instance, key)).await?;
+    let legacy = holder.remove(&legacy_route_name(instance, key)).await?;
+    Ok(current || legacy)
 }
 
 /// A holder failure that stops a step: transient (the holder comes back, the port is freed).

@@ -618,7 +618,13 @@ impl Controller {
                     stage: key.1.clone(),
                 };
                 let name = crate::engine::holder::route_name(&self.opts.instance, &stage);
-                if let Err(e) = holder.remove(&name).await {
+                let removed = crate::engine::reconcile::remove_route(
+                    holder.as_ref(),
+                    &self.opts.instance,
+                    &stage,
+                )
+                .await;
+                if let Err(e) = removed {
                     tracing::warn!(route = %name, error = %e, "cannot remove the held port of a removed Stage");
                     continue;
                 }
