@@ -685,3 +685,88 @@ async fn a_holder_upgrade_overlaps_the_old_holder_and_drops_no_request() {
         .stdout(Stdio::null())
         .status();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_port_the_holder_cannot_bind_fails_only_its_own_stage() {
+    let Some(rt) = docker().await else { return };
+    let instance = "t-holder-taken";
+    remove_holder(&rt, instance).await;
+    let control: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = HolderConfig {
+        control,
+        ..Default::default()
+    };
+    let controller = |config: HolderConfig| {
+        let mut r = reconciler(rt.clone());
+        r.instance = instance.into();
+        r.holder = Some(Arc::new(
+            DockerHolder::new(rt.docker().clone(), instance, config).unwrap(),
+        ));
+        r
+    };
+    let r = controller(config.clone());
+    let held = |port: u16| {
+        let mut stage = pinned("1.0.0");
+        stage.host_port = Some(port);
+        stage.host_ip = Some("127.0.0.1".into());
+        stage
+    };
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = Fixture::new("t-holder-taken-a", held(port_a));
+    let mut b = Fixture::new("t-holder-taken-b", held(port_b));
+    a.cleanup(&rt).await;
+    b.cleanup(&rt).await;
+    for f in [&mut a, &mut b] {
+        let out = f.reconcile(&r).await;
+        assert_eq!(
+            out.status.phase,
+            Some(Phase::Healthy),
+            "{:?}",
+            out.status.message
+        );
+    }
+
+    // While the holder is stopped another process takes B's port; the holder comes back with
+    // A's port bound and B's not.
+    let (id, _) = holder_container(&rt, instance)
+        .await
+        .expect("a holder runs");
+    rt.docker()
+        .stop_container(&id, None::<bollard::query_parameters::StopContainerOptions>)
+        .await
+        .unwrap();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port_b)).unwrap();
+    rt.docker()
+        .start_container(
+            &id,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await
+        .unwrap();
+
+    // A controller that starts now (nothing cached) serves A and says what is wrong with B.
+    let r = controller(config);
+    let out = a.reconcile(&r).await;
+    assert_eq!(
+        out.status.phase,
+        Some(Phase::Healthy),
+        "{:?}",
+        out.status.message
+    );
+    let out = b.reconcile(&r).await;
+    assert_eq!(
+        out.status.phase,
+        Some(Phase::Degraded),
+        "{:?}",
+        out.status.message
+    );
+    let ready = tiny_forge::engine::conditions::ready(&out.status.conditions).unwrap();
+    assert_eq!(ready.reason, "PortTaken", "{:?}", out.status.message);
+    let body = get(&format!("http://127.0.0.1:{port_a}/")).await;
+    assert!(body.is_ok(), "{body:?}");
+
+    drop(squatter);
+    a.cleanup(&rt).await;
+    b.cleanup(&rt).await;
+    remove_holder(&rt, instance).await;
+}

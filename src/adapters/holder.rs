@@ -67,8 +67,11 @@ pub struct DockerHolder {
     config: HolderConfig,
     http: reqwest::Client,
     /// The token of the holder that answered last, and when its container was last looked at.
-    /// A tokio mutex: one reconcile repairs the holder while the others wait for it.
-    known: tokio::sync::Mutex<Option<(String, Instant)>>,
+    /// Held only to read or write it, never across a call to Docker or the holder.
+    known: std::sync::Mutex<Option<(String, Instant)>>,
+    /// One repair at a time: the others use the token they have, or wait for the repair when
+    /// they have none.
+    repairing: tokio::sync::Mutex<()>,
 }
 
 impl DockerHolder {
@@ -84,6 +87,7 @@ impl DockerHolder {
             config,
             http,
             known: Default::default(),
+            repairing: Default::default(),
         })
     }
 
@@ -97,17 +101,40 @@ impl DockerHolder {
     /// removing routes of a holder that does not exist has nothing to do). None: there is no
     /// holder and none was created. Cached for [`RECHECK`] while calls succeed.
     pub async fn ensure(&self, create: bool) -> Result<Option<String>, HolderError> {
-        let mut known = self.known.lock().await;
-        if let Some((token, at)) = &*known
+        let known = self.known();
+        if let Some((token, at)) = &known
             && at.elapsed() < RECHECK
         {
             return Ok(Some(token.clone()));
         }
+        let stale = known.map(|(t, _)| t).filter(|t| !t.is_empty());
+        let _repairing = match (self.repairing.try_lock(), stale) {
+            (Ok(guard), _) => guard,
+            // Another call is looking at the holder: the token it had is used meanwhile (a
+            // call it fails is retried after that repair).
+            (Err(_), Some(token)) => return Ok(Some(token)),
+            (Err(_), None) => self.repairing.lock().await,
+        };
+        // Repaired by the call this one waited for.
+        if let Some((token, at)) = self.known()
+            && at.elapsed() < RECHECK
+            && !token.is_empty()
+        {
+            return Ok(Some(token));
+        }
         let Some(token) = self.repair(create).await? else {
             return Ok(None);
         };
-        *known = Some((token.clone(), Instant::now()));
+        self.remember(Some((token.clone(), Instant::now())));
         Ok(Some(token))
+    }
+
+    fn known(&self) -> Option<(String, Instant)> {
+        self.known.lock().expect("poisoned").clone()
+    }
+
+    fn remember(&self, known: Option<(String, Instant)>) {
+        *self.known.lock().expect("poisoned") = known;
     }
 
     /// Keeps the holder up between reconciles: once one has answered, its `/healthz` is asked
@@ -119,7 +146,7 @@ impl DockerHolder {
         let url = format!("http://{}/healthz", self.config.control);
         loop {
             tokio::time::sleep(every).await;
-            if self.known.lock().await.is_none() {
+            if self.known().is_none() {
                 continue;
             }
             let answered = self
@@ -133,25 +160,25 @@ impl DockerHolder {
                 continue;
             }
             tracing::warn!(control = %self.config.control, "the port holder does not answer; repairing it");
-            self.forget().await;
+            self.forget();
             match self.ensure(true).await {
                 Ok(_) => tracing::info!("the port holder answers again"),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot repair the port holder yet");
                     // Looked at again next time: keep the claim that one should exist.
-                    *self.known.lock().await = Some((
+                    self.remember(Some((
                         String::new(),
                         Instant::now()
                             .checked_sub(RECHECK)
                             .unwrap_or_else(Instant::now),
-                    ));
+                    )));
                 }
             }
         }
     }
 
-    async fn forget(&self) {
-        *self.known.lock().await = None;
+    fn forget(&self) {
+        self.remember(None);
     }
 
     async fn repair(&self, create: bool) -> Result<Option<String>, HolderError> {
@@ -222,7 +249,10 @@ impl DockerHolder {
                 token
             }
         };
-        self.wait_ready(&name).await?;
+        let upgrade = holders
+            .iter()
+            .any(|c| c.image_id.as_deref() != Some(image.as_str()));
+        self.wait_ready(&name, upgrade).await?;
         for old in holders
             .iter()
             .filter(|c| c.image_id.as_deref() != Some(image.as_str()))
@@ -301,25 +331,36 @@ impl DockerHolder {
         }
     }
 
-    /// Until the holder named `name` answers on the control address with every route bound.
-    /// During an upgrade both holders share the ports (SO_REUSEPORT), so the answer names who
-    /// gave it.
-    async fn wait_ready(&self, name: &str) -> Result<(), HolderError> {
+    /// Until the holder named `name` answers on the control address (during an upgrade both
+    /// holders share the ports with SO_REUSEPORT, so the answer names who gave it). A route
+    /// whose port the holder cannot bind (another process has it) is that Stage's problem,
+    /// reported as `PortTaken` when its route is written, not a reason to call the holder
+    /// unavailable for every Stage. Only before an upgrade retires the previous holder is every
+    /// route waited for, so that no port it serves goes unbound; one that stays unbound for
+    /// [`READY_WITHIN`] is no better served by the old holder, and the upgrade goes on.
+    async fn wait_ready(&self, name: &str, upgrade: bool) -> Result<(), HolderError> {
         let deadline = Instant::now() + READY_WITHIN;
         let url = format!("http://{}/healthz", self.config.control);
         let mut last = String::new();
+        let mut answered = false;
         while Instant::now() < deadline {
             match self.http.get(&url).send().await {
                 Ok(r) => {
                     let text = r.text().await.unwrap_or_default();
-                    if health_says_ready(&text, name) {
+                    let health = Health::parse(&text, name);
+                    if health.answers && (!upgrade || health.all_bound) {
                         return Ok(());
                     }
+                    answered |= health.answers;
                     last = text;
                 }
                 Err(e) => last = e.to_string(),
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if answered {
+            tracing::warn!(holder = %name, health = %last.trim(), "the new port holder has not bound every port; retiring the previous one anyway");
+            return Ok(());
         }
         Err(HolderError::Unavailable(format!(
             "the holder {name} did not become ready on {} ({})",
@@ -370,7 +411,7 @@ impl DockerHolder {
                     self.config.control
                 ))),
             };
-            self.forget().await;
+            self.forget();
             if attempt >= 2 {
                 return result.map(|_: ()| unreachable!());
             }
@@ -389,24 +430,35 @@ fn control_client() -> reqwest::Result<reqwest::Client> {
 }
 
 /// `/healthz` of the holder: `ok name=<container> listening=<bound>/<routes>`.
-fn health_says_ready(text: &str, name: &str) -> bool {
-    let mut fields = text.split_whitespace();
-    if fields.next() != Some("ok") {
-        return false;
-    }
-    let mut named = false;
-    let mut bound = false;
-    for f in fields {
-        if let Some(n) = f.strip_prefix("name=") {
-            named = n == name;
+#[derive(Debug, PartialEq, Eq)]
+struct Health {
+    /// The holder named so answered `ok`.
+    answers: bool,
+    /// It has bound the port of every route.
+    all_bound: bool,
+}
+
+impl Health {
+    fn parse(text: &str, name: &str) -> Health {
+        let mut fields = text.split_whitespace();
+        let ok = fields.next() == Some("ok");
+        let mut named = false;
+        let mut bound = false;
+        for f in fields {
+            if let Some(n) = f.strip_prefix("name=") {
+                named = n == name;
+            }
+            if let Some(l) = f.strip_prefix("listening=")
+                && let Some((a, b)) = l.split_once('/')
+            {
+                bound = a == b;
+            }
         }
-        if let Some(l) = f.strip_prefix("listening=")
-            && let Some((a, b)) = l.split_once('/')
-        {
-            bound = a == b;
+        Health {
+            answers: ok && named,
+            all_bound: ok && named && bound,
         }
     }
-    named && bound
 }
 
 fn new_token() -> String {
@@ -535,13 +587,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ready_means_this_holder_with_every_route_bound() {
-        assert!(health_says_ready("ok name=h-b listening=2/2\n", "h-b"));
-        // The previous holder answering during an upgrade, or ports not yet bound.
-        assert!(!health_says_ready("ok name=h-a listening=2/2\n", "h-b"));
-        assert!(!health_says_ready("ok name=h-b listening=1/2\n", "h-b"));
-        assert!(!health_says_ready("ok\n", "h-b"));
-        assert!(!health_says_ready("", "h-b"));
+    fn health_says_who_answers_and_whether_every_port_is_bound() {
+        let h = |text: &str| Health::parse(text, "h-b");
+        let (yes, no) = (true, false);
+        let health = |answers, all_bound| Health { answers, all_bound };
+        assert_eq!(h("ok name=h-b listening=2/2\n"), health(yes, yes));
+        // A port another process holds: this holder answers all the same.
+        assert_eq!(h("ok name=h-b listening=1/2\n"), health(yes, no));
+        // The previous holder answering during an upgrade.
+        assert_eq!(h("ok name=h-a listening=2/2\n"), health(no, no));
+        assert_eq!(h("ok\n"), health(no, no));
+        assert_eq!(h(""), health(no, no));
     }
 
     /// Serves one HTTP answer with `body` to every connection; counts connections.
