@@ -770,3 +770,95 @@ async fn a_port_the_holder_cannot_bind_fails_only_its_own_stage() {
     b.cleanup(&rt).await;
     remove_holder(&rt, instance).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_holder_image_a_held_stage_publishes_its_port_directly_and_says_so() {
+    let Some(rt) = docker().await else { return };
+    let instance = "t-holder-absent";
+    remove_holder(&rt, instance).await;
+    let mut r = reconciler(rt.clone());
+    r.instance = instance.into();
+    r.holder = Some(Arc::new(
+        DockerHolder::new(
+            rt.docker().clone(),
+            instance,
+            HolderConfig {
+                image: "tiny-forge-holder:no-such-tag".into(),
+                control: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            },
+        )
+        .unwrap(),
+    ));
+    let port = free_port();
+    let mut stage = pinned("1.0.0");
+    stage.host_port = Some(port);
+    stage.host_ip = Some("127.0.0.1".into());
+    let mut f = Fixture::new("t-holder-absent", stage);
+    f.cleanup(&rt).await;
+    let out = f.reconcile(&r).await;
+    let message = out.status.message.clone().unwrap_or_default();
+    assert_eq!(out.status.phase, Some(Phase::Healthy), "{message}");
+    assert!(
+        message.contains("port holder unavailable: image tiny-forge-holder:no-such-tag")
+            && message.contains("rolls of this Stage have a gap"),
+        "{message}"
+    );
+    assert!(out.status.port.is_none());
+    let body = get(&format!("http://127.0.0.1:{port}/")).await;
+    assert!(body.is_ok(), "{body:?}");
+    assert!(holder_container(&rt, instance).await.is_none());
+    f.cleanup(&rt).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn turning_the_holder_off_releases_its_ports_for_direct_publishing() {
+    let Some(rt) = docker().await else { return };
+    let instance = "t-holder-off";
+    remove_holder(&rt, instance).await;
+    let config = HolderConfig {
+        control: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        ..Default::default()
+    };
+    let holder =
+        Arc::new(DockerHolder::new(rt.docker().clone(), instance, config.clone()).unwrap());
+    let mut r = reconciler(rt.clone());
+    r.instance = instance.into();
+    r.holder = Some(holder);
+    let port = free_port();
+    let mut stage = pinned("1.0.0");
+    stage.host_port = Some(port);
+    stage.host_ip = Some("127.0.0.1".into());
+    let mut f = Fixture::new("t-holder-off", stage);
+    f.cleanup(&rt).await;
+    let out = f.reconcile(&r).await;
+    assert_eq!(
+        out.status.phase,
+        Some(Phase::Healthy),
+        "{:?}",
+        out.status.message
+    );
+    assert!(out.status.port.is_some());
+
+    // `--port-holder=false` at the next start: a fresh adapter releases what the old run held.
+    let released = DockerHolder::new(rt.docker().clone(), instance, config)
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    assert_eq!(released, 1);
+    assert!(holder_container(&rt, instance).await.is_none());
+    let mut r = reconciler(rt.clone());
+    r.instance = instance.into();
+    f.edit(|s| s.pinned_tag = Some("1.1.0".into()));
+    let out = f.reconcile(&r).await;
+    assert_eq!(
+        out.status.phase,
+        Some(Phase::Healthy),
+        "{:?}",
+        out.status.message
+    );
+    let body = get(&format!("http://127.0.0.1:{port}/")).await;
+    assert!(body.is_ok(), "{body:?}");
+    f.cleanup(&rt).await;
+    remove_holder(&rt, instance).await;
+}

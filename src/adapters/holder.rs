@@ -72,6 +72,8 @@ pub struct DockerHolder {
     /// One repair at a time: the others use the token they have, or wait for the repair when
     /// they have none.
     repairing: tokio::sync::Mutex<()>,
+    /// Why the holder container could not be created or started last time, until it is.
+    cannot_start: std::sync::Mutex<Option<String>>,
 }
 
 impl DockerHolder {
@@ -88,6 +90,7 @@ impl DockerHolder {
             http,
             known: Default::default(),
             repairing: Default::default(),
+            cannot_start: Default::default(),
         })
     }
 
@@ -125,8 +128,73 @@ impl DockerHolder {
         let Some(token) = self.repair(create).await? else {
             return Ok(None);
         };
+        *self.cannot_start.lock().expect("poisoned") = None;
         self.remember(Some((token.clone(), Instant::now())));
         Ok(Some(token))
+    }
+
+    /// Why no holder can run, if so: its image is not on the host, or its container could not
+    /// be created or started on the last try. A holder that answered lately is usable.
+    pub async fn why_unusable(&self) -> Option<String> {
+        if self
+            .known()
+            .is_some_and(|(token, at)| !token.is_empty() && at.elapsed() < RECHECK)
+        {
+            return None;
+        }
+        // Docker itself away is no verdict on the holder: the reconcile says so anyway.
+        if let Err(BollardError::DockerResponseServerError {
+            status_code: 404, ..
+        }) = self.docker.inspect_image(&self.config.image).await
+        {
+            return Some(format!(
+                "image {} is not on the Docker host (scripts/holder-image.sh builds it)",
+                self.config.image
+            ));
+        }
+        self.cannot_start.lock().expect("poisoned").clone()
+    }
+
+    /// Lets go of every port of this instance's holder and removes the holder (its routes are
+    /// gone, and so is its reason to run): what `--port-holder=false` does at start, so the
+    /// Stages' containers can publish the ports themselves. Returns how many routes there were.
+    pub async fn release(&self) -> Result<usize, HolderError> {
+        let Some((status, text)) = self.call(reqwest::Method::GET, "/v1/routes", None).await?
+        else {
+            return Ok(0);
+        };
+        if status != reqwest::StatusCode::OK {
+            return Err(refused(status, &text));
+        }
+        let routes = parse::<Vec<RouteStatus>>(&text)?;
+        for r in &routes {
+            tracing::info!(route = %r.name, listen = %r.spec.listen, "port holder off: releasing the port");
+            self.remove(&r.name).await?;
+        }
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{HOLDER_LABEL}={}", self.instance)],
+        )]);
+        let holders = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| HolderError::Unavailable(e.to_string()))?;
+        for c in holders {
+            tracing::info!(container = ?c.names, "port holder off: removing the port holder");
+            let remove = RemoveContainerOptionsBuilder::default().force(true).build();
+            self.docker
+                .remove_container(c.id.as_deref().unwrap_or_default(), Some(remove))
+                .await
+                .map_err(|e| HolderError::Unavailable(e.to_string()))?;
+        }
+        self.forget();
+        Ok(routes.len())
     }
 
     fn known(&self) -> Option<(String, Instant)> {
@@ -227,7 +295,10 @@ impl DockerHolder {
                 );
                 if !running {
                     tracing::info!(container = %name, "starting the port holder");
-                    self.start(&id).await?;
+                    if let Err(e) = self.start(&id).await {
+                        *self.cannot_start.lock().expect("poisoned") = Some(e.to_string());
+                        return Err(e);
+                    }
                 }
                 token
             }
@@ -244,8 +315,14 @@ impl DockerHolder {
                 }
                 let token = token.unwrap_or_else(new_token);
                 tracing::info!(container = %name, image = %self.config.image, "creating the port holder");
-                self.create(&name, &token).await?;
-                self.start(&name).await?;
+                let started = match self.create(&name, &token).await {
+                    Ok(()) => self.start(&name).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = started {
+                    *self.cannot_start.lock().expect("poisoned") = Some(e.to_string());
+                    return Err(e);
+                }
                 token
             }
         };
@@ -497,6 +574,10 @@ fn refused(status: reqwest::StatusCode, text: &str) -> HolderError {
 }
 
 impl PortHolder for DockerHolder {
+    fn unusable(&self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(self.why_unusable())
+    }
+
     fn route<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<HeldRoute>, HolderError>> {
         Box::pin(async move {
             let Some((status, text)) = self

@@ -73,6 +73,12 @@ pub trait PortHolder: Send + Sync {
     fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, HolderError>>;
     /// Names of the routes this controller instance created, for garbage collection.
     fn owned<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<Vec<String>, HolderError>>;
+    /// Why no holder can run at all (say its image is not on the host), if so: Stages then
+    /// publish their ports directly, with the old gap on a roll, rather than not at all. A
+    /// holder that is merely restarting is not this: it comes back.
+    fn unusable(&self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async { None })
+    }
 }
 
 /// The holder's route name of a Stage: `<instance>.<namespace>.<stage>.<hash>`. Names go into

@@ -294,11 +294,22 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             );
             return invalid(status, Reason::UnknownDockerHost, message);
         }
-        let eff = match Effective::new(project, input.stage) {
-            Ok(eff) => eff.with_holder(self.holder.is_some()),
-            Err(errors) => return invalid(status, Reason::InvalidSpec, describe_errors(&errors)),
+        let unusable = match &self.holder {
+            Some(holder) => holder.unusable().await,
+            None => None,
         };
-        match self.converge(input, &eff, observed, &mut status).await {
+        let eff = match (Effective::new(project, input.stage), unusable) {
+            (Ok(eff), None) => eff.with_holder(self.holder.is_some()),
+            (Ok(eff), Some(why)) => eff.without_usable_holder(why),
+            (Err(errors), _) => {
+                return invalid(status, Reason::InvalidSpec, describe_errors(&errors));
+            }
+        };
+        let converged = self.converge(input, &eff, observed, &mut status).await;
+        if let Some(why) = &eff.holder_down {
+            note_holder_down(&mut status, why);
+        }
+        match converged {
             Ok(requeue) => Reconciled { status, requeue },
             Err(e) => {
                 tracing::warn!(reason = %e.reason, message = %e.message, "reconcile step failed");
@@ -360,6 +371,10 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
         let image = self.image_for(eff, status, &tag).await?;
         let secrets = self.resolve_secrets(&input.key.namespace, eff)?;
         let spec = eff.container_spec(&input.key, &self.instance, &tag, &image, &secrets);
+        if eff.hold.is_none() && status.port.is_some() && eff.holder_down.is_some() {
+            // No holder can run, so none serves the port: nothing to take back from it.
+            status.port = None;
+        }
         if eff.hold.is_none()
             && status.port.is_some()
             && let Some(holder) = &self.holder
@@ -1263,6 +1278,22 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             tracing::warn!(error = %e, "could not save intermediate status");
         }
     }
+}
+
+/// Says in status, whatever else it says, that the Stage's port is published directly because
+/// no port holder can run: the roll that follows has a gap.
+fn note_holder_down(status: &mut StageStatus, why: &str) {
+    let note = format!(
+        "port holder unavailable: {why}; rolls of this Stage have a gap (its host port is published directly)"
+    );
+    let message = status.message.take().unwrap_or_default();
+    status.message = Some(if message.contains(&note) {
+        message
+    } else if message.is_empty() {
+        note
+    } else {
+        format!("{message}; {note}")
+    });
 }
 
 /// Removes the Stage's route from the holder, under its current and its legacy name. Returns

@@ -65,6 +65,9 @@ pub struct Options {
     pub npm: Option<NpmConfig>,
     /// The port holder for Stages with a fixed `hostPort`; None publishes such ports directly.
     pub holder: Option<crate::adapters::holder::HolderConfig>,
+    /// With no holder: the one an earlier run may have left, whose ports are released (and
+    /// which is removed) at start so that containers can publish them.
+    pub release_holder: Option<crate::adapters::holder::HolderConfig>,
 }
 
 impl Options {
@@ -85,6 +88,7 @@ impl Options {
             secret_key_file: None,
             npm: None,
             holder: None,
+            release_holder: None,
         }
     }
 
@@ -263,7 +267,25 @@ async fn control(
             }));
             Some(holder as Arc<dyn crate::engine::holder::PortHolder>)
         }
-        None => None,
+        None => {
+            if let Some(config) = &opts.release_holder {
+                let holder = crate::adapters::holder::DockerHolder::new(
+                    runtime.docker().clone(),
+                    &opts.instance,
+                    config.clone(),
+                )?;
+                match holder.release().await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(routes = n, "port holder off: its ports are released")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "port holder off, but the running one cannot be told to release its ports; Stages that publish them cannot start until it is removed")
+                    }
+                }
+            }
+            None
+        }
     };
     let engine = Arc::new(host::single_host(
         runtime,
