@@ -1,6 +1,10 @@
 //! The holder: its routes (from the route file at start, then from the controller) and the
 //! control channel — HTTP on a loopback address, every call but `/healthz` and `/metrics`
-//! authenticated by a bearer token read from a file only the controller and the holder can read.
+//! authenticated by a bearer token. The controller hands the token to the holder container in
+//! its environment (`TINY_FORGE_HOLDER_TOKEN`, see `main.rs`), so whoever can `docker inspect`
+//! the container can read it: on a Docker host that is whoever can use the Docker socket, who
+//! could take over the holder (or the host) anyway. What the token keeps out is every other
+//! local process, which can reach the loopback control address but not the Docker API.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
