@@ -256,6 +256,13 @@ async fn tunnel_upgrade(
     admitted: Admitted,
 ) -> Result<Response<ProxyBody>, Error> {
     let client_side = hyper::upgrade::on(&mut req);
+    let websocket = req
+        .headers()
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("websocket"));
     let up = active.upstream().clone();
     let mut sender = connect(&up, true).await?;
     let mut resp = head_within(within, sender.send_request(req.map(Either::Left))).await??;
@@ -268,7 +275,12 @@ async fn tunnel_upgrade(
         let (Ok(a), Ok(b)) = tokio::join!(client_side, upstream_side) else {
             return;
         };
-        crate::tcp::splice(TokioIo::new(a), TokioIo::new(b), closed).await;
+        let farewell = if websocket {
+            crate::tcp::Farewell::websocket()
+        } else {
+            crate::tcp::Farewell::default()
+        };
+        crate::tcp::splice(TokioIo::new(a), TokioIo::new(b), closed, farewell).await;
         drop(active);
         // The tunnel outlives the client connection's task: it counts against the limit.
         drop(admitted);

@@ -364,10 +364,12 @@ async fn an_upgraded_connection_stays_on_the_old_target_until_the_drain_ends_the
     let mut fresh = upgraded(listen).await;
     assert_eq!(echo_over(&mut fresh, "three").await, "B:three");
 
-    // At the end of the drain the holder closes it: an orderly end of stream, not an error.
+    // At the end of the drain the holder closes it: a WebSocket Close frame, 1001 "going
+    // away", then an orderly end of stream, not an error.
     let mut rest = Vec::new();
     let read = ws.read_to_end(&mut rest).await;
-    assert!(matches!(read, Ok(0)), "{read:?}");
+    assert!(read.is_ok(), "{read:?}");
+    assert_eq!(rest, [0x88, 0x02, 0x03, 0xE9]);
     eventually(|| async {
         route_status(holder.control, "t.ws").await["draining"] == serde_json::json!([])
     })
