@@ -435,7 +435,18 @@ async fn a_controller_killed_mid_roll_and_at_rest_drops_no_request() {
     // SIGKILL mid-roll (in the new container's health wait), then start again.
     write_manifests(&manifests, "1.1.0", port);
     wait_for(&state, |s| s.phase == Some(Phase::Deploying)).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Killed as soon as the new container runs: its health wait has begun and the switch is
+    // at least a health probe away (a fixed sleep could land after the roll on a fast host).
+    loop {
+        let running = rt.list_managed(&[(labels::INSTANCE, NS)]).await.unwrap();
+        if running
+            .iter()
+            .any(|c| c.running && c.label(labels::TAG) == Some("1.1.0"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     child.kill().unwrap();
     child.wait().unwrap();
     let at_kill = StateDb::open(&state)
