@@ -497,3 +497,41 @@ async fn a_route_under_its_legacy_name_moves_to_the_current_one_without_a_gap() 
     assert_eq!(routes[&name].target, route.target);
     assert_eq!(w.status.phase, Some(Phase::Healthy), "{}", w.message());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_steady_stage_retires_a_leftover_only_once_the_holder_has_drained_it() {
+    let (mut w, holder) = World::held("1.0.0", 8081);
+    w.pass().await;
+    let name = route_name("unit", &prod());
+    let serving = w.docker.containers()[0].id.clone();
+    // A leftover of an interrupted roll that the port pointed at until a moment ago (a roll
+    // back switched the holder back to 1.0.0): it still has requests in flight.
+    let eff = Effective::new(&w.project, &w.stage)
+        .unwrap()
+        .with_holder(true);
+    let image = w
+        .docker
+        .ensure_image("demo:1.1.0", Pull::Never)
+        .await
+        .unwrap();
+    let spec = eff.container_spec(&prod(), "unit", "1.1.0", &image, &Default::default());
+    let leftover = w.docker.create(&spec).await.unwrap();
+    w.docker.start(&leftover).await.unwrap();
+    holder.switch_now(&name, SocketAddr::new(w.ip_of(&leftover), 8080));
+    holder.switch_now(&name, SocketAddr::new(w.ip_of(&serving), 8080));
+    w.docker.steps();
+
+    w.pass().await;
+    let steps = w.docker.steps();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.starts_with(&format!("stop {leftover}"))),
+        "the leftover is retired: {steps:?}"
+    );
+    assert!(
+        !steps.iter().any(|s| s.ends_with("while draining")),
+        "retired while the holder still drained it: {steps:?}"
+    );
+    assert_eq!(w.serving(), ["1.0.0"]);
+}
