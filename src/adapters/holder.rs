@@ -44,6 +44,10 @@ pub const DEFAULT_CONTROL: &str = "127.0.0.1:7480";
 const RECHECK: Duration = Duration::from_secs(10);
 /// How long a new or restarted holder may take to answer.
 const READY_WITHIN: Duration = Duration::from_secs(15);
+/// How long after a failed start the holder is tried again. Stages publish their ports
+/// directly meanwhile, and only a holder that then runs takes them back (one roll with a gap
+/// each way), so not every reconcile.
+const RETRY_START: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct HolderConfig {
@@ -72,8 +76,8 @@ pub struct DockerHolder {
     /// One repair at a time: the others use the token they have, or wait for the repair when
     /// they have none.
     repairing: tokio::sync::Mutex<()>,
-    /// Why the holder container could not be created or started last time, until it is.
-    cannot_start: std::sync::Mutex<Option<String>>,
+    /// Why the holder container could not be created or started last time, and when.
+    cannot_start: std::sync::Mutex<Option<(String, Instant)>>,
 }
 
 impl DockerHolder {
@@ -152,7 +156,23 @@ impl DockerHolder {
                 self.config.image
             ));
         }
-        self.cannot_start.lock().expect("poisoned").clone()
+        let failed = self.cannot_start.lock().expect("poisoned").clone();
+        let (why, at) = failed?;
+        if at.elapsed() < RETRY_START {
+            return Some(why);
+        }
+        // Tried again now: a holder that starts (with no routes yet) takes the ports back.
+        match self.ensure(true).await {
+            Ok(_) => None,
+            Err(e) => {
+                self.could_not_start(&e);
+                Some(e.to_string())
+            }
+        }
+    }
+
+    fn could_not_start(&self, e: &HolderError) {
+        *self.cannot_start.lock().expect("poisoned") = Some((e.to_string(), Instant::now()));
     }
 
     /// Lets go of every port of this instance's holder and removes the holder (its routes are
@@ -296,7 +316,7 @@ impl DockerHolder {
                 if !running {
                     tracing::info!(container = %name, "starting the port holder");
                     if let Err(e) = self.start(&id).await {
-                        *self.cannot_start.lock().expect("poisoned") = Some(e.to_string());
+                        self.could_not_start(&e);
                         return Err(e);
                     }
                 }
@@ -320,7 +340,7 @@ impl DockerHolder {
                     Err(e) => Err(e),
                 };
                 if let Err(e) = started {
-                    *self.cannot_start.lock().expect("poisoned") = Some(e.to_string());
+                    self.could_not_start(&e);
                     return Err(e);
                 }
                 token
