@@ -4,17 +4,28 @@
 # FROM scratch with the static binary and the label tinyforge.dev/holder-build=<sha256 of the
 # binary>; an image whose label already matches is not rebuilt. The holder is its own small
 # crate (hyper + tokio, no TLS, no Docker client), so this build takes seconds, not the
-# controller's minutes. Uses DOCKER_HOST from the environment (see docker-up.sh).
+# controller's minutes. Uses DOCKER_HOST from the environment (see docker-up.sh), and
+# CARGO_TARGET_DIR if set. HOLDER_IMAGE names another image (a test's, say).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TARGET=x86_64-unknown-linux-gnu
-BIN="$ROOT/target/$TARGET/release/tiny-forge-holder"
+log() { printf 'holder-image: %s\n' "$*" >&2; }
+
+# The host's own target (aarch64 as well as x86_64), spelled out so that RUSTFLAGS below reach
+# only this build. A FROM scratch image runs on Linux only, and the binary must match the
+# Docker engine's architecture: building on the Docker host is what makes both true.
+TARGET=$(rustc -vV | sed -n 's/^host: //p')
+case $TARGET in
+*-linux-gnu* | *-linux-musl*) ;;
+*)
+    log "error: host target $TARGET is not Linux; build on the Docker host (or cross-compile for it)"
+    exit 1
+    ;;
+esac
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$TARGET/release/tiny-forge-holder"
 LABEL=tinyforge.dev/holder-build
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/holder/Cargo.toml" | head -1)
-IMAGE=tiny-forge-holder:$VERSION
-
-log() { printf 'holder-image: %s\n' "$*" >&2; }
+IMAGE=${HOLDER_IMAGE:-tiny-forge-holder:$VERSION}
 
 if ! timeout 15 docker info >/dev/null 2>&1; then
     log "no Docker engine at DOCKER_HOST=${DOCKER_HOST:-<unset>}; run: export \"\$(scripts/docker-up.sh)\""

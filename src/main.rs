@@ -573,10 +573,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         build_concurrency: usize::from(args.build_concurrency),
         holder: args
             .port_holder
-            .then_some(tiny_forge::adapters::holder::HolderConfig {
-                image: args.holder_image,
+            .then(|| tiny_forge::adapters::holder::HolderConfig {
+                image: args.holder_image.clone(),
                 control: args.holder_control,
             }),
+        release_holder: (!args.port_holder).then(|| tiny_forge::adapters::holder::HolderConfig {
+            image: args.holder_image.clone(),
+            control: args.holder_control,
+        }),
     };
     tokio::runtime::Runtime::new()?.block_on(async {
         let shutdown = shutdown_signal()?;

@@ -435,7 +435,18 @@ async fn a_controller_killed_mid_roll_and_at_rest_drops_no_request() {
     // SIGKILL mid-roll (in the new container's health wait), then start again.
     write_manifests(&manifests, "1.1.0", port);
     wait_for(&state, |s| s.phase == Some(Phase::Deploying)).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Killed as soon as the new container runs: its health wait has begun and the switch is
+    // at least a health probe away (a fixed sleep could land after the roll on a fast host).
+    loop {
+        let running = rt.list_managed(&[(labels::INSTANCE, NS)]).await.unwrap();
+        if running
+            .iter()
+            .any(|c| c.running && c.label(labels::TAG) == Some("1.1.0"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     child.kill().unwrap();
     child.wait().unwrap();
     let at_kill = StateDb::open(&state)
@@ -692,4 +703,181 @@ async fn a_holder_upgrade_overlaps_the_old_holder_and_drops_no_request() {
         .args(["rmi", upgraded])
         .stdout(Stdio::null())
         .status();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_port_the_holder_cannot_bind_fails_only_its_own_stage() {
+    let Some(rt) = docker().await else { return };
+    let instance = "t-holder-taken";
+    remove_holder(&rt, instance).await;
+    let control: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = HolderConfig {
+        control,
+        ..Default::default()
+    };
+    let controller = |config: HolderConfig| {
+        let mut r = reconciler(rt.clone());
+        r.instance = instance.into();
+        r.holder = Some(Arc::new(
+            DockerHolder::new(rt.docker().clone(), instance, config).unwrap(),
+        ));
+        r
+    };
+    let r = controller(config.clone());
+    let held = |port: u16| {
+        let mut stage = pinned("1.0.0");
+        stage.host_port = Some(port);
+        stage.host_ip = Some("127.0.0.1".into());
+        stage
+    };
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = Fixture::new("t-holder-taken-a", held(port_a));
+    let mut b = Fixture::new("t-holder-taken-b", held(port_b));
+    a.cleanup(&rt).await;
+    b.cleanup(&rt).await;
+    for f in [&mut a, &mut b] {
+        let out = f.reconcile(&r).await;
+        assert_eq!(
+            out.status.phase,
+            Some(Phase::Healthy),
+            "{:?}",
+            out.status.message
+        );
+    }
+
+    // While the holder is stopped another process takes B's port; the holder comes back with
+    // A's port bound and B's not.
+    let (id, _) = holder_container(&rt, instance)
+        .await
+        .expect("a holder runs");
+    rt.docker()
+        .stop_container(&id, None::<bollard::query_parameters::StopContainerOptions>)
+        .await
+        .unwrap();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port_b)).unwrap();
+    rt.docker()
+        .start_container(
+            &id,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await
+        .unwrap();
+
+    // A controller that starts now (nothing cached) serves A and says what is wrong with B.
+    let r = controller(config);
+    let out = a.reconcile(&r).await;
+    assert_eq!(
+        out.status.phase,
+        Some(Phase::Healthy),
+        "{:?}",
+        out.status.message
+    );
+    let out = b.reconcile(&r).await;
+    assert_eq!(
+        out.status.phase,
+        Some(Phase::Degraded),
+        "{:?}",
+        out.status.message
+    );
+    let ready = tiny_forge::engine::conditions::ready(&out.status.conditions).unwrap();
+    assert_eq!(ready.reason, "PortTaken", "{:?}", out.status.message);
+    let body = get(&format!("http://127.0.0.1:{port_a}/")).await;
+    assert!(body.is_ok(), "{body:?}");
+
+    drop(squatter);
+    a.cleanup(&rt).await;
+    b.cleanup(&rt).await;
+    remove_holder(&rt, instance).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_holder_image_a_held_stage_publishes_its_port_directly_and_says_so() {
+    let Some(rt) = docker().await else { return };
+    let instance = "t-holder-absent";
+    remove_holder(&rt, instance).await;
+    let mut r = reconciler(rt.clone());
+    r.instance = instance.into();
+    r.holder = Some(Arc::new(
+        DockerHolder::new(
+            rt.docker().clone(),
+            instance,
+            HolderConfig {
+                image: "tiny-forge-holder:no-such-tag".into(),
+                control: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            },
+        )
+        .unwrap(),
+    ));
+    let port = free_port();
+    let mut stage = pinned("1.0.0");
+    stage.host_port = Some(port);
+    stage.host_ip = Some("127.0.0.1".into());
+    let mut f = Fixture::new("t-holder-absent", stage);
+    f.cleanup(&rt).await;
+    let out = f.reconcile(&r).await;
+    let message = out.status.message.clone().unwrap_or_default();
+    assert_eq!(out.status.phase, Some(Phase::Healthy), "{message}");
+    assert!(
+        message.contains("port holder unavailable: image tiny-forge-holder:no-such-tag")
+            && message.contains("rolls of this Stage have a gap"),
+        "{message}"
+    );
+    assert!(out.status.port.is_none());
+    let body = get(&format!("http://127.0.0.1:{port}/")).await;
+    assert!(body.is_ok(), "{body:?}");
+    assert!(holder_container(&rt, instance).await.is_none());
+    f.cleanup(&rt).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn turning_the_holder_off_releases_its_ports_for_direct_publishing() {
+    let Some(rt) = docker().await else { return };
+    let instance = "t-holder-off";
+    remove_holder(&rt, instance).await;
+    let config = HolderConfig {
+        control: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        ..Default::default()
+    };
+    let holder =
+        Arc::new(DockerHolder::new(rt.docker().clone(), instance, config.clone()).unwrap());
+    let mut r = reconciler(rt.clone());
+    r.instance = instance.into();
+    r.holder = Some(holder);
+    let port = free_port();
+    let mut stage = pinned("1.0.0");
+    stage.host_port = Some(port);
+    stage.host_ip = Some("127.0.0.1".into());
+    let mut f = Fixture::new("t-holder-off", stage);
+    f.cleanup(&rt).await;
+    let out = f.reconcile(&r).await;
+    assert_eq!(
+        out.status.phase,
+        Some(Phase::Healthy),
+        "{:?}",
+        out.status.message
+    );
+    assert!(out.status.port.is_some());
+
+    // `--port-holder=false` at the next start: a fresh adapter releases what the old run held.
+    let released = DockerHolder::new(rt.docker().clone(), instance, config)
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    assert_eq!(released, 1);
+    assert!(holder_container(&rt, instance).await.is_none());
+    let mut r = reconciler(rt.clone());
+    r.instance = instance.into();
+    f.edit(|s| s.pinned_tag = Some("1.1.0".into()));
+    let out = f.reconcile(&r).await;
+    assert_eq!(
+        out.status.phase,
+        Some(Phase::Healthy),
+        "{:?}",
+        out.status.message
+    );
+    let body = get(&format!("http://127.0.0.1:{port}/")).await;
+    assert!(body.is_ok(), "{body:?}");
+    f.cleanup(&rt).await;
+    remove_holder(&rt, instance).await;
 }

@@ -1,6 +1,10 @@
 //! The holder: its routes (from the route file at start, then from the controller) and the
 //! control channel — HTTP on a loopback address, every call but `/healthz` and `/metrics`
-//! authenticated by a bearer token read from a file only the controller and the holder can read.
+//! authenticated by a bearer token. The controller hands the token to the holder container in
+//! its environment (`TINY_FORGE_HOLDER_TOKEN`, see `main.rs`), so whoever can `docker inspect`
+//! the container can read it: on a Docker host that is whoever can use the Docker socket, who
+//! could take over the holder (or the host) anyway. What the token keeps out is every other
+//! local process, which can reach the loopback control address but not the Docker API.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -16,10 +20,11 @@ use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::limits::{Guard, Limits};
 use crate::route::{self, Route, RouteStatus};
 use crate::routes::{self, FILE_VERSION, RouteFile, RouteSpec, Stored};
 
@@ -35,6 +40,8 @@ pub struct Config {
     /// Who this holder is (its container name), reported on `/healthz`: during an upgrade two
     /// holders answer on the same addresses.
     pub name: String,
+    /// What one client may cost.
+    pub limits: Limits,
 }
 
 pub struct Holder {
@@ -42,6 +49,7 @@ pub struct Holder {
     token: String,
     name: String,
     routes: Mutex<BTreeMap<String, Arc<Route>>>,
+    guard: Arc<Guard>,
     /// One writer of the route file at a time, in the order the calls arrive.
     writes: tokio::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
@@ -89,21 +97,31 @@ fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
-/// Loads the route file, binds every held port (a port still held by someone else is retried
+/// Loads the route file (one it cannot use is set aside), binds every held port (a port still held by someone else is retried
 /// until it is free) and the control listener.
 pub async fn start(config: Config) -> std::io::Result<Running> {
     std::fs::create_dir_all(&config.state_dir)?;
-    let file = routes::load(&config.state_dir.join("routes.json"))?;
+    let (file, set_aside) =
+        routes::load_or_set_aside(&config.state_dir.join("routes.json"), now_ms());
+    if let Some(why) = set_aside {
+        eprintln!("holder: unusable route file: {why}");
+    }
     let holder = Arc::new(Holder {
         state_dir: config.state_dir,
         token: config.token,
         name: config.name,
         routes: Mutex::default(),
+        guard: Guard::new(config.limits),
         writes: tokio::sync::Mutex::new(()),
         shutdown: watch::channel(false).0,
     });
     for (name, stored) in file.routes {
-        let route = Route::new(name.clone(), stored.spec.clone(), stored.since_ms);
+        let route = Route::new(
+            name.clone(),
+            stored.spec.clone(),
+            stored.since_ms,
+            holder.guard.clone(),
+        );
         holder
             .routes
             .lock()
@@ -220,7 +238,7 @@ impl Holder {
                 route
             }
             None => {
-                let route = Route::new(name.to_string(), spec, now);
+                let route = Route::new(name.to_string(), spec, now, self.guard.clone());
                 self.routes
                     .lock()
                     .expect("poisoned")
@@ -291,6 +309,9 @@ fn same_listen(bound: SocketAddr, wanted: SocketAddr) -> bool {
     bound == wanted || (wanted.port() == 0 && bound.ip() == wanted.ip())
 }
 
+/// A control request head is a few hundred bytes from a process on this host.
+const CONTROL_HEAD: Duration = Duration::from_secs(10);
+
 async fn serve_control(holder: Arc<Holder>, listener: TcpListener) {
     let mut shutdown = holder.shutdown.subscribe();
     loop {
@@ -310,7 +331,11 @@ async fn serve_control(holder: Arc<Holder>, listener: TcpListener) {
                 let holder = holder.clone();
                 async move { Ok::<_, Infallible>(control(&holder, req).await) }
             });
+            // The control address is loopback, but any local process can reach it: one that
+            // never finishes its request head must not hold a task and a descriptor forever.
             let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(CONTROL_HEAD)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });

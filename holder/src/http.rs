@@ -18,10 +18,11 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::server::conn::http1 as server;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::limits::Admitted;
 use crate::route::Route;
 use crate::upstream::{Active, Upstream};
 
@@ -40,15 +41,18 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
+    admitted: Admitted,
 ) {
     let _ = stream.set_nodelay(true);
     let paired: Paired = Arc::default();
     let kept = paired.clone();
     let stopping = stop.clone();
+    let request_head = route.guard.limits.request_head;
     let svc = service_fn(move |req| {
         let (route, paired, stopping) = (route.clone(), paired.clone(), stopping.clone());
+        let admitted = admitted.clone();
         async move {
-            let mut resp = handle(&route, &paired, peer, req).await;
+            let mut resp = handle(&route, &paired, peer, req, admitted).await;
             // The listener stopped (an upgrade, the route removed): the client is told to take
             // a new connection for its next request, instead of finding this one closed.
             if *stopping.borrow() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -58,7 +62,10 @@ pub async fn serve(
             Ok::<_, Infallible>(resp)
         }
     });
+    // Without a timer hyper ignores its header read timeout (slowloris, idle keep-alive).
     let conn = server::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(request_head)
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
     tokio::pin!(conn);
@@ -96,18 +103,32 @@ async fn handle(
     paired: &Paired,
     peer: SocketAddr,
     mut req: Request<Incoming>,
+    admitted: Admitted,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let upgrade = wants_upgrade(req.headers());
     prepare(&mut req, peer, upgrade);
     let active = route.acquire();
+    let within = route.guard.limits.response_head;
     let result = if upgrade {
-        tunnel_upgrade(active, req).await
+        tunnel_upgrade(active, req, within, admitted).await
     } else {
-        forward(paired, active, req).await
+        forward(paired, active, req, within).await
     };
     let response = match result {
         Ok(resp) => resp,
+        Err(Error::ResponseHead(within)) => {
+            route.metrics.upstream_error();
+            eprintln!(
+                "holder: route {}: no response head within {within:?}",
+                route.name
+            );
+            Response::builder()
+                .status(StatusCode::GATEWAY_TIMEOUT)
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(ProxyBody::full("gateway timeout\n"))
+                .expect("static response")
+        }
         Err(e) => {
             route.metrics.upstream_error();
             eprintln!("holder: route {}: upstream error: {e}", route.name);
@@ -128,6 +149,7 @@ async fn handle(
 enum Error {
     Connect(std::io::Error),
     Http(hyper::Error),
+    ResponseHead(Duration),
 }
 
 impl std::fmt::Display for Error {
@@ -135,6 +157,7 @@ impl std::fmt::Display for Error {
         match self {
             Error::Connect(e) => write!(f, "connect: {e}"),
             Error::Http(e) => write!(f, "{e}"),
+            Error::ResponseHead(d) => write!(f, "no response head within {d:?}"),
         }
     }
 }
@@ -149,6 +172,7 @@ async fn forward(
     paired: &Paired,
     active: Active,
     req: Request<Incoming>,
+    within: Duration,
 ) -> Result<Response<ProxyBody>, Error> {
     let up = active.upstream().clone();
     // A request without a body can be sent again if a kept connection turns out closed (the
@@ -172,7 +196,7 @@ async fn forward(
     if let Some(mut sender) = reused
         && sender.ready().await.is_ok()
     {
-        match sender.try_send_request(req).await {
+        match head_within(within, sender.try_send_request(req)).await? {
             Ok(resp) => {
                 *paired.lock().expect("poisoned") = Some((up, sender));
                 return Ok(respond(resp, active));
@@ -187,9 +211,20 @@ async fn forward(
         }
     }
     let mut sender = connect(&up, false).await?;
-    let resp = sender.send_request(req).await?;
+    let resp = head_within(within, sender.send_request(req)).await??;
     *paired.lock().expect("poisoned") = Some((up, sender));
     Ok(respond(resp, active))
+}
+
+/// The upstream's answer to a request, if its head comes within `within`. Dropping the
+/// request's future on timeout drops its upstream connection with it.
+async fn head_within<T>(
+    within: Duration,
+    answer: impl std::future::Future<Output = T>,
+) -> Result<T, Error> {
+    tokio::time::timeout(within, answer)
+        .await
+        .map_err(|_| Error::ResponseHead(within))
 }
 
 /// A fresh upstream connection; its task ends when the upstream is closed by a drain.
@@ -226,11 +261,20 @@ async fn connect(up: &Arc<Upstream>, upgrades: bool) -> Result<Sender, Error> {
 async fn tunnel_upgrade(
     active: Active,
     mut req: Request<Incoming>,
+    within: Duration,
+    admitted: Admitted,
 ) -> Result<Response<ProxyBody>, Error> {
     let client_side = hyper::upgrade::on(&mut req);
+    let websocket = req
+        .headers()
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("websocket"));
     let up = active.upstream().clone();
     let mut sender = connect(&up, true).await?;
-    let mut resp = sender.send_request(req.map(Either::Left)).await?;
+    let mut resp = head_within(within, sender.send_request(req.map(Either::Left))).await??;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(respond(resp, active));
     }
@@ -240,8 +284,15 @@ async fn tunnel_upgrade(
         let (Ok(a), Ok(b)) = tokio::join!(client_side, upstream_side) else {
             return;
         };
-        crate::tcp::splice(TokioIo::new(a), TokioIo::new(b), closed).await;
+        let farewell = if websocket {
+            crate::tcp::Farewell::websocket()
+        } else {
+            crate::tcp::Farewell::default()
+        };
+        crate::tcp::splice(TokioIo::new(a), TokioIo::new(b), closed, farewell).await;
         drop(active);
+        // The tunnel outlives the client connection's task: it counts against the limit.
+        drop(admitted);
     });
     let (parts, _) = resp.into_parts();
     Ok(Response::from_parts(parts, ProxyBody::full("")))
@@ -299,33 +350,39 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// The request as the upstream gets it: one hop's headers gone, `X-Forwarded-*` added. An
-/// incoming `X-Forwarded-Proto`/`-Host` is kept: a TLS proxy (NPM) in front knows better.
+/// The request as the upstream gets it: one hop's headers gone, `X-Forwarded-*` set to what
+/// the holder saw. The holder binds the Stage's host port, so it is the edge: whatever a client
+/// sent in these headers is its own claim (a spoofed client address, `https` over plain HTTP, a
+/// host of its choosing) and is replaced, not passed on. A TLS proxy in front (NPM) talks to the
+/// holder like any client, so its view is lost too; trusting it would need a setting that names
+/// it, which the holder does not have.
 fn prepare(req: &mut Request<Incoming>, peer: SocketAddr, upgrade: bool) {
     *req.version_mut() = Version::HTTP_11;
+    let host = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrade);
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let ip = peer.ip().to_string();
-    let chain = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert(xff, v);
+    // `insert` replaces every earlier value of the name, however many the client sent.
+    if let Ok(ip) = HeaderValue::from_str(&peer.ip().to_string()) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), ip);
     }
-    let proto = HeaderName::from_static("x-forwarded-proto");
-    if !headers.contains_key(&proto) {
-        headers.insert(proto, HeaderValue::from_static("http"));
-    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
     let fhost = HeaderName::from_static("x-forwarded-host");
-    if !headers.contains_key(&fhost)
-        && let Some(host) = headers.get(header::HOST).cloned()
-    {
-        headers.insert(fhost, host);
+    match host.or_else(|| headers.get(header::HOST).cloned()) {
+        Some(host) => {
+            headers.insert(fhost, host);
+        }
+        None => {
+            headers.remove(fhost);
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod holder;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod route;
 pub mod routes;
@@ -18,6 +19,7 @@ pub mod upstream;
 pub const IMAGE: &str = concat!("tiny-forge-holder:", env!("CARGO_PKG_VERSION"));
 
 pub use holder::{ApplyError, Config, Holder, Running, start};
+pub use limits::Limits;
 pub use route::{Draining, RouteStatus};
 pub use routes::{DEFAULT_DRAIN_MS, Mode, RouteSpec};
 

@@ -75,6 +75,7 @@ fn main() -> ExitCode {
             control,
             token,
             name: std::env::var("TINY_FORGE_HOLDER_NAME").unwrap_or_else(|_| "holder".into()),
+            limits: tiny_forge_holder::Limits::default(),
         };
         let running = match tiny_forge_holder::start(config).await {
             Ok(r) => r,

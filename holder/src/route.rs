@@ -5,9 +5,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
+use crate::limits::Guard;
 use crate::metrics::RouteMetrics;
 use crate::routes::{Mode, RouteSpec};
 use crate::upstream::{Active, Upstream};
@@ -20,6 +22,7 @@ pub struct Route {
     draining: Mutex<Vec<Arc<Upstream>>>,
     listener: Mutex<Option<Listening>>,
     pub metrics: RouteMetrics,
+    pub guard: Arc<Guard>,
 }
 
 /// The accept loop of a bound address; dropping `stop`'s value to true ends it and closes the
@@ -78,7 +81,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 impl Route {
-    pub fn new(name: String, spec: RouteSpec, since_ms: u64) -> Arc<Route> {
+    pub fn new(name: String, spec: RouteSpec, since_ms: u64, guard: Arc<Guard>) -> Arc<Route> {
         Arc::new(Route {
             name,
             current: RwLock::new(Upstream::new(spec.upstream)),
@@ -87,6 +90,7 @@ impl Route {
             draining: Mutex::default(),
             listener: Mutex::default(),
             metrics: RouteMetrics::default(),
+            guard,
         })
     }
 
@@ -217,17 +221,7 @@ async fn accept_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    route.metrics.connection();
-                    match route.mode() {
-                        Mode::Http => {
-                            tokio::spawn(crate::http::serve(route.clone(), stream, peer, ended.clone()));
-                        }
-                        Mode::Tcp => {
-                            tokio::spawn(crate::tcp::serve(route.clone(), stream));
-                        }
-                    }
-                }
+                Ok((stream, peer)) => dispatch(&route, stream, peer, &ended),
                 Err(e) => {
                     // Out of descriptors and the like: the listener itself is fine.
                     eprintln!("holder: route {}: accept: {e}", route.name);
@@ -243,21 +237,55 @@ async fn accept_loop(
     // others, and their connection closes after its first answer.
     while let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await
     {
-        route.metrics.connection();
-        match route.mode() {
-            Mode::Http => {
-                tokio::spawn(crate::http::serve(
-                    route.clone(),
-                    stream,
-                    peer,
-                    ended.clone(),
-                ));
-            }
-            Mode::Tcp => {
-                tokio::spawn(crate::tcp::serve(route.clone(), stream));
-            }
-        }
+        dispatch(&route, stream, peer, &ended);
     }
     drop(listener);
     ended_tx.send_replace(true);
+}
+
+/// Serves an accepted connection, or refuses it when the holder is at its connection limit.
+fn dispatch(
+    route: &Arc<Route>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    ended: &watch::Receiver<bool>,
+) {
+    route.metrics.connection();
+    let Some(admitted) = route.guard.admit() else {
+        tokio::spawn(refuse(route.clone(), stream));
+        return;
+    };
+    match route.mode() {
+        Mode::Http => {
+            tokio::spawn(crate::http::serve(
+                route.clone(),
+                stream,
+                peer,
+                ended.clone(),
+                admitted,
+            ));
+        }
+        Mode::Tcp => {
+            tokio::spawn(crate::tcp::serve(route.clone(), stream, admitted));
+        }
+    }
+}
+
+/// One connection too many: an HTTP client is told so (503, try again shortly) without its
+/// request being read; a TCP one is closed. Bounded, so refusals cannot pile up either.
+async fn refuse(route: Arc<Route>, mut stream: TcpStream) {
+    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+        content-length: 5\r\nretry-after: 1\r\nconnection: close\r\n\r\nbusy\n";
+    if route.mode() == Mode::Http {
+        route.metrics.response(503, Duration::ZERO);
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = stream.write_all(BUSY).await;
+            let _ = stream.shutdown().await;
+            // Closing with the client's request unread would reset the connection, and the
+            // reset can overtake the answer: read until the client closes (or the bound).
+            let mut sink = [0u8; 1024];
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
 }

@@ -70,16 +70,61 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
-/// Reads the route file; a missing file is no routes.
+/// Reads the route file; a missing file is no routes. A file this holder cannot use (not
+/// JSON, not this shape, or another `version`, say one a newer holder wrote before a
+/// downgrade) is an error of kind `InvalidData`.
 pub fn load(path: &Path) -> io::Result<RouteFile> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{path:?}: {e}"))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(RouteFile {
-            version: FILE_VERSION,
-            ..Default::default()
-        }),
-        Err(e) => Err(e),
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(RouteFile {
+                version: FILE_VERSION,
+                ..Default::default()
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+    // The version first: a newer holder's file may not parse as this one's at all, and saying
+    // "version 2" is more use than a field name serde does not know.
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: u32,
+    }
+    let versioned: Versioned =
+        serde_json::from_slice(&bytes).map_err(|e| invalid(format!("{path:?}: {e}")))?;
+    if versioned.version != FILE_VERSION {
+        return Err(invalid(format!(
+            "{path:?} is version {}; this holder reads version {FILE_VERSION}",
+            versioned.version
+        )));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| invalid(format!("{path:?}: {e}")))
+}
+
+/// The route file at start-up. One the holder cannot use must not keep it from starting (a
+/// holder that exits at once is restarted by Docker, exits again, and no port is served):
+/// it is renamed to `routes.json.bad-<ms since the epoch>` for a person to look at, and the
+/// holder starts with no routes; the controller puts every route back on its next reconcile.
+/// Returns the routes and, when the file was set aside, why.
+pub fn load_or_set_aside(path: &Path, now_ms: u64) -> (RouteFile, Option<String>) {
+    match load(path) {
+        Ok(file) => (file, None),
+        Err(e) => {
+            let aside = path.with_extension(format!("json.bad-{now_ms}"));
+            let why = match std::fs::rename(path, &aside) {
+                Ok(()) => format!("{e}; moved to {aside:?}, starting with no routes"),
+                Err(r) => format!(
+                    "{e}; cannot move it to {aside:?} ({r}), starting with no routes \
+                     (the next route written replaces it)"
+                ),
+            };
+            let empty = RouteFile {
+                version: FILE_VERSION,
+                ..Default::default()
+            };
+            (empty, Some(why))
+        }
     }
 }
 
@@ -127,6 +172,16 @@ mod tests {
         save(&path, &file).unwrap();
         assert_eq!(load(&path).unwrap(), file);
         assert!(!path.with_extension("json.tmp").exists());
+    }
+
+    #[test]
+    fn a_file_of_another_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.json");
+        std::fs::write(&path, r#"{"version":2,"routes":{}}"#).unwrap();
+        let e = load(&path).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("version 2"), "{e}");
     }
 
     #[test]

@@ -279,11 +279,19 @@ pub async fn route_status(control_addr: SocketAddr, name: &str) -> serde_json::V
 }
 
 pub async fn start_holder(dir: &std::path::Path) -> tiny_forge_holder::Running {
+    start_holder_with(dir, tiny_forge_holder::Limits::default()).await
+}
+
+pub async fn start_holder_with(
+    dir: &std::path::Path,
+    limits: tiny_forge_holder::Limits,
+) -> tiny_forge_holder::Running {
     tiny_forge_holder::start(tiny_forge_holder::Config {
         state_dir: dir.to_path_buf(),
         control: "127.0.0.1:0".parse().unwrap(),
         token: TOKEN.into(),
         name: "test".into(),
+        limits,
     })
     .await
     .unwrap()

@@ -198,6 +198,46 @@ async fn routes_are_kept_on_disk_and_served_again_after_a_restart() {
     eventually(|| async { get(listen, "/").await.is_ok_and(|r| r == (200, "A".into())) }).await;
 }
 
+/// Starts a holder on a state directory whose route file is `content`: it must start with no
+/// routes, the file set aside as it was, and take routes again.
+async fn starts_despite_route_file(content: &str) {
+    let a = upstream("A").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.json"), content).unwrap();
+    let holder = start_holder(dir.path()).await;
+    assert!(holder.holder().list().is_empty());
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("routes.json.bad-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(&aside[0])).unwrap(),
+        content
+    );
+    let listen = listen_addr();
+    put_route(holder.control, "t.again", listen, a.addr, "http", 1_000).await;
+    assert_eq!(get(listen, "/").await.unwrap(), (200, "A".into()));
+    let file = std::fs::read_to_string(dir.path().join("routes.json")).unwrap();
+    assert!(file.contains("t.again"), "{file}");
+}
+
+#[tokio::test]
+async fn a_corrupt_route_file_is_set_aside_and_the_holder_starts() {
+    starts_despite_route_file("{\"version\":1,\"routes\":{\"t.x\":{\"spec\":").await;
+}
+
+#[tokio::test]
+async fn a_route_file_of_a_newer_holder_is_set_aside_and_the_holder_starts() {
+    let listen = listen_addr();
+    let newer = serde_json::json!({
+        "version": 2,
+        "routes": { "t.newer": { "spec": { "listen": listen, "upstream": "127.0.0.1:9" }, "sinceMs": 1 } }
+    });
+    starts_despite_route_file(&newer.to_string()).await;
+}
+
 #[tokio::test]
 async fn a_port_someone_else_holds_is_refused_and_nothing_changes() {
     let a = upstream("A").await;
@@ -235,6 +275,28 @@ async fn x_forwarded_headers_are_added_and_hop_headers_are_not_passed_on() {
     let (status, body) = get(listen, "/headers").await.unwrap();
     assert_eq!(status, 200);
     // `Connection: close` was the client's hop; the upstream connection is the holder's own.
+    assert_eq!(body, "for=127.0.0.1 proto=http host=app.test connection=");
+}
+
+#[tokio::test]
+async fn x_forwarded_headers_a_client_sends_never_reach_the_upstream() {
+    let a = upstream("A").await;
+    let dir = tempfile::tempdir().unwrap();
+    let holder = start_holder(dir.path()).await;
+    let listen = listen_addr();
+    put_route(holder.control, "t.spoof", listen, a.addr, "http", 1_000).await;
+    let mut conn = BufReader::new(TcpStream::connect(listen).await.unwrap());
+    conn.get_mut()
+        .write_all(
+            b"GET /headers HTTP/1.1\r\nHost: app.test\r\n\
+              X-Forwarded-For: 10.9.9.9\r\nX-Forwarded-For: 10.8.8.8\r\n\
+              X-Forwarded-Proto: https\r\nX-Forwarded-Host: bank.example\r\n\
+              Connection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (status, body) = read_response(&mut conn).await.unwrap();
+    assert_eq!(status, 200);
     assert_eq!(body, "for=127.0.0.1 proto=http host=app.test connection=");
 }
 
@@ -302,10 +364,12 @@ async fn an_upgraded_connection_stays_on_the_old_target_until_the_drain_ends_the
     let mut fresh = upgraded(listen).await;
     assert_eq!(echo_over(&mut fresh, "three").await, "B:three");
 
-    // At the end of the drain the holder closes it: an orderly end of stream, not an error.
+    // At the end of the drain the holder closes it: a WebSocket Close frame, 1001 "going
+    // away", then an orderly end of stream, not an error.
     let mut rest = Vec::new();
     let read = ws.read_to_end(&mut rest).await;
-    assert!(matches!(read, Ok(0)), "{read:?}");
+    assert!(read.is_ok(), "{read:?}");
+    assert_eq!(rest, [0x88, 0x02, 0x03, 0xE9]);
     eventually(|| async {
         route_status(holder.control, "t.ws").await["draining"] == serde_json::json!([])
     })

@@ -44,6 +44,10 @@ pub const DEFAULT_CONTROL: &str = "127.0.0.1:7480";
 const RECHECK: Duration = Duration::from_secs(10);
 /// How long a new or restarted holder may take to answer.
 const READY_WITHIN: Duration = Duration::from_secs(15);
+/// How long after a failed start the holder is tried again. Stages publish their ports
+/// directly meanwhile, and only a holder that then runs takes them back (one roll with a gap
+/// each way), so not every reconcile.
+const RETRY_START: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct HolderConfig {
@@ -70,8 +74,13 @@ pub struct DockerHolder {
     /// control address, and a kept connection would ask the old one forever.
     health: reqwest::Client,
     /// The token of the holder that answered last, and when its container was last looked at.
-    /// A tokio mutex: one reconcile repairs the holder while the others wait for it.
-    known: tokio::sync::Mutex<Option<(String, Instant)>>,
+    /// Held only to read or write it, never across a call to Docker or the holder.
+    known: std::sync::Mutex<Option<(String, Instant)>>,
+    /// One repair at a time: the others use the token they have, or wait for the repair when
+    /// they have none.
+    repairing: tokio::sync::Mutex<()>,
+    /// Why the holder container could not be created or started last time, and when.
+    cannot_start: std::sync::Mutex<Option<(String, Instant)>>,
 }
 
 impl DockerHolder {
@@ -80,13 +89,11 @@ impl DockerHolder {
         instance: &str,
         config: HolderConfig,
     ) -> anyhow::Result<DockerHolder> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(2))
-            .build()?;
+        let http = control_client()?;
         let health = reqwest::Client::builder()
             .timeout(Duration::from_secs(1))
             .pool_max_idle_per_host(0)
+            .no_proxy()
             .build()?;
         Ok(DockerHolder {
             docker,
@@ -95,6 +102,8 @@ impl DockerHolder {
             http,
             health,
             known: Default::default(),
+            repairing: Default::default(),
+            cannot_start: Default::default(),
         })
     }
 
@@ -108,17 +117,121 @@ impl DockerHolder {
     /// removing routes of a holder that does not exist has nothing to do). None: there is no
     /// holder and none was created. Cached for [`RECHECK`] while calls succeed.
     pub async fn ensure(&self, create: bool) -> Result<Option<String>, HolderError> {
-        let mut known = self.known.lock().await;
-        if let Some((token, at)) = &*known
+        let known = self.known();
+        if let Some((token, at)) = &known
             && at.elapsed() < RECHECK
         {
             return Ok(Some(token.clone()));
         }
+        let stale = known.map(|(t, _)| t).filter(|t| !t.is_empty());
+        let _repairing = match (self.repairing.try_lock(), stale) {
+            (Ok(guard), _) => guard,
+            // Another call is looking at the holder: the token it had is used meanwhile (a
+            // call it fails is retried after that repair).
+            (Err(_), Some(token)) => return Ok(Some(token)),
+            (Err(_), None) => self.repairing.lock().await,
+        };
+        // Repaired by the call this one waited for.
+        if let Some((token, at)) = self.known()
+            && at.elapsed() < RECHECK
+            && !token.is_empty()
+        {
+            return Ok(Some(token));
+        }
         let Some(token) = self.repair(create).await? else {
             return Ok(None);
         };
-        *known = Some((token.clone(), Instant::now()));
+        *self.cannot_start.lock().expect("poisoned") = None;
+        self.remember(Some((token.clone(), Instant::now())));
         Ok(Some(token))
+    }
+
+    /// Why no holder can run, if so: its image is not on the host, or its container could not
+    /// be created or started on the last try. A holder that answered lately is usable.
+    pub async fn why_unusable(&self) -> Option<String> {
+        if self
+            .known()
+            .is_some_and(|(token, at)| !token.is_empty() && at.elapsed() < RECHECK)
+        {
+            return None;
+        }
+        // Docker itself away is no verdict on the holder: the reconcile says so anyway.
+        if let Err(BollardError::DockerResponseServerError {
+            status_code: 404, ..
+        }) = self.docker.inspect_image(&self.config.image).await
+        {
+            return Some(format!(
+                "image {} is not on the Docker host (scripts/holder-image.sh builds it)",
+                self.config.image
+            ));
+        }
+        let failed = self.cannot_start.lock().expect("poisoned").clone();
+        let (why, at) = failed?;
+        if at.elapsed() < RETRY_START {
+            return Some(why);
+        }
+        // Tried again now: a holder that starts (with no routes yet) takes the ports back.
+        match self.ensure(true).await {
+            Ok(_) => None,
+            Err(e) => {
+                self.could_not_start(&e);
+                Some(e.to_string())
+            }
+        }
+    }
+
+    fn could_not_start(&self, e: &HolderError) {
+        *self.cannot_start.lock().expect("poisoned") = Some((e.to_string(), Instant::now()));
+    }
+
+    /// Lets go of every port of this instance's holder and removes the holder (its routes are
+    /// gone, and so is its reason to run): what `--port-holder=false` does at start, so the
+    /// Stages' containers can publish the ports themselves. Returns how many routes there were.
+    pub async fn release(&self) -> Result<usize, HolderError> {
+        let Some((status, text)) = self.call(reqwest::Method::GET, "/v1/routes", None).await?
+        else {
+            return Ok(0);
+        };
+        if status != reqwest::StatusCode::OK {
+            return Err(refused(status, &text));
+        }
+        let routes = parse::<Vec<RouteStatus>>(&text)?;
+        for r in &routes {
+            tracing::info!(route = %r.name, listen = %r.spec.listen, "port holder off: releasing the port");
+            self.remove(&r.name).await?;
+        }
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{HOLDER_LABEL}={}", self.instance)],
+        )]);
+        let holders = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| HolderError::Unavailable(e.to_string()))?;
+        for c in holders {
+            tracing::info!(container = ?c.names, "port holder off: removing the port holder");
+            let remove = RemoveContainerOptionsBuilder::default().force(true).build();
+            self.docker
+                .remove_container(c.id.as_deref().unwrap_or_default(), Some(remove))
+                .await
+                .map_err(|e| HolderError::Unavailable(e.to_string()))?;
+        }
+        self.forget();
+        Ok(routes.len())
+    }
+
+    fn known(&self) -> Option<(String, Instant)> {
+        self.known.lock().expect("poisoned").clone()
+    }
+
+    fn remember(&self, known: Option<(String, Instant)>) {
+        *self.known.lock().expect("poisoned") = known;
     }
 
     /// Keeps the holder up between reconciles: once one has answered, its `/healthz` is asked
@@ -130,7 +243,7 @@ impl DockerHolder {
         let url = format!("http://{}/healthz", self.config.control);
         loop {
             tokio::time::sleep(every).await;
-            if self.known.lock().await.is_none() {
+            if self.known().is_none() {
                 continue;
             }
             let answered = self
@@ -143,25 +256,25 @@ impl DockerHolder {
                 continue;
             }
             tracing::warn!(control = %self.config.control, "the port holder does not answer; repairing it");
-            self.forget().await;
+            self.forget();
             match self.ensure(true).await {
                 Ok(_) => tracing::info!("the port holder answers again"),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot repair the port holder yet");
                     // Looked at again next time: keep the claim that one should exist.
-                    *self.known.lock().await = Some((
+                    self.remember(Some((
                         String::new(),
                         Instant::now()
                             .checked_sub(RECHECK)
                             .unwrap_or_else(Instant::now),
-                    ));
+                    )));
                 }
             }
         }
     }
 
-    async fn forget(&self) {
-        *self.known.lock().await = None;
+    fn forget(&self) {
+        self.remember(None);
     }
 
     async fn repair(&self, create: bool) -> Result<Option<String>, HolderError> {
@@ -210,7 +323,10 @@ impl DockerHolder {
                 );
                 if !running {
                     tracing::info!(container = %name, "starting the port holder");
-                    self.start(&id).await?;
+                    if let Err(e) = self.start(&id).await {
+                        self.could_not_start(&e);
+                        return Err(e);
+                    }
                 }
                 token
             }
@@ -227,12 +343,21 @@ impl DockerHolder {
                 }
                 let token = token.unwrap_or_else(new_token);
                 tracing::info!(container = %name, image = %self.config.image, "creating the port holder");
-                self.create(&name, &token).await?;
-                self.start(&name).await?;
+                let started = match self.create(&name, &token).await {
+                    Ok(()) => self.start(&name).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = started {
+                    self.could_not_start(&e);
+                    return Err(e);
+                }
                 token
             }
         };
-        self.wait_ready(&name).await?;
+        let upgrade = holders
+            .iter()
+            .any(|c| c.image_id.as_deref() != Some(image.as_str()));
+        self.wait_ready(&name, upgrade).await?;
         for old in holders
             .iter()
             .filter(|c| c.image_id.as_deref() != Some(image.as_str()))
@@ -311,25 +436,36 @@ impl DockerHolder {
         }
     }
 
-    /// Until the holder named `name` answers on the control address with every route bound.
-    /// During an upgrade both holders share the ports (SO_REUSEPORT), so the answer names who
-    /// gave it.
-    async fn wait_ready(&self, name: &str) -> Result<(), HolderError> {
+    /// Until the holder named `name` answers on the control address (during an upgrade both
+    /// holders share the ports with SO_REUSEPORT, so the answer names who gave it). A route
+    /// whose port the holder cannot bind (another process has it) is that Stage's problem,
+    /// reported as `PortTaken` when its route is written, not a reason to call the holder
+    /// unavailable for every Stage. Only before an upgrade retires the previous holder is every
+    /// route waited for, so that no port it serves goes unbound; one that stays unbound for
+    /// [`READY_WITHIN`] is no better served by the old holder, and the upgrade goes on.
+    async fn wait_ready(&self, name: &str, upgrade: bool) -> Result<(), HolderError> {
         let deadline = Instant::now() + READY_WITHIN;
         let url = format!("http://{}/healthz", self.config.control);
         let mut last = String::new();
+        let mut answered = false;
         while Instant::now() < deadline {
             match self.health.get(&url).send().await {
                 Ok(r) => {
                     let text = r.text().await.unwrap_or_default();
-                    if health_says_ready(&text, name) {
+                    let health = Health::parse(&text, name);
+                    if health.answers && (!upgrade || health.all_bound) {
                         return Ok(());
                     }
+                    answered |= health.answers;
                     last = text;
                 }
                 Err(e) => last = e.to_string(),
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if answered {
+            tracing::warn!(holder = %name, health = %last.trim(), "the new port holder has not bound every port; retiring the previous one anyway");
+            return Ok(());
         }
         Err(HolderError::Unavailable(format!(
             "the holder {name} did not become ready on {} ({})",
@@ -380,7 +516,7 @@ impl DockerHolder {
                     self.config.control
                 ))),
             };
-            self.forget().await;
+            self.forget();
             if attempt >= 2 {
                 return result.map(|_: ()| unreachable!());
             }
@@ -388,25 +524,46 @@ impl DockerHolder {
     }
 }
 
+/// The client of the control channel. Never through a proxy from the environment: the bearer
+/// token would go to whoever `HTTP_PROXY` names, and the holder is on this host's loopback.
+fn control_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()
+}
+
 /// `/healthz` of the holder: `ok name=<container> listening=<bound>/<routes>`.
-fn health_says_ready(text: &str, name: &str) -> bool {
-    let mut fields = text.split_whitespace();
-    if fields.next() != Some("ok") {
-        return false;
-    }
-    let mut named = false;
-    let mut bound = false;
-    for f in fields {
-        if let Some(n) = f.strip_prefix("name=") {
-            named = n == name;
+#[derive(Debug, PartialEq, Eq)]
+struct Health {
+    /// The holder named so answered `ok`.
+    answers: bool,
+    /// It has bound the port of every route.
+    all_bound: bool,
+}
+
+impl Health {
+    fn parse(text: &str, name: &str) -> Health {
+        let mut fields = text.split_whitespace();
+        let ok = fields.next() == Some("ok");
+        let mut named = false;
+        let mut bound = false;
+        for f in fields {
+            if let Some(n) = f.strip_prefix("name=") {
+                named = n == name;
+            }
+            if let Some(l) = f.strip_prefix("listening=")
+                && let Some((a, b)) = l.split_once('/')
+            {
+                bound = a == b;
+            }
         }
-        if let Some(l) = f.strip_prefix("listening=")
-            && let Some((a, b)) = l.split_once('/')
-        {
-            bound = a == b;
+        Health {
+            answers: ok && named,
+            all_bound: ok && named && bound,
         }
     }
-    named && bound
 }
 
 fn new_token() -> String {
@@ -445,6 +602,10 @@ fn refused(status: reqwest::StatusCode, text: &str) -> HolderError {
 }
 
 impl PortHolder for DockerHolder {
+    fn unusable(&self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(self.why_unusable())
+    }
+
     fn route<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<HeldRoute>, HolderError>> {
         Box::pin(async move {
             let Some((status, text)) = self
@@ -530,16 +691,89 @@ impl PortHolder for DockerHolder {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     #[test]
-    fn ready_means_this_holder_with_every_route_bound() {
-        assert!(health_says_ready("ok name=h-b listening=2/2\n", "h-b"));
-        // The previous holder answering during an upgrade, or ports not yet bound.
-        assert!(!health_says_ready("ok name=h-a listening=2/2\n", "h-b"));
-        assert!(!health_says_ready("ok name=h-b listening=1/2\n", "h-b"));
-        assert!(!health_says_ready("ok\n", "h-b"));
-        assert!(!health_says_ready("", "h-b"));
+    fn health_says_who_answers_and_whether_every_port_is_bound() {
+        let h = |text: &str| Health::parse(text, "h-b");
+        let (yes, no) = (true, false);
+        let health = |answers, all_bound| Health { answers, all_bound };
+        assert_eq!(h("ok name=h-b listening=2/2\n"), health(yes, yes));
+        // A port another process holds: this holder answers all the same.
+        assert_eq!(h("ok name=h-b listening=1/2\n"), health(yes, no));
+        // The previous holder answering during an upgrade.
+        assert_eq!(h("ok name=h-a listening=2/2\n"), health(no, no));
+        assert_eq!(h("ok\n"), health(no, no));
+        assert_eq!(h(""), health(no, no));
+    }
+
+    /// Serves one HTTP answer with `body` to every connection; counts connections.
+    async fn answering(body: &'static str) -> (SocketAddr, std::sync::Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    const CHILD: &str = "TINY_FORGE_TEST_PROXY_CHILD";
+
+    /// The environment cannot be changed in-process (no unsafe here), so this test runs itself
+    /// again as a child with `HTTP_PROXY` pointing at a listener that must never be asked.
+    #[tokio::test]
+    async fn the_control_client_ignores_proxies_from_the_environment() {
+        if let Ok(proxy) = std::env::var(CHILD) {
+            let (holder, _) = answering("holder").await;
+            let body = control_client()
+                .unwrap()
+                .get(format!("http://{holder}/healthz"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert_eq!(body, "holder", "the call went through the proxy {proxy}");
+            return;
+        }
+        let (proxy, asked) = answering("proxy").await;
+        let out = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "adapters::holder::tests::the_control_client_ignores_proxies_from_the_environment",
+                "--nocapture",
+            ])
+            .env(CHILD, proxy.to_string())
+            .env("HTTP_PROXY", format!("http://{proxy}"))
+            .env("http_proxy", format!("http://{proxy}"))
+            .env("ALL_PROXY", format!("http://{proxy}"))
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "{text}");
+        assert_eq!(asked.load(Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::health::{ProbeError, Prober};
+use super::holder::{BoxFuture, HeldRoute, HoldRequest, HolderError, PortHolder};
 use super::runtime::{
     ContainerInfo, ContainerSpec, ContainerState, ImageInfo, Pull, Runtime, RuntimeError,
 };
@@ -52,6 +53,25 @@ struct World {
     made: u8,
     steps: Vec<String>,
     unreachable: bool,
+    /// The port holder's routes, when a [`FakeHolder`] is in use: it shares this world, so a
+    /// held port and a container publishing it directly exclude each other, as on a host.
+    routes: BTreeMap<String, FakeRoute>,
+    /// Answers for the holder's next switches, in order (`None`: behave normally).
+    switch_faults: std::collections::VecDeque<Option<HolderError>>,
+}
+
+struct FakeRoute {
+    held: HeldRoute,
+    /// Previous targets and until when (on the paused clock) they still have requests.
+    draining: Vec<(SocketAddr, tokio::time::Instant)>,
+}
+
+impl FakeRoute {
+    fn still_draining(&mut self) -> usize {
+        let now = tokio::time::Instant::now();
+        self.draining.retain(|(_, until)| *until > now);
+        self.draining.len()
+    }
 }
 
 impl World {
@@ -249,10 +269,11 @@ impl Runtime for FakeDocker {
         }
         let (port, image, cid) = (c.host_port, c.image.clone(), c.id.clone());
         if let Some(port) = port
-            && world
+            && (world
                 .containers
                 .iter()
                 .any(|o| o.running && o.id != cid && o.host_port == Some(port))
+                || world.routes.values().any(|r| r.held.listen.port() == port))
         {
             return Err(RuntimeError::Other(format!(
                 "Bind for 127.0.0.1:{port} failed: port is already allocated"
@@ -270,8 +291,14 @@ impl Runtime for FakeDocker {
         let mut world = self.up()?;
         if let Some(c) = world.find(id) {
             c.running = false;
-            let cid = c.id.clone();
-            world.steps.push(format!("stop {cid}"));
+            let (cid, ip) = (c.id.clone(), c.ip);
+            // Stopping a container the holder still drains to cuts its clients off.
+            let cut = world
+                .routes
+                .values_mut()
+                .any(|r| r.still_draining() > 0 && r.draining.iter().any(|(a, _)| a.ip() == ip));
+            let note = if cut { " while draining" } else { "" };
+            world.steps.push(format!("stop {cid}{note}"));
         }
         Ok(())
     }
@@ -324,5 +351,148 @@ impl Prober for FakeProber {
     async fn tcp(&self, addr: SocketAddr, _timeout: Duration) -> Result<(), ProbeError> {
         let world = self.0.world();
         world.reached(addr).map(drop).ok_or(ProbeError::Refused)
+    }
+}
+
+/// The port holder on the fake Docker: routes in the fake world, a switch drains the previous
+/// target for the route's drain time on the (paused) clock, and a port some running container
+/// publishes itself cannot be held (`PortTaken`). Its verbs are logged with Docker's
+/// (`hold NAME TARGET`, `unhold NAME`).
+#[derive(Clone)]
+pub struct FakeHolder(FakeDocker);
+
+impl FakeDocker {
+    pub fn holder(&self) -> FakeHolder {
+        FakeHolder(self.clone())
+    }
+}
+
+impl FakeHolder {
+    /// The answers of the next switches, in order; `None` behaves normally.
+    pub fn fail_switches(&self, faults: impl IntoIterator<Item = Option<HolderError>>) {
+        self.0.world().switch_faults.extend(faults);
+    }
+
+    /// Every route by name.
+    pub fn routes(&self) -> BTreeMap<String, HeldRoute> {
+        self.0
+            .world()
+            .routes
+            .iter()
+            .map(|(n, r)| (n.clone(), r.held.clone()))
+            .collect()
+    }
+
+    /// A route as a holder from before would have it: `name` on `listen` to `target`.
+    pub fn put(&self, name: &str, listen: SocketAddr, target: SocketAddr) {
+        let held = HeldRoute {
+            listen,
+            target,
+            since_ms: 1,
+            mode: crate::api::HolderMode::default(),
+            drain: Duration::from_secs(5),
+            listening: true,
+            draining: 0,
+        };
+        self.0.world().routes.insert(
+            name.to_string(),
+            FakeRoute {
+                held,
+                draining: Vec::new(),
+            },
+        );
+    }
+
+    /// Switches `name` to `target` as the holder does, leaving the previous target draining.
+    pub fn switch_now(&self, name: &str, target: SocketAddr) {
+        let mut world = self.0.world();
+        let r = world.routes.get_mut(name).expect("a route to switch");
+        let until = tokio::time::Instant::now() + r.held.drain;
+        r.draining.push((r.held.target, until));
+        r.held.target = target;
+    }
+}
+
+impl PortHolder for FakeHolder {
+    fn route<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<HeldRoute>, HolderError>> {
+        Box::pin(async move {
+            let mut world = self.0.world();
+            Ok(world.routes.get_mut(name).map(|r| HeldRoute {
+                draining: r.still_draining(),
+                ..r.held.clone()
+            }))
+        })
+    }
+
+    fn switch<'a>(&'a self, req: &'a HoldRequest) -> BoxFuture<'a, Result<HeldRoute, HolderError>> {
+        Box::pin(async move {
+            let mut world = self.0.world();
+            if let Some(Some(fault)) = world.switch_faults.pop_front() {
+                world.steps.push(format!("hold {} failed", req.name));
+                return Err(fault);
+            }
+            let published = world
+                .containers
+                .iter()
+                .any(|c| c.running && c.host_port == Some(req.listen.port()));
+            if published && !world.routes.contains_key(&req.name) {
+                return Err(HolderError::PortTaken(
+                    req.listen,
+                    "address already in use".into(),
+                ));
+            }
+            let now = tokio::time::Instant::now();
+            let route = world
+                .routes
+                .entry(req.name.clone())
+                .or_insert_with(|| FakeRoute {
+                    held: HeldRoute {
+                        listen: req.listen,
+                        target: req.target,
+                        since_ms: 1,
+                        mode: req.mode,
+                        drain: req.drain,
+                        listening: true,
+                        draining: 0,
+                    },
+                    draining: Vec::new(),
+                });
+            if route.held.target != req.target {
+                route.draining.push((route.held.target, now + req.drain));
+            }
+            route.held = HeldRoute {
+                listen: req.listen,
+                target: req.target,
+                mode: req.mode,
+                drain: req.drain,
+                draining: route.still_draining(),
+                ..route.held.clone()
+            };
+            let held = route.held.clone();
+            world
+                .steps
+                .push(format!("hold {} {}", req.name, req.target));
+            Ok(held)
+        })
+    }
+
+    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, HolderError>> {
+        Box::pin(async move {
+            let mut world = self.0.world();
+            let existed = world.routes.remove(name).is_some();
+            if existed {
+                world.steps.push(format!("unhold {name}"));
+            }
+            Ok(existed)
+        })
+    }
+
+    fn owned<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<Vec<String>, HolderError>> {
+        Box::pin(async move {
+            let names: Vec<String> = self.0.world().routes.keys().cloned().collect();
+            Ok(super::holder::of_instance(instance, &names)
+                .cloned()
+                .collect())
+        })
     }
 }

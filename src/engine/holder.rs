@@ -73,11 +73,46 @@ pub trait PortHolder: Send + Sync {
     fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, HolderError>>;
     /// Names of the routes this controller instance created, for garbage collection.
     fn owned<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<Vec<String>, HolderError>>;
+    /// Why no holder can run at all (say its image is not on the host), if so: Stages then
+    /// publish their ports directly, with the old gap on a roll, rather than not at all. A
+    /// holder that is merely restarting is not this: it comes back.
+    fn unusable(&self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async { None })
+    }
 }
 
-/// The holder's route name of a Stage: names go into paths and metric labels, so anything
-/// outside `[a-z0-9-]` becomes `-`; the dots separate instance, namespace and Stage.
+/// The holder's route name of a Stage: `<instance>.<namespace>.<stage>.<hash>`. Names go into
+/// paths and metric labels, so the readable part keeps `[a-z0-9-]` only (anything else becomes
+/// `-`) and is cut short; that alone would let `a_b` and `a.b` (or `A` and `a`) share a route
+/// and steal each other's port, so the name ends in a hash of the exact instance, namespace
+/// and Stage, which tells them apart.
 pub fn route_name(instance: &str, key: &StageKey) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [instance, &key.namespace, &key.stage] {
+        // Length-prefixed: no choice of parts can make two triples hash the same bytes.
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    let hash: String = h
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "{}.{}.{}.{hash}",
+        readable(instance),
+        readable(&key.namespace),
+        readable(&key.stage)
+    )
+}
+
+/// The name routes had before [`route_name`] ended in a hash. A holder that runs on may still
+/// have a route by this name: the engine moves it to the new name the first time it syncs the
+/// Stage (the new route binds beside it, then the old one goes, so the port stays served), and
+/// removes it whenever it removes the Stage's route.
+pub fn legacy_route_name(instance: &str, key: &StageKey) -> String {
     format!(
         "{}.{}.{}",
         clean(instance),
@@ -86,9 +121,11 @@ pub fn route_name(instance: &str, key: &StageKey) -> String {
     )
 }
 
-/// The route names of `instance` among `names`.
+/// The route names of `instance` among `names`: those the readable prefix matches. An instance
+/// whose name differs only in characters `[a-z0-9-]` cannot show (`a_b`, `a.b`) shares the
+/// prefix, so this is a filter for listing, not for deleting.
 pub fn of_instance<'a>(instance: &str, names: &'a [String]) -> impl Iterator<Item = &'a String> {
-    let prefix = format!("{}.", clean(instance));
+    let prefix = format!("{}.", readable(instance));
     names.iter().filter(move |n| n.starts_with(&prefix))
 }
 
@@ -102,32 +139,81 @@ fn clean(s: &str) -> String {
         .collect()
 }
 
+/// At most 50 characters: three of them, the dots and the hash stay within the holder's 200.
+fn readable(s: &str) -> String {
+    clean(s).chars().take(50).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn route_names_are_safe_for_paths_and_labels_and_tell_stages_apart() {
-        let key = |ns: &str, stage: &str| StageKey {
+    fn key(ns: &str, stage: &str) -> StageKey {
+        StageKey {
             namespace: ns.into(),
             project: "demo".into(),
             stage: stage.into(),
-        };
+        }
+    }
+
+    fn safe(name: &str) -> bool {
+        (1..=200).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    }
+
+    #[test]
+    fn route_names_are_readable_pinned_and_safe_for_paths_and_labels() {
+        // Pinned: a running holder knows routes by these names; changing the encoding strands
+        // them (see legacy_route_name for the one migration there is).
         assert_eq!(
             route_name("demo", &key("default", "prod")),
-            "demo.default.prod"
+            "demo.default.prod.2f82344720f8e28a"
         );
-        assert_eq!(
+        let long = "x".repeat(300);
+        for name in [
             route_name("My_Inst", &key("team/a", "Prod")),
+            route_name(&long, &key(&long, &long)),
+            route_name("", &key("", "")),
+        ] {
+            assert!(safe(&name), "{name}");
+        }
+        assert!(route_name("My_Inst", &key("team/a", "Prod")).starts_with("my-inst.team-a.prod."));
+    }
+
+    #[test]
+    fn route_names_of_different_stages_never_collide() {
+        let names = [
+            route_name("demo", &key("default", "prod")),
+            route_name("demo", &key("default", "staging")),
+            // Each of these pairs cleaned to the same name before the hash.
+            route_name("demo", &key("team.a", "prod")),
+            route_name("demo", &key("team_a", "prod")),
+            route_name("demo", &key("team-a", "prod")),
+            route_name("demo", &key("default", "Prod")),
+            route_name("a_b", &key("default", "prod")),
+            route_name("a.b", &key("default", "prod")),
+            // Where the dots fall.
+            route_name("demo", &key("a.b", "c")),
+            route_name("demo", &key("a", "b.c")),
+            // Past the readable part's length.
+            route_name("demo", &key("default", &format!("{}1", "x".repeat(60)))),
+            route_name("demo", &key("default", &format!("{}2", "x".repeat(60)))),
+        ];
+        let distinct: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "{names:#?}");
+    }
+
+    #[test]
+    fn the_legacy_name_is_the_readable_part_without_the_hash() {
+        assert_eq!(
+            legacy_route_name("My_Inst", &key("team/a", "Prod")),
             "my-inst.team-a.prod"
         );
-        assert_ne!(
-            route_name("demo", &key("default", "prod")),
-            route_name("demo", &key("default", "staging"))
-        );
         let names = vec![
-            "demo.default.prod".to_string(),
-            "demox.default.prod".to_string(),
+            route_name("demo", &key("default", "prod")),
+            route_name("demox", &key("default", "prod")),
         ];
         assert_eq!(of_instance("demo", &names).collect::<Vec<_>>(), [&names[0]]);
     }

@@ -378,3 +378,171 @@ async fn domains_without_a_proxy_deploy_the_container_and_say_the_domains_are_no
     );
     assert_eq!(w.ready().0, "False", "{}", w.message());
 }
+
+fn prod() -> StageKey {
+    StageKey {
+        namespace: "default".into(),
+        project: "demo".into(),
+        stage: "prod".into(),
+    }
+}
+
+impl World {
+    /// The same World with a port holder on the fake Docker.
+    fn held(tag: &str, host_port: u16) -> (World, crate::engine::fake::FakeHolder) {
+        let mut w = World::new(tag, Some(host_port));
+        let holder = w.docker.holder();
+        w.machine.holder = Some(Arc::new(holder.clone()));
+        (w, holder)
+    }
+
+    fn ip_of(&self, id: &str) -> IpAddr {
+        let world = inspect_now(&self.docker, id);
+        world.ip.expect("an address")
+    }
+}
+
+fn inspect_now(docker: &FakeDocker, id: &str) -> crate::engine::runtime::ContainerState {
+    // The fake answers at once; a blocking wait keeps the helpers synchronous.
+    futures::executor::block_on(docker.inspect(id))
+        .unwrap()
+        .expect("the container exists")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_roll_resumed_after_the_switch_waits_for_the_drain_before_retiring() {
+    let (mut w, holder) = World::held("1.0.0", 8081);
+    assert_eq!(w.pass().await, Requeue::Resync);
+    assert_eq!(w.status.phase, Some(Phase::Healthy), "{}", w.message());
+    let name = route_name("unit", &prod());
+    let old = w.docker.containers()[0].id.clone();
+    assert_eq!(holder.routes()[&name].target.ip(), w.ip_of(&old));
+
+    // The controller stopped right after the holder switched to 1.1.0: the old container
+    // still has requests in flight, status still says Deploying.
+    w.pin("1.1.0");
+    let eff = Effective::new(&w.project, &w.stage)
+        .unwrap()
+        .with_holder(true);
+    let image = w
+        .docker
+        .ensure_image("demo:1.1.0", Pull::Never)
+        .await
+        .unwrap();
+    let spec = eff.container_spec(&prod(), "unit", "1.1.0", &image, &Default::default());
+    let new = w.docker.create(&spec).await.unwrap();
+    w.docker.start(&new).await.unwrap();
+    holder.switch_now(&name, SocketAddr::new(w.ip_of(&new), 8080));
+    w.status.phase = Some(Phase::Deploying);
+    w.docker.steps();
+
+    w.pass().await;
+    let steps = w.docker.steps();
+    assert!(
+        steps.contains(&format!("stop {old}")),
+        "the old container is retired: {steps:?}"
+    );
+    assert!(
+        !steps.iter().any(|s| s.ends_with("while draining")),
+        "retired while the holder still drained it: {steps:?}"
+    );
+    assert_eq!(w.serving(), ["1.1.0"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_port_handover_the_holder_does_not_take_starts_the_old_container_again() {
+    // 1.0.0 publishes the port itself (deployed before this controller ran a holder).
+    let mut w = World::new("1.0.0", Some(8081));
+    w.pass().await;
+    let old = w.docker.containers()[0].id.clone();
+    let holder = w.docker.holder();
+    w.machine.holder = Some(Arc::new(holder.clone()));
+    // The first switch finds the port taken (by 1.0.0); once 1.0.0 has stopped, the holder
+    // fails.
+    holder.fail_switches([None, Some(HolderError::Unavailable("gone away".into()))]);
+    w.docker.steps();
+
+    w.pin("1.1.0");
+    assert_eq!(w.pass().await, Requeue::Retry);
+    let steps = w.docker.steps();
+    assert!(
+        position(&steps, &format!("stop {old}")) < position(&steps, &format!("start {old}")),
+        "{steps:?}"
+    );
+    assert!(
+        w.serving().contains(&"1.0.0".to_string()),
+        "nothing serves the port: {steps:?}"
+    );
+    assert_eq!(w.status.phase, Some(Phase::Deploying), "{}", w.message());
+
+    // The holder back: the port is handed over and the roll completes.
+    w.pass().await;
+    assert_eq!(w.serving(), ["1.1.0"]);
+    assert!(holder.routes().contains_key(&route_name("unit", &prod())));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_route_under_its_legacy_name_moves_to_the_current_one_without_a_gap() {
+    let (mut w, holder) = World::held("1.0.0", 8081);
+    w.pass().await;
+    let name = route_name("unit", &prod());
+    let legacy = crate::engine::holder::legacy_route_name("unit", &prod());
+    // A holder from before route names ended in a hash.
+    let route = holder.routes()[&name].clone();
+    holder.put(&legacy, route.listen, route.target);
+    holder.remove(&name).await.unwrap();
+    w.docker.steps();
+
+    w.pass().await;
+    let steps = w.docker.steps();
+    assert_eq!(
+        steps,
+        [
+            format!("hold {name} {}", route.target),
+            format!("unhold {legacy}")
+        ],
+        "bound under the new name before the old one lets go, no container touched"
+    );
+    let routes = holder.routes();
+    assert_eq!(routes.keys().collect::<Vec<_>>(), [&name]);
+    assert_eq!(routes[&name].target, route.target);
+    assert_eq!(w.status.phase, Some(Phase::Healthy), "{}", w.message());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_steady_stage_retires_a_leftover_only_once_the_holder_has_drained_it() {
+    let (mut w, holder) = World::held("1.0.0", 8081);
+    w.pass().await;
+    let name = route_name("unit", &prod());
+    let serving = w.docker.containers()[0].id.clone();
+    // A leftover of an interrupted roll that the port pointed at until a moment ago (a roll
+    // back switched the holder back to 1.0.0): it still has requests in flight.
+    let eff = Effective::new(&w.project, &w.stage)
+        .unwrap()
+        .with_holder(true);
+    let image = w
+        .docker
+        .ensure_image("demo:1.1.0", Pull::Never)
+        .await
+        .unwrap();
+    let spec = eff.container_spec(&prod(), "unit", "1.1.0", &image, &Default::default());
+    let leftover = w.docker.create(&spec).await.unwrap();
+    w.docker.start(&leftover).await.unwrap();
+    holder.switch_now(&name, SocketAddr::new(w.ip_of(&leftover), 8080));
+    holder.switch_now(&name, SocketAddr::new(w.ip_of(&serving), 8080));
+    w.docker.steps();
+
+    w.pass().await;
+    let steps = w.docker.steps();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.starts_with(&format!("stop {leftover}"))),
+        "the leftover is retired: {steps:?}"
+    );
+    assert!(
+        !steps.iter().any(|s| s.ends_with("while draining")),
+        "retired while the holder still drained it: {steps:?}"
+    );
+    assert_eq!(w.serving(), ["1.0.0"]);
+}

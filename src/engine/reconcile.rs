@@ -12,7 +12,9 @@ use tokio::time::Instant;
 
 use super::conditions::{self, READY, now};
 use super::health::{self, Check, Prober, Reach};
-use super::holder::{HoldRequest, HolderError, PortHolder, route_name};
+use super::holder::{
+    HeldRoute, HoldRequest, HolderError, PortHolder, legacy_route_name, route_name,
+};
 use super::reasons::Reason;
 use super::runtime::{ContainerInfo, ContainerSpec, ImageInfo, Pull, Runtime, RuntimeError};
 use super::spec::{Effective, EnvValueSource, StageKey, describe_errors};
@@ -303,11 +305,22 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             );
             return invalid(status, Reason::UnknownDockerHost, message);
         }
-        let eff = match Effective::new(project, input.stage) {
-            Ok(eff) => eff.with_holder(self.holder.is_some()),
-            Err(errors) => return invalid(status, Reason::InvalidSpec, describe_errors(&errors)),
+        let unusable = match &self.holder {
+            Some(holder) => holder.unusable().await,
+            None => None,
         };
-        match self.converge(input, &eff, observed, &mut status).await {
+        let eff = match (Effective::new(project, input.stage), unusable) {
+            (Ok(eff), None) => eff.with_holder(self.holder.is_some()),
+            (Ok(eff), Some(why)) => eff.without_usable_holder(why),
+            (Err(errors), _) => {
+                return invalid(status, Reason::InvalidSpec, describe_errors(&errors));
+            }
+        };
+        let converged = self.converge(input, &eff, observed, &mut status).await;
+        if let Some(why) = &eff.holder_down {
+            note_holder_down(&mut status, why);
+        }
+        match converged {
             Ok(requeue) => Reconciled { status, requeue },
             Err(e) => {
                 tracing::warn!(reason = %e.reason, message = %e.message, "reconcile step failed");
@@ -369,14 +382,17 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
         let image = self.image_for(eff, status, &tag).await?;
         let secrets = self.resolve_secrets(&input.key.namespace, eff)?;
         let spec = eff.container_spec(&input.key, &self.instance, &tag, &image, &secrets);
+        if eff.hold.is_none() && status.port.is_some() && eff.holder_down.is_some() {
+            // No holder can run, so none serves the port: nothing to take back from it.
+            status.port = None;
+        }
         if eff.hold.is_none()
             && status.port.is_some()
             && let Some(holder) = &self.holder
         {
             // Held no more (opt-out, or no hostPort): the holder lets go of the port first, so
             // the container that publishes it directly can bind it.
-            holder
-                .remove(&route_name(&self.instance, &input.key))
+            remove_route(holder.as_ref(), &self.instance, &input.key)
                 .await
                 .map_err(hold_step_error)?;
             status.port = None;
@@ -494,6 +510,14 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             status.phase = Some(Phase::Degraded);
             report(status, false, e.reason(), message, generation);
             return Ok(Requeue::Retry);
+        }
+        if !others.is_empty()
+            && let (Some(holder), Some(plan)) = (&self.holder, &eff.hold)
+        {
+            // The switch to this container may be an earlier pass's (a roll resumed after a
+            // restart): the previous one is retired below only once the holder has drained it.
+            let name = route_name(&self.instance, &input.key);
+            self.wait_drained(holder.as_ref(), &name, plan.drain).await;
         }
         let mut proxied = self
             .sync_proxy(input, eff, status, &c.id, serving.port, config)
@@ -712,29 +736,53 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
                 &ro.tag,
             )
             .await;
-        let switched = match first {
+        match first {
             Err(HolderError::PortTaken(..)) if ro.others.iter().any(|c| c.running) => {
+                let mut stopped = Vec::new();
+                let mut handed = Ok(());
                 for c in ro.others.iter().filter(|c| c.running) {
                     tracing::info!(container = %c.name, "handing the host port over to the port holder");
-                    self.runtime
-                        .stop(&c.id, stop_timeout(ro.eff))
-                        .await
-                        .map_err(|e| HolderError::Unavailable(e.to_string()))?;
+                    if let Err(e) = self.runtime.stop(&c.id, stop_timeout(ro.eff)).await {
+                        handed = Err(HolderError::Unavailable(e.to_string()));
+                        break;
+                    }
+                    stopped.push(*c);
                 }
-                self.sync_hold(
-                    ro.input,
-                    ro.eff,
-                    status,
-                    id,
-                    &ro.spec.name,
-                    ro.spec.port,
-                    &ro.tag,
-                )
-                .await?
+                let second = match handed {
+                    Ok(()) => {
+                        self.sync_hold(
+                            ro.input,
+                            ro.eff,
+                            status,
+                            id,
+                            &ro.spec.name,
+                            ro.spec.port,
+                            &ro.tag,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = second {
+                    // The port is neither the holder's nor theirs: what served it serves it
+                    // again, publishing it itself, until the next attempt.
+                    for c in stopped {
+                        tracing::warn!(container = %c.name, error = %e, "the port holder did not take the port; starting the previous container again");
+                        if let Err(se) = self.runtime.start(&c.id).await {
+                            tracing::error!(container = %c.name, error = %se, "could not restart the previous container");
+                        }
+                    }
+                    return Err(e);
+                }
             }
-            other => other?,
-        };
-        if switched && !ro.drift_restart {
+            other => {
+                other?;
+            }
+        }
+        // Whether this call switched or an earlier one did (a controller that stopped mid-roll
+        // resumes here): the previous target keeps its requests until the holder says it has
+        // drained.
+        if !ro.drift_restart {
             self.wait_drained(holder.as_ref(), &name, plan.drain).await;
         }
         Ok(())
@@ -794,7 +842,11 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             drain: plan.drain,
             label: format!("{tag} {container}"),
         };
-        let (routed, switched) = match holder.route(&name).await? {
+        let mut current = holder.route(&name).await?;
+        if current.is_none() {
+            current = self.migrate_route(holder.as_ref(), input, &req).await?;
+        }
+        let (routed, switched) = match current {
             Some(r)
                 if r.listening
                     && r.target == target
@@ -821,6 +873,37 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             since: rfc3339(routed.since_ms),
         });
         Ok(switched)
+    }
+
+    /// A route of the Stage under its name from before names ended in a hash
+    /// ([`legacy_route_name`]) moves to its current name: created there with the target it has
+    /// (binding the port beside it, as the holder binds with SO_REUSEPORT), then the old name
+    /// is removed. The port is served throughout, and whatever switch follows drains as usual.
+    /// A legacy route on another address is another Stage's whose name collided: left alone.
+    async fn migrate_route(
+        &self,
+        holder: &dyn PortHolder,
+        input: &StageInput<'_>,
+        req: &HoldRequest,
+    ) -> Result<Option<HeldRoute>, HolderError> {
+        let legacy = legacy_route_name(&self.instance, &input.key);
+        let Some(old) = holder.route(&legacy).await? else {
+            return Ok(None);
+        };
+        if old.listen != req.listen {
+            return Ok(None);
+        }
+        let moved = holder
+            .switch(&HoldRequest {
+                target: old.target,
+                mode: old.mode,
+                drain: old.drain,
+                ..req.clone()
+            })
+            .await?;
+        holder.remove(&legacy).await?;
+        tracing::info!(from = %legacy, to = %req.name, "port holder route renamed");
+        Ok(Some(moved))
     }
 
     /// The new container is healthy but the holder cannot switch to it now: both keep running
@@ -1206,6 +1289,34 @@ impl<R: Runtime, P: Prober, S: StatusSink, X: Secrets, N: Proxy> Reconciler<R, P
             tracing::warn!(error = %e, "could not save intermediate status");
         }
     }
+}
+
+/// Says in status, whatever else it says, that the Stage's port is published directly because
+/// no port holder can run: the roll that follows has a gap.
+fn note_holder_down(status: &mut StageStatus, why: &str) {
+    let note = format!(
+        "port holder unavailable: {why}; rolls of this Stage have a gap (its host port is published directly)"
+    );
+    let message = status.message.take().unwrap_or_default();
+    status.message = Some(if message.contains(&note) {
+        message
+    } else if message.is_empty() {
+        note
+    } else {
+        format!("{message}; {note}")
+    });
+}
+
+/// Removes the Stage's route from the holder, under its current and its legacy name. Returns
+/// whether there was one.
+pub async fn remove_route(
+    holder: &dyn PortHolder,
+    instance: &str,
+    key: &StageKey,
+) -> Result<bool, HolderError> {
+    let current = holder.remove(&route_name(instance, key)).await?;
+    let legacy = holder.remove(&legacy_route_name(instance, key)).await?;
+    Ok(current || legacy)
 }
 
 /// A holder failure that stops a step: transient (the holder comes back, the port is freed).

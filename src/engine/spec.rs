@@ -127,6 +127,9 @@ pub struct Effective {
     pub proxy: Option<ProxyPlan>,
     /// The port holder owns the fixed host port (see [`Effective::with_holder`]).
     pub hold: Option<HoldPlan>,
+    /// Why the port holder cannot serve this Stage's held port, which is published directly
+    /// instead (see [`Effective::without_usable_holder`]).
+    pub holder_down: Option<String>,
     memory_bytes: Option<i64>,
     nano_cpus: Option<i64>,
 }
@@ -175,6 +178,7 @@ impl Effective {
                 },
                 proxy,
                 hold,
+                holder_down: None,
                 host_ip: stage.host_ip.clone(),
                 memory_bytes,
                 nano_cpus,
@@ -193,6 +197,15 @@ impl Effective {
             self.host_port = None;
         }
         self
+    }
+
+    /// The controller runs a port holder, but none can run (`why`): a Stage that would be held
+    /// publishes its port directly, as without a holder, and says so.
+    pub fn without_usable_holder(mut self, why: String) -> Effective {
+        if self.hold.is_some() {
+            self.holder_down = Some(why);
+        }
+        self.with_holder(false)
     }
 
     /// `repo:tag` as given to the runtime.

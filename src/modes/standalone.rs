@@ -67,6 +67,9 @@ pub struct Options {
     pub build_concurrency: usize,
     /// The port holder for Stages with a fixed `hostPort`; None publishes such ports directly.
     pub holder: Option<crate::adapters::holder::HolderConfig>,
+    /// With no holder: the one an earlier run may have left, whose ports are released (and
+    /// which is removed) at start so that containers can publish them.
+    pub release_holder: Option<crate::adapters::holder::HolderConfig>,
 }
 
 impl Options {
@@ -88,6 +91,7 @@ impl Options {
             npm: None,
             build_concurrency: 1,
             holder: None,
+            release_holder: None,
         }
     }
 
@@ -306,7 +310,25 @@ async fn control(
             }));
             Some(holder as Arc<dyn crate::engine::holder::PortHolder>)
         }
-        None => None,
+        None => {
+            if let Some(config) = &opts.release_holder {
+                let holder = crate::adapters::holder::DockerHolder::new(
+                    runtime.docker().clone(),
+                    &opts.instance,
+                    config.clone(),
+                )?;
+                match holder.release().await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(routes = n, "port holder off: its ports are released")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "port holder off, but the running one cannot be told to release its ports; Stages that publish them cannot start until it is removed")
+                    }
+                }
+            }
+            None
+        }
     };
     let engine = Arc::new(host::single_host(
         runtime,
@@ -707,7 +729,13 @@ impl Controller {
                     stage: key.1.clone(),
                 };
                 let name = crate::engine::holder::route_name(&self.opts.instance, &stage);
-                if let Err(e) = holder.remove(&name).await {
+                let removed = crate::engine::reconcile::remove_route(
+                    holder.as_ref(),
+                    &self.opts.instance,
+                    &stage,
+                )
+                .await;
+                if let Err(e) = removed {
                     tracing::warn!(route = %name, error = %e, "cannot remove the held port of a removed Stage");
                     continue;
                 }
