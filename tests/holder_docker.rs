@@ -592,15 +592,15 @@ async fn the_holder_comes_back_after_a_crash_a_docker_kill_and_a_removal() {
         .await
         .unwrap();
     let removed = until_answers(listen).await;
-    let mut replaced = None;
-    for _ in 0..200 {
-        replaced = holder_container(&rt, instance).await;
-        if replaced.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_ne!(replaced.expect("a holder runs again").0, id);
+    // The port may answer before Docker lists the new container as running (it is listed
+    // once its start call returns): wait for the listing with the suite's one deadline.
+    let replaced = tiny_forge::testing::eventually(
+        "a holder container listed again",
+        tiny_forge::testing::PATIENCE,
+        || async { holder_container(&rt, instance).await.ok_or("none listed") },
+    )
+    .await;
+    assert_ne!(replaced.0, id);
     eprintln!(
         "port answering again after: process killed {:.0} ms, docker kill {:.0} ms, docker rm -f {:.0} ms",
         crash.as_secs_f64() * 1e3,
