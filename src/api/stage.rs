@@ -82,12 +82,20 @@ pub struct PortHolder {
     pub enabled: Option<bool>,
     /// `http` (default): HTTP/1.1 with keep-alive and WebSocket upgrades, drained per request,
     /// `X-Forwarded-*` added. `tcp`: bytes both ways, drained per connection (any protocol).
+    // A plain string schema: the generated one lists `null` among the enum values, and
+    // Kubernetes 1.20 then refuses the whole CRD ("per-version schemas may not all be set to
+    // identical values").
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "holder_mode_schema")]
     pub mode: Option<HolderMode>,
     /// Seconds the previous container may finish its requests (and keep open tunnels and TCP
     /// connections) after the switch; it is retired as soon as nothing is in flight (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_seconds: Option<u32>,
+}
+
+fn holder_mode_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": ["http", "tcp"], "nullable": true})
 }
 
 /// What the port holder understands of a Stage's traffic.
