@@ -59,6 +59,12 @@ fn missing_tools() -> Vec<&'static str> {
         .collect()
 }
 
+/// A free loopback port and a listener holding it until it is handed to the registry.
+fn reserve_port() -> (u16, std::net::TcpListener) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (listener.local_addr().unwrap().port(), listener)
+}
+
 fn repository(registry_port: u16) -> String {
     format!("127.0.0.1:{registry_port}/demo/web")
 }
@@ -74,7 +80,14 @@ struct Registry {
 impl Registry {
     /// Starts a registry on `port` storing under `dir` that notifies `notify_url`, sending
     /// `token` as a bearer token, and waits until it answers.
-    async fn start(dir: &Path, port: u16, notify_url: &str, token: &str) -> Registry {
+    /// `port` is held by `reserved` until the registry is spawned: picked long before (image
+    /// references carry it), it was once taken by another connection in between.
+    async fn start(
+        dir: &Path,
+        (port, reserved): (u16, std::net::TcpListener),
+        notify_url: &str,
+        token: &str,
+    ) -> Registry {
         let debug_port = free_port();
         let config = dir.join("config.yml");
         // Distribution 2.8 applies `ignore.actions` only when `ignore.mediatypes` is not empty:
@@ -112,6 +125,7 @@ notifications:
         .unwrap();
         let log = dir.join("registry.log");
         let out = std::fs::File::create(&log).unwrap();
+        drop(reserved);
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
@@ -334,7 +348,7 @@ async fn a_push_to_a_real_registry_deploys_the_pushed_image_from_it() {
     let registry_dir = dir.path().join("registry");
     std::fs::create_dir(&registry_dir).unwrap();
 
-    let registry_port = free_port();
+    let (registry_port, reserved) = reserve_port();
     let repository = repository(registry_port);
     let _cleanup = EngineCleanup {
         repository: repository.clone(),
@@ -372,7 +386,7 @@ spec: {{projectRef: web, autoDeploy: true, tagPolicy: {{semver: '>=1.0.0'}}}}
     let url = url_when_up(&state, port).await;
     let registry = Registry::start(
         &registry_dir,
-        registry_port,
+        (registry_port, reserved),
         &format!("{url}/registry"),
         TOKEN,
     )
@@ -584,7 +598,7 @@ async fn a_re_push_announced_without_a_digest_is_looked_up_in_the_registry() {
     std::fs::create_dir(&manifests).unwrap();
     let registry_dir = dir.path().join("registry");
     std::fs::create_dir(&registry_dir).unwrap();
-    let registry_port = free_port();
+    let (registry_port, reserved) = reserve_port();
     let repository = repository(registry_port);
     let _cleanup = Cleanup(repository.clone());
     std::fs::write(
@@ -617,7 +631,7 @@ spec: {{projectRef: web, autoDeploy: true, tagPolicy: {{exact: stable}}}}
     // This registry's own notifications go nowhere: only the digest-less pushes below count.
     let registry = Registry::start(
         &registry_dir,
-        registry_port,
+        (registry_port, reserved),
         "http://127.0.0.1:9/none",
         TOKEN,
     )
