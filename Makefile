@@ -15,7 +15,7 @@ INSTANCE ?= demo
 # Exports DOCKER_HOST from docker-up.sh into the current recipe line (fails if docker-up fails).
 WITH_DOCKER_HOST = host=$$(scripts/docker-up.sh); export "$$host"
 
-.PHONY: help build docker-up docker-down demo-images holder-image run test test-deps lint bench bench-peers bench-scale crds clean-demo kube-up kube-down
+.PHONY: help build docker-up docker-down demo-images holder-image run test test-deps lint bench bench-deps bench-peers bench-scale crds clean-demo kube-up kube-down
 
 help:
 	@echo "make build | run | test | lint | bench | bench-peers | bench-scale | crds | demo-images | holder-image | docker-up | docker-down | clean-demo"
@@ -73,16 +73,21 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench:
-	scripts/with-docker.sh bash -c 'scripts/demo-images.sh && scripts/holder-image.sh && $(CARGO) bench --bench deploy && $(CARGO) bench --bench handover'
+# What the benchmarks drive besides the test dependencies: wrk (load), nginx and adnanh/webhook
+# (the anchors), sqlite3 (bench-peers reads the store).
+bench-deps: test-deps
+	@scripts/install-deps.sh wrk nginx webhook sqlite3
+
+bench: bench-deps
+	scripts/with-docker.sh bash -c 'scripts/demo-images.sh && scripts/holder-image.sh && $(CARGO) bench --bench deploy && $(CARGO) bench --bench handover && $(CARGO) bench --bench holder'
 	$(CARGO) bench --bench webhook
 
 # The webhook path beside nginx and adnanh/webhook (wrk), and standalone at 5,000 Projects with
 # push → reconcile start: release binary, real Docker; each writes its table to docs/BENCHMARKS.md.
-bench-peers:
+bench-peers: bench-deps
 	scripts/with-docker.sh scripts/bench-peers.sh
 
-bench-scale:
+bench-scale: bench-deps
 	scripts/with-docker.sh scripts/bench-scale.sh
 
 crds:

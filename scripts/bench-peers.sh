@@ -32,7 +32,7 @@ DOC=docs/BENCHMARKS.md
 
 log() { printf 'bench-peers: %s\n' "$*" >&2; }
 for tool in wrk nginx webhook python3 sqlite3; do
-    command -v "$tool" >/dev/null || { log "missing $tool (apt-get install wrk nginx-light webhook sqlite3)"; exit 1; }
+    command -v "$tool" >/dev/null || { log "missing $tool (make bench-deps installs it)"; exit 1; }
 done
 if [ "$TF_BIN" = "$ROOT/target/release/tiny-forge" ]; then
     cargo build --release --quiet
