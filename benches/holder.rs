@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tiny_forge::adapters::docker::DockerRuntime;
-use tiny_forge::adapters::holder::{DockerHolder, HOLDER_LABEL, HolderConfig};
+use tiny_forge::adapters::holder::{DockerHolder, HolderConfig};
 use tiny_forge::api::{
     ContainerSettings, HealthCheck, HealthCheckType, Outcome, Phase, ProjectSpec, StageSpec,
     StageStatus,
@@ -461,7 +461,7 @@ async fn rolls(rt: &DockerRuntime, held: bool, n: usize) -> Rolls {
     {
         let _ = rt.remove(&c.id).await;
     }
-    remove_holder(rt, instance).await;
+    tiny_forge::testing::remove_holder(rt, instance).await;
     Rolls {
         mode: if held {
             "with the holder"
@@ -473,38 +473,6 @@ async fn rolls(rt: &DockerRuntime, held: bool, n: usize) -> Rolls {
         broken_failed: broken.failed,
         broken_answers: broken.broken_answers,
     }
-}
-
-async fn remove_holder(rt: &DockerRuntime, instance: &str) {
-    let filters = std::collections::HashMap::from([(
-        "label".to_string(),
-        vec![format!("{HOLDER_LABEL}={instance}")],
-    )]);
-    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
-        .all(true)
-        .filters(&filters)
-        .build();
-    for c in rt
-        .docker()
-        .list_containers(Some(options))
-        .await
-        .unwrap_or_default()
-    {
-        let remove = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
-            .force(true)
-            .build();
-        let _ = rt
-            .docker()
-            .remove_container(c.id.as_deref().unwrap_or_default(), Some(remove))
-            .await;
-    }
-    let _ = rt
-        .docker()
-        .remove_volume(
-            &format!("tiny-forge-holder-{instance}"),
-            None::<bollard::query_parameters::RemoveVolumeOptions>,
-        )
-        .await;
 }
 
 fn render(p: &ProxyResults, r: &[Rolls], machine: &str) -> String {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub use crate::engine::fake;
 
+use crate::adapters::docker::DockerRuntime;
 use crate::api::{
     ContainerSettings, EnvVar, HealthCheck, HealthCheckType, ProjectSpec, StageSpec, StageStatus,
 };
@@ -163,4 +164,42 @@ pub async fn stage_reaches_in(
         }
     })
     .await
+}
+
+/// Removes the port holder containers of `instance` and their route volume, whatever state
+/// they are in (a test's or a bench's clean slate; `DockerHolder::release` needs a holder that
+/// answers and keeps the volume).
+pub async fn remove_holder(rt: &DockerRuntime, instance: &str) {
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![format!(
+            "{}={instance}",
+            crate::adapters::holder::HOLDER_LABEL
+        )],
+    )]);
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    for c in rt
+        .docker()
+        .list_containers(Some(options))
+        .await
+        .unwrap_or_default()
+    {
+        let remove = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .build();
+        let _ = rt
+            .docker()
+            .remove_container(c.id.as_deref().unwrap_or_default(), Some(remove))
+            .await;
+    }
+    let _ = rt
+        .docker()
+        .remove_volume(
+            &format!("tiny-forge-holder-{instance}"),
+            None::<bollard::query_parameters::RemoveVolumeOptions>,
+        )
+        .await;
 }

@@ -21,39 +21,6 @@ use tiny_forge::store::StateDb;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// Removes the holder containers of `instance` and their volume.
-async fn remove_holder(rt: &DockerRuntime, instance: &str) {
-    let filters = std::collections::HashMap::from([(
-        "label".to_string(),
-        vec![format!("{HOLDER_LABEL}={instance}")],
-    )]);
-    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
-        .all(true)
-        .filters(&filters)
-        .build();
-    for c in rt
-        .docker()
-        .list_containers(Some(options))
-        .await
-        .unwrap_or_default()
-    {
-        let remove = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
-            .force(true)
-            .build();
-        let _ = rt
-            .docker()
-            .remove_container(c.id.as_deref().unwrap_or_default(), Some(remove))
-            .await;
-    }
-    let _ = rt
-        .docker()
-        .remove_volume(
-            &format!("tiny-forge-holder-{instance}"),
-            None::<bollard::query_parameters::RemoveVolumeOptions>,
-        )
-        .await;
-}
-
 /// One response off a connection: status and body (Content-Length framing).
 async fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<(u16, String)> {
     read_response_and_close(reader)
@@ -223,7 +190,7 @@ async fn a_held_port_rolls_forward_and_back_with_no_failed_request_and_no_answer
 {
     let Some(rt) = docker().await else { return };
     let instance = "t-holder-roll";
-    remove_holder(&rt, instance).await;
+    tiny_forge::testing::remove_holder(&rt, instance).await;
     let control: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let holder = DockerHolder::new(
         rt.docker().clone(),
@@ -335,7 +302,7 @@ async fn a_held_port_rolls_forward_and_back_with_no_failed_request_and_no_answer
     }
 
     f.cleanup(&rt).await;
-    remove_holder(&rt, instance).await;
+    tiny_forge::testing::remove_holder(&rt, instance).await;
 }
 
 const NS: &str = "t-holder-crash";
@@ -409,7 +376,7 @@ fn healthy_on(tag: &'static str) -> impl Fn(&StageStatus) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_controller_killed_mid_roll_and_at_rest_drops_no_request() {
     let Some(rt) = docker().await else { return };
-    remove_holder(&rt, NS).await;
+    tiny_forge::testing::remove_holder(&rt, NS).await;
     for c in rt.list_managed(&[(labels::INSTANCE, NS)]).await.unwrap() {
         rt.remove(&c.id).await.unwrap();
     }
@@ -478,7 +445,7 @@ async fn a_controller_killed_mid_roll_and_at_rest_drops_no_request() {
     for c in rt.list_managed(&[(labels::INSTANCE, NS)]).await.unwrap() {
         rt.remove(&c.id).await.unwrap();
     }
-    remove_holder(&rt, NS).await;
+    tiny_forge::testing::remove_holder(&rt, NS).await;
 }
 
 /// The running holder container of `instance`: (id, host pid).
@@ -528,7 +495,7 @@ async fn until_answers(addr: SocketAddr) -> Duration {
 async fn the_holder_comes_back_after_a_crash_a_docker_kill_and_a_removal() {
     let Some(rt) = docker().await else { return };
     let instance = "t-holder-repair";
-    remove_holder(&rt, instance).await;
+    tiny_forge::testing::remove_holder(&rt, instance).await;
     let control: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let holder = Arc::new(
         DockerHolder::new(
@@ -618,14 +585,14 @@ async fn the_holder_comes_back_after_a_crash_a_docker_kill_and_a_removal() {
 
     watcher.abort();
     f.cleanup(&rt).await;
-    remove_holder(&rt, instance).await;
+    tiny_forge::testing::remove_holder(&rt, instance).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_holder_upgrade_overlaps_the_old_holder_and_drops_no_request() {
     let Some(rt) = docker().await else { return };
     let instance = "t-holder-upgrade";
-    remove_holder(&rt, instance).await;
+    tiny_forge::testing::remove_holder(&rt, instance).await;
     // The "new release": the same binary under another image id.
     let upgraded = "tiny-forge-holder:t-upgrade";
     let built = Command::new("bash")
@@ -698,7 +665,7 @@ async fn a_holder_upgrade_overlaps_the_old_holder_and_drops_no_request() {
     }
 
     f.cleanup(&rt).await;
-    remove_holder(&rt, instance).await;
+    tiny_forge::testing::remove_holder(&rt, instance).await;
     let _ = Command::new("docker")
         .args(["rmi", upgraded])
         .stdout(Stdio::null())
@@ -709,7 +676,7 @@ async fn a_holder_upgrade_overlaps_the_old_holder_and_drops_no_request() {
 async fn a_port_the_holder_cannot_bind_fails_only_its_own_stage() {
     let Some(rt) = docker().await else { return };
     let instance = "t-holder-taken";
-    remove_holder(&rt, instance).await;
+    tiny_forge::testing::remove_holder(&rt, instance).await;
     let control: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = HolderConfig {
         control,
@@ -787,14 +754,14 @@ async fn a_port_the_holder_cannot_bind_fails_only_its_own_stage() {
     drop(squatter);
     a.cleanup(&rt).await;
     b.cleanup(&rt).await;
-    remove_holder(&rt, instance).await;
+    tiny_forge::testing::remove_holder(&rt, instance).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_a_holder_image_a_held_stage_publishes_its_port_directly_and_says_so() {
     let Some(rt) = docker().await else { return };
     let instance = "t-holder-absent";
-    remove_holder(&rt, instance).await;
+    tiny_forge::testing::remove_holder(&rt, instance).await;
     let mut r = reconciler(rt.clone());
     r.instance = instance.into();
     r.holder = Some(Arc::new(
@@ -833,7 +800,7 @@ async fn without_a_holder_image_a_held_stage_publishes_its_port_directly_and_say
 async fn turning_the_holder_off_releases_its_ports_for_direct_publishing() {
     let Some(rt) = docker().await else { return };
     let instance = "t-holder-off";
-    remove_holder(&rt, instance).await;
+    tiny_forge::testing::remove_holder(&rt, instance).await;
     let config = HolderConfig {
         control: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
         ..Default::default()
@@ -879,5 +846,5 @@ async fn turning_the_holder_off_releases_its_ports_for_direct_publishing() {
     let body = get(&format!("http://127.0.0.1:{port}/")).await;
     assert!(body.is_ok(), "{body:?}");
     f.cleanup(&rt).await;
-    remove_holder(&rt, instance).await;
+    tiny_forge::testing::remove_holder(&rt, instance).await;
 }
