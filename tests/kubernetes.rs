@@ -239,6 +239,30 @@ where
     .await
 }
 
+/// The URL secret the controllers made in `ns`.
+async fn url_secret(client: &Client, ns: &str) -> String {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = secrets.get("tiny-forge-webhook").await.unwrap();
+    String::from_utf8(secret.data.unwrap()["url-secret"].0.clone()).unwrap()
+}
+
+/// A generic push of `tiny-forge-demo:{tag}` with delivery id `id` to the listener on `port`;
+/// its answer must be 2xx.
+async fn push_generic(url_secret: &str, port: u16, tag: &str, id: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/api/webhook/{url_secret}"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", id)
+        .body(format!(r#"{{"image":"tiny-forge-demo:{tag}"}}"#))
+        .send()
+        .await
+        .unwrap();
+    let code = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    assert!((200..300).contains(&code), "{code} {text}");
+    text
+}
+
 /// Waits until the listener says it is ready (its watches listed, its URL secret made).
 async fn ready_listener(port: u16) {
     eventually("/readyz", 30, || async {
@@ -1108,29 +1132,7 @@ async fn a_redelivery_never_moves_latest_back_in_any_replica() {
     let mut b = Controller::start(ns, instance, &args, None);
     ready_listener(a.port).await;
     ready_listener(b.port).await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let secret = secrets.get("tiny-forge-webhook").await.unwrap();
-    let url_secret = String::from_utf8(secret.data.unwrap()["url-secret"].0.clone()).unwrap();
-    let http = reqwest::Client::new();
-    let push = |port: u16, tag: &str, id: &str| {
-        let (http, url_secret) = (http.clone(), url_secret.clone());
-        let body = format!(r#"{{"image":"tiny-forge-demo:{tag}"}}"#);
-        let id = id.to_string();
-        async move {
-            let r = http
-                .post(format!("http://127.0.0.1:{port}/api/webhook/{url_secret}"))
-                .header("content-type", "application/json")
-                .header("idempotency-key", id)
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            let code = r.status().as_u16();
-            let text = r.text().await.unwrap();
-            assert!((200..300).contains(&code), "{code} {text}");
-            text
-        }
-    };
+    let url_secret = url_secret(&client, ns).await;
     let stages: Api<Stage> = Api::namespaced(client.clone(), ns);
     let latest = || async {
         stages
@@ -1141,14 +1143,14 @@ async fn a_redelivery_never_moves_latest_back_in_any_replica() {
             .and_then(|s| s.latest)
             .map(|l| l.tag)
     };
-    push(a.port, "build-1", "delivery-1").await;
+    push_generic(&url_secret, a.port, "build-1", "delivery-1").await;
     tokio::time::sleep(Duration::from_millis(1100)).await; // seenAt has second resolution
-    push(a.port, "build-2", "delivery-2").await;
+    push_generic(&url_secret, a.port, "build-2", "delivery-2").await;
     assert_eq!(latest().await.as_deref(), Some("build-2"));
 
     // The sender redelivers the first push; this time it reaches the other replica.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let answer = push(b.port, "build-1", "delivery-1").await;
+    let answer = push_generic(&url_secret, b.port, "build-1", "delivery-1").await;
     assert_eq!(
         latest().await.as_deref(),
         Some("build-2"),
@@ -1158,14 +1160,14 @@ async fn a_redelivery_never_moves_latest_back_in_any_replica() {
     b.stop();
     let b = Controller::start(ns, instance, &args, None);
     ready_listener(b.port).await;
-    let answer = push(b.port, "build-1", "delivery-1").await;
+    let answer = push_generic(&url_secret, b.port, "build-1", "delivery-1").await;
     assert_eq!(
         latest().await.as_deref(),
         Some("build-2"),
         "a redelivery after a restart moved latest back: {answer}"
     );
     // A new push still counts, on either replica.
-    push(b.port, "build-3", "delivery-3").await;
+    push_generic(&url_secret, b.port, "build-3", "delivery-3").await;
     assert_eq!(latest().await.as_deref(), Some("build-3"));
     drop((a, b));
     remove_everything(&client, &docker, ns, instance).await;
@@ -1194,29 +1196,7 @@ async fn a_redelivery_of_a_passed_over_push_never_moves_latest_back() {
     let b = Controller::start(ns, instance, &args, None);
     ready_listener(a.port).await;
     ready_listener(b.port).await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let secret = secrets.get("tiny-forge-webhook").await.unwrap();
-    let url_secret = String::from_utf8(secret.data.unwrap()["url-secret"].0.clone()).unwrap();
-    let http = reqwest::Client::new();
-    let push = |port: u16, tag: &str, id: &str| {
-        let (http, url_secret) = (http.clone(), url_secret.clone());
-        let body = format!(r#"{{"image":"tiny-forge-demo:{tag}"}}"#);
-        let id = id.to_string();
-        async move {
-            let r = http
-                .post(format!("http://127.0.0.1:{port}/api/webhook/{url_secret}"))
-                .header("content-type", "application/json")
-                .header("idempotency-key", id)
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            let code = r.status().as_u16();
-            let text = r.text().await.unwrap();
-            assert!((200..300).contains(&code), "{code} {text}");
-            text
-        }
-    };
+    let url_secret = url_secret(&client, ns).await;
     let stages: Api<Stage> = Api::namespaced(client.clone(), ns);
     let latest = || async {
         stages
@@ -1255,7 +1235,7 @@ async fn a_redelivery_of_a_passed_over_push_never_moves_latest_back() {
     // The first push comes late (a sender's retry): acknowledged, passed over (the answer may
     // still say recorded when A's watch cache has not seen build-2 yet; the write compares
     // against the API server's Stage).
-    push(a.port, "build-1", "delivery-1").await;
+    push_generic(&url_secret, a.port, "build-1", "delivery-1").await;
     let now = latest().await.unwrap();
     assert_eq!(now.tag, "build-2");
     assert!(
@@ -1266,14 +1246,14 @@ async fn a_redelivery_of_a_passed_over_push_never_moves_latest_back() {
 
     // Redelivered once build-2's seenAt is past, to the replica that never saw it.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let answer = push(b.port, "build-1", "delivery-1").await;
+    let answer = push_generic(&url_secret, b.port, "build-1", "delivery-1").await;
     assert_eq!(
         latest().await.map(|l| l.tag).as_deref(),
         Some("build-2"),
         "a redelivery of a passed-over push moved latest back: {answer}"
     );
     // A new push still counts.
-    push(b.port, "build-3", "delivery-3").await;
+    push_generic(&url_secret, b.port, "build-3", "delivery-3").await;
     assert_eq!(latest().await.map(|l| l.tag).as_deref(), Some("build-3"));
     drop((a, b));
     remove_everything(&client, &docker, ns, instance).await;
